@@ -1,0 +1,1 @@
+"""VBench-style evaluators: metric registry, VBench formats and scoring, reports."""

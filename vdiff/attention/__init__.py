@@ -1,0 +1,143 @@
+"""One attention function and a registry of backends (diffusers-style dispatch).
+
+``attention(q, k, v, backend="sdpa", **options)`` takes (B, H, N, D) tensors and returns
+(B, H, N, D), or ``(out, lse)`` with the log-sum-exp (B, H, N) in fp32 when
+``return_lse=True`` (ring attention merges partial results with it). Backends register
+themselves with the constraints they need (devices, dtypes, head dims, gradients, LSE);
+a call that violates them is a clear error naming the backend and what it supports.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+AttentionFn = Callable[..., "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A registered attention implementation and the inputs it accepts."""
+
+    name: str
+    fn: AttentionFn
+    devices: tuple[str, ...]
+    dtypes: tuple[torch.dtype, ...]
+    head_dims: tuple[int, ...] | None
+    supports_grad: bool
+    supports_lse: bool
+    doc: str = ""
+
+
+_REGISTRY: dict[str, Backend] = {}
+
+
+def register_backend(
+    name: str,
+    *,
+    devices: tuple[str, ...] = ("cpu", "cuda"),
+    dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16),
+    head_dims: tuple[int, ...] | None = None,
+    supports_grad: bool = True,
+    supports_lse: bool = False,
+) -> Callable[[AttentionFn], AttentionFn]:
+    """Decorator: register ``fn(q, k, v, *, scale, return_lse, **options)`` under ``name``."""
+
+    def deco(fn: AttentionFn) -> AttentionFn:
+        _REGISTRY[name] = Backend(
+            name=name,
+            fn=fn,
+            devices=devices,
+            dtypes=dtypes,
+            head_dims=head_dims,
+            supports_grad=supports_grad,
+            supports_lse=supports_lse,
+            doc=(fn.__doc__ or "").strip().split("\n")[0],
+        )
+        return fn
+
+    return deco
+
+
+def available_backends() -> dict[str, Backend]:
+    """Registered backends by name."""
+    _load_builtin_backends()
+    return dict(_REGISTRY)
+
+
+def get_backend(name: str) -> Backend:
+    """Look up a backend; unknown names are an error listing the known ones."""
+    _load_builtin_backends()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown attention backend {name!r}; available: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def _check(b: Backend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_lse: bool) -> None:
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(f"attention expects (B, H, N, D) tensors; got {tuple(q.shape)}, {tuple(k.shape)}")
+    if q.device.type not in b.devices:
+        raise ValueError(f"attention backend {b.name!r} runs on {b.devices}, not {q.device.type}")
+    if q.dtype not in b.dtypes:
+        raise ValueError(f"attention backend {b.name!r} supports dtypes {b.dtypes}, not {q.dtype}")
+    if b.head_dims is not None and q.shape[-1] not in b.head_dims:
+        raise ValueError(
+            f"attention backend {b.name!r} supports head dims {b.head_dims}, not {q.shape[-1]}; use 'sdpa'"
+        )
+    if return_lse and not b.supports_lse:
+        raise ValueError(f"attention backend {b.name!r} cannot return the log-sum-exp (needed by ring)")
+    if torch.is_grad_enabled() and q.requires_grad and not b.supports_grad:
+        raise ValueError(f"attention backend {b.name!r} is inference-only; use 'sdpa' for training")
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    backend: str = "sdpa",
+    scale: float | None = None,
+    return_lse: bool = False,
+    **options: object,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attention over (B, H, N, D) tensors with the named backend; see the module docstring."""
+    b = get_backend(backend)
+    _check(b, q, k, v, return_lse)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return b.fn(q, k, v, scale=scale, return_lse=return_lse, **options)
+
+
+@register_backend("sdpa", supports_lse=True)
+def sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, return_lse: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """torch's scaled_dot_product_attention: the default and the reference."""
+    if not return_lse:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    # NOTE: SDPA does not expose the LSE publicly; compute both explicitly in fp32 so autograd
+    # flows through out and lse alike (ring attention's backward needs both).
+    s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # (B, H, Nq, Nk)
+    lse = torch.logsumexp(s, dim=-1)  # (B, H, Nq)
+    p = torch.exp(s - lse.unsqueeze(-1))
+    out = torch.matmul(p, v.float()).to(q.dtype)  # (B, H, Nq, D)
+    return out, lse
+
+
+_BUILTINS_LOADED = False
+
+
+def _load_builtin_backends() -> None:
+    """Import the modules that register the optional backends (sage, sparse, ...)."""
+    global _BUILTINS_LOADED
+    if _BUILTINS_LOADED:
+        return
+    _BUILTINS_LOADED = True
+    import importlib
+
+    for mod in ("vdiff.attention.sage", "vdiff.attention.sparse"):
+        if importlib.util.find_spec(mod) is not None:
+            importlib.import_module(mod)

@@ -1,0 +1,1 @@
+"""vdiff/diffusion."""

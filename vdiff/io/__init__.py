@@ -1,0 +1,1 @@
+"""I/O helpers shared by the library, data_prep and eval: atomic files, hashing, video."""

@@ -1,0 +1,114 @@
+"""Video reading (decord) and H.264 mp4 writing (PyAV/libx264), shared by every package."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from vdiff.io.files import atomic_write_bytes
+
+
+class VideoError(RuntimeError):
+    """A file could not be opened or decoded as a video; the message names the file and why."""
+
+
+@dataclass(frozen=True)
+class VideoMeta:
+    """What a container says about its video stream."""
+
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds."""
+        return self.num_frames / self.fps if self.fps > 0 else 0.0
+
+
+def open_reader(path: str | Path, *, width: int = -1, height: int = -1):  # -> decord.VideoReader
+    """Open ``path`` with decord (optionally resizing while decoding); raise :class:`VideoError`."""
+    import decord
+
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise VideoError(f"{path}: empty file (0 bytes)")
+    try:
+        return decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height, num_threads=1)
+    except Exception as e:  # decord raises its own DECORDError and RuntimeError
+        raise VideoError(f"{path}: not a readable video ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+
+
+def probe(path: str | Path) -> VideoMeta:
+    """Frame count, fps and size of a video; raise :class:`VideoError` when it has no frames."""
+    vr = open_reader(path)
+    n = len(vr)
+    if n == 0:
+        raise VideoError(f"{path}: the video stream holds no frames")
+    h, w = vr[0].shape[:2]
+    return VideoMeta(num_frames=n, fps=float(vr.get_avg_fps()), width=int(w), height=int(h))
+
+
+def read_frames(
+    path: str | Path,
+    indices: list[int] | np.ndarray | None = None,
+    *,
+    width: int = -1,
+    height: int = -1,
+) -> np.ndarray:
+    """Decode frames as uint8 RGB, shape (T, H, W, 3); all frames when ``indices`` is None."""
+    vr = open_reader(path, width=width, height=height)
+    idx = np.arange(len(vr)) if indices is None else np.asarray(indices, dtype=np.int64)
+    if len(idx) == 0:
+        return np.zeros((0, max(height, 0), max(width, 0), 3), np.uint8)
+    try:
+        return vr.get_batch(idx.tolist()).asnumpy()  # (T, H, W, 3)
+    except Exception as e:
+        if "must exactly match" in str(e) and (width > 0 or height > 0):
+            # NOTE: decord's scaler mis-sizes some small targets (e.g. 48 px wide); decode at
+            # full size and resize with OpenCV instead.
+            import cv2
+
+            full = read_frames(path, idx)
+            return np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in full])
+        raise VideoError(f"{path}: decoding failed ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+
+
+def encode_mp4(frames: np.ndarray, fps: float, *, crf: int = 18, preset: str = "veryfast") -> bytes:
+    """Encode (T, H, W, 3) uint8 RGB frames as H.264 (yuv420p) mp4 bytes.
+
+    Odd widths and heights are cropped by one pixel (yuv420p needs even sizes).
+    """
+    import av
+
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+    t, h, w, _ = frames.shape
+    if t == 0:
+        raise ValueError("cannot encode a video with no frames")
+    frames = frames[:, : h - h % 2, : w - w % 2]
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        rate = Fraction(fps).limit_denominator(1001)
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf), "preset": preset}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def write_mp4(path: str | Path, frames: np.ndarray, fps: float, *, crf: int = 18) -> None:
+    """Write frames to ``path`` as H.264 mp4, atomically (temporary name, then rename)."""
+    atomic_write_bytes(path, encode_mp4(frames, fps, crf=crf))
