@@ -1,0 +1,64 @@
+"""Eval config: which dimensions, which substitutes, where the weights are (local paths only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from vdiff.config import ConfigError
+
+WEIGHT_FREE_DIMENSIONS = ["temporal_flickering", "dynamic_degree", "motion_smoothness"]
+
+
+@dataclass
+class WeightsConfig:
+    """Local weight paths; an empty value falls back to the environment variable named in each doc."""
+
+    dino: str = ""
+    """transformers DINO ViT-B/16 folder (facebook/dino-vitb16) for subject_consistency; env VDIFF_DINO"""
+    clip_b32: str = ""
+    """transformers CLIP ViT-B/32 folder for background_consistency; env VDIFF_CLIP_B32"""
+    clip_l14: str = ""
+    """transformers CLIP ViT-L/14 folder for aesthetic_quality, overall_consistency; env VDIFF_CLIP_L14"""
+    aesthetic_head: str = ""
+    """LAION aesthetic head sa_0_4_vit_l_14_linear.pth (nn.Linear(768, 1)); env VDIFF_AESTHETIC_HEAD"""
+    musiq: str = ""
+    """MUSIQ-SPAQ musiq_spaq_ckpt-358bb6af.pth for imaging_quality (needs pyiqa); env VDIFF_MUSIQ"""
+    i3d: str = ""
+    """StyleGAN-V I3D TorchScript detector i3d_torchscript.pt for fvd; env VDIFF_I3D"""
+
+
+@dataclass
+class EvalConfig:
+    """``vdiff eval``: VBench-style scores for a folder of videos."""
+
+    dimensions: list[str] = field(default_factory=lambda: list(WEIGHT_FREE_DIMENSIONS))
+    """dimensions to score (vdiff eval --help lists them)"""
+    flow: Literal["dis", "farneback"] = "dis"
+    """weight-free flow replacing RAFT (dynamic_degree, static filter) and AMT (motion_smoothness)"""
+    static_filter: bool = True
+    """score temporal_flickering only on videos that VBench's static filter keeps, as VBench does"""
+    videos_per_prompt: int = 5
+    """with a VBench prompt suite, how many videos {prompt}-{i}.mp4 to expect per prompt"""
+    batch_size: int = 16
+    """frames per batch through a feature model"""
+    device: str = "cpu"
+    """torch device for feature models"""
+    fvd_reference: str = ""
+    """folder of reference videos for fvd"""
+    fvd_frames: int = 16
+    """consecutive frames per video fed to I3D for fvd (StyleGAN-V uses 16)"""
+    report_frames: int = 6
+    """frames per video shown in the report's strip"""
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
+    """local model weights"""
+
+    def validate(self) -> None:
+        if self.videos_per_prompt < 1:
+            raise ConfigError(f"videos_per_prompt must be >= 1, got {self.videos_per_prompt}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.fvd_frames < 1:
+            raise ConfigError(f"fvd_frames must be >= 1, got {self.fvd_frames}")
+        if not self.dimensions:
+            raise ConfigError("dimensions is empty; name at least one (vdiff eval --help lists them)")

@@ -1,0 +1,163 @@
+"""VBench formats and scoring: prompt suites, video names, ``eval_results.json``, final scores.
+
+Facts taken from VBench (github.com/Vchitect/VBench): the per-dimension min/max
+normalisation, the dimension weights and the quality/semantic lists are VBench's published
+``scripts/constant.py`` (NORMALIZE_DIC, DIM_WEIGHT, QUALITY_LIST, SEMANTIC_LIST,
+QUALITY_WEIGHT=4, SEMANTIC_WEIGHT=1); the formulas are those of ``scripts/cal_final_score.py``:
+``normalized = (value - Min) / (Max - Min) * weight``, a group score is the sum of its
+normalized values over the sum of its weights, and ``total = (4 * quality + semantic) / 5``.
+Video names follow VBench's sampling convention ``{prompt}-{i}.mp4`` (5 per prompt), and a
+prompt is recovered from a name by dropping a trailing ``-<number>`` (``get_prompt_from_filename``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+# NOTE: VBench scripts/constant.py, keyed here by the underscore names VBench's
+# eval_results.json uses (cal_final_score.py maps "_" -> " " to look them up).
+NORMALIZE: dict[str, tuple[float, float]] = {
+    "subject_consistency": (0.1462, 1.0),
+    "background_consistency": (0.2615, 1.0),
+    "temporal_flickering": (0.6293, 1.0),
+    "motion_smoothness": (0.706, 0.9975),
+    "dynamic_degree": (0.0, 1.0),
+    "aesthetic_quality": (0.0, 1.0),
+    "imaging_quality": (0.0, 1.0),
+    "object_class": (0.0, 1.0),
+    "multiple_objects": (0.0, 1.0),
+    "human_action": (0.0, 1.0),
+    "color": (0.0, 1.0),
+    "spatial_relationship": (0.0, 1.0),
+    "scene": (0.0, 0.8222),
+    "appearance_style": (0.0009, 0.2855),
+    "temporal_style": (0.0, 0.364),
+    "overall_consistency": (0.0, 0.364),
+}
+DIM_WEIGHT: dict[str, float] = {name: 1.0 for name in NORMALIZE} | {"dynamic_degree": 0.5}
+QUALITY_LIST: tuple[str, ...] = (
+    "subject_consistency",
+    "background_consistency",
+    "temporal_flickering",
+    "motion_smoothness",
+    "aesthetic_quality",
+    "imaging_quality",
+    "dynamic_degree",
+)
+SEMANTIC_LIST: tuple[str, ...] = (
+    "object_class",
+    "multiple_objects",
+    "human_action",
+    "color",
+    "spatial_relationship",
+    "scene",
+    "appearance_style",
+    "temporal_style",
+    "overall_consistency",
+)
+QUALITY_WEIGHT = 4.0
+SEMANTIC_WEIGHT = 1.0
+VIDEOS_PER_PROMPT = 5
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
+
+
+def vbench_video_name(prompt: str, i: int) -> str:
+    """The file name VBench expects for sample ``i`` of ``prompt``: ``{prompt}-{i}.mp4``."""
+    if not prompt or "/" in prompt or "\x00" in prompt:
+        raise ValueError(f"prompt {prompt!r} cannot be a VBench file name (empty, or holds '/' or NUL)")
+    if i < 0:
+        raise ValueError(f"sample index must be >= 0, got {i}")
+    return f"{prompt}-{i}.mp4"
+
+
+def prompt_from_filename(path: str | Path) -> str:
+    """VBench's rule: the file stem without a trailing ``-<number>``."""
+    return re.sub(r"-\d+$", "", Path(path).stem)
+
+
+def load_prompts(path: str | Path) -> list[dict[str, Any]] | dict[str, str]:
+    """Read prompts: a VBench suite (JSON list of ``{prompt_en, dimension, auxiliary_info}``),
+    a JSON map ``{video file name: prompt}``, or a text file with one prompt per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() != ".json":
+        return [{"prompt_en": line.strip(), "dimension": []} for line in text.splitlines() if line.strip()]
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"prompts file {path} is not valid JSON: {e}") from e
+    if isinstance(data, dict):
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+            raise ValueError(f"prompts file {path}: a JSON map must be {{video file name: prompt}}")
+        return data
+    if not isinstance(data, list) or not all(isinstance(d, dict) and "prompt_en" in d for d in data):
+        raise ValueError(
+            f"prompts file {path}: expected VBench's format, a JSON list of objects with 'prompt_en' "
+            "(and 'dimension', 'auxiliary_info'), or a JSON map {video file name: prompt}"
+        )
+    for d in data:
+        dims = d.get("dimension", [])
+        d["dimension"] = [dims] if isinstance(dims, str) else list(dims)
+    return data
+
+
+def normalized_scores(values: dict[str, float]) -> dict[str, float]:
+    """VBench's per-dimension normalisation times the dimension weight (known dimensions only)."""
+    out = {}
+    for name, value in values.items():
+        if name in NORMALIZE:
+            lo, hi = NORMALIZE[name]
+            out[name] = (value - lo) / (hi - lo) * DIM_WEIGHT[name]
+    return out
+
+
+def _group_score(normalized: dict[str, float], names: tuple[str, ...]) -> float | None:
+    if any(n not in normalized for n in names):
+        return None
+    return sum(normalized[n] for n in names) / sum(DIM_WEIGHT[n] for n in names)
+
+
+def vbench_scores(values: dict[str, float]) -> dict[str, Any]:
+    """Quality, semantic and total scores as VBench computes them.
+
+    A group score needs every dimension of its group (``None`` otherwise, with the missing
+    names listed); the total needs both groups.
+    """
+    norm = normalized_scores(values)
+    quality = _group_score(norm, QUALITY_LIST)
+    semantic = _group_score(norm, SEMANTIC_LIST)
+    total = None
+    if quality is not None and semantic is not None:
+        total = (QUALITY_WEIGHT * quality + SEMANTIC_WEIGHT * semantic) / (QUALITY_WEIGHT + SEMANTIC_WEIGHT)
+    return {
+        "normalized": norm,
+        "quality_score": quality,
+        "semantic_score": semantic,
+        "total_score": total,
+        "missing_quality": [n for n in QUALITY_LIST if n not in values],
+        "missing_semantic": [n for n in SEMANTIC_LIST if n not in values],
+    }
+
+
+def results_entry(aggregate: float, entries: list[dict[str, Any]]) -> list[Any]:
+    """One dimension of VBench's ``eval_results.json``: ``[aggregate, [{video_path, video_results}]]``."""
+    return [aggregate, entries]
+
+
+def validate_results(data: Any) -> None:
+    """Raise ValueError unless ``data`` is ``{dimension: [aggregate, [{video_path, video_results}]]}``."""
+    if not isinstance(data, dict):
+        raise ValueError("eval results must be a JSON object {dimension: [aggregate, per-video list]}")
+    for dim, value in data.items():
+        if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], list)):
+            raise ValueError(f"eval results[{dim!r}] must be [aggregate, [per-video results]]")
+        if not isinstance(value[0], int | float | bool):
+            raise ValueError(f"eval results[{dim!r}][0] must be a number")
+        for e in value[1]:
+            if not (isinstance(e, dict) and "video_path" in e and "video_results" in e):
+                raise ValueError(f"eval results[{dim!r}]: each entry needs video_path and video_results")
