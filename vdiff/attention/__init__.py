@@ -9,9 +9,11 @@ a call that violates them is a clear error naming the backend and what it suppor
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -125,6 +127,35 @@ def sdpa(
     p = torch.exp(s - lse.unsqueeze(-1))
     out = torch.matmul(p, v.float()).to(q.dtype)  # (B, H, Nq, D)
     return out, lse
+
+
+@dataclass
+class AttentionConfig:
+    """Which backend each self-attention layer of a model calls."""
+
+    backend: str = "sdpa"
+    """self-attention backend for every layer (see ``available_backends()``)"""
+    per_layer: dict[int, str] = field(default_factory=dict)
+    """per-layer backend overrides, layer index -> backend name, e.g. {0: sdpa}"""
+    options: dict[str, Any] = field(default_factory=dict)
+    """extra keyword options passed to the backend of every layer (e.g. sparsity settings)"""
+
+    def backend_for(self, layer_index: int) -> str:
+        """The backend name that layer ``layer_index`` uses."""
+        return self.per_layer.get(layer_index, self.backend)
+
+    def validate(self) -> None:
+        """Raise if a backend name is unknown (the error lists the known ones)."""
+        for name in {self.backend, *self.per_layer.values()}:
+            get_backend(name)
+        bad = [i for i in self.per_layer if not isinstance(i, int) or i < 0]
+        if bad:
+            raise ValueError(f"attention.per_layer: layer indices must be integers >= 0, got {bad}")
+
+
+def attention_op(cfg: AttentionConfig, *, layer_index: int) -> Callable[..., Any]:
+    """The ``(q, k, v) -> out`` callable that layer ``layer_index`` uses under ``cfg``."""
+    return functools.partial(attention, backend=cfg.backend_for(layer_index), **cfg.options)
 
 
 _BUILTINS_LOADED = False

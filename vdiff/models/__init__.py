@@ -1,1 +1,41 @@
-"""vdiff/models."""
+"""Video diffusion transformers: ``VideoDiT`` (Wan2.1-compatible), builders, save/load and Wan conversion.
+
+Public API::
+
+    model = videodit_tiny()                       # or build_model("demo"), build_model(cfg, device="meta")
+    v = model(x, timestep, context)               # (B, C, T, H, W), (B,), (B, L, text_dim) -> like x
+    save_model(model, "out/")                     # config.json + model.safetensors
+    model = load_model("out/")                    # a vdiff or a diffusers WanTransformer3DModel folder
+"""
+
+from vdiff.models.config import MODEL_CONFIGS, ModelConfig, model_config
+from vdiff.models.dit import (
+    Embedded,
+    Embedder,
+    OutputHead,
+    VideoDiT,
+    build_model,
+    videodit_demo,
+    videodit_tiny,
+    videodit_wan21_1_3b,
+    videodit_wan21_14b,
+)
+from vdiff.models.layers import CrossAttention, DiTBlock, SelfAttention
+
+__all__ = [
+    "MODEL_CONFIGS",
+    "CrossAttention",
+    "DiTBlock",
+    "Embedded",
+    "Embedder",
+    "ModelConfig",
+    "OutputHead",
+    "SelfAttention",
+    "VideoDiT",
+    "build_model",
+    "model_config",
+    "videodit_demo",
+    "videodit_tiny",
+    "videodit_wan21_1_3b",
+    "videodit_wan21_14b",
+]

@@ -1,0 +1,252 @@
+"""VideoDiT: a Wan2.1-compatible video diffusion transformer, and its builders.
+
+The forward pass is three public pieces so that parallelism can be applied from outside
+(torchtitan-style) without touching ``forward``::
+
+    e = model.embed(x, timestep, context)          # Embedded(tokens, rope, context, temb, temb_mod, grid)
+    tokens = e.tokens
+    for block in model.blocks:
+        tokens = block(tokens, context=e.context, temb_mod=e.temb_mod, rope=e.rope)
+    v = model.unembed(tokens, temb=e.temb, grid=e.grid)
+
+``embed`` and ``unembed`` are submodules, so a sequence-parallel wrapper can shard the tokens and
+the per-token RoPE table in a forward hook of ``embed`` and gather them in a pre-hook of
+``unembed``, and FSDP can wrap each piece. See docs/model.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vdiff.attention import AttentionConfig, attention_op
+from vdiff.models.config import (
+    ModelConfig,
+    model_config,
+    videodit_demo_config,
+    videodit_tiny_config,
+    videodit_wan21_1_3b_config,
+    videodit_wan21_14b_config,
+)
+from vdiff.models.layers import (
+    MLP,
+    DiTBlock,
+    SelfAttention,
+    build_block,
+    layer_norm_fp32,
+    rope_table,
+    timestep_features,
+)
+
+
+class Embedded(NamedTuple):
+    """What ``model.embed`` returns: everything the blocks and ``unembed`` need."""
+
+    tokens: torch.Tensor
+    """(B, N, dim) patch tokens, t-major"""
+    rope: torch.Tensor
+    """(N, head_dim // 2, 2) per-token RoPE (cos, sin), float32; shard along dim 0 with the tokens"""
+    context: torch.Tensor
+    """(B, L, dim) projected text embeddings"""
+    temb: torch.Tensor
+    """(B, dim) time embedding (modulates the output head)"""
+    temb_mod: torch.Tensor
+    """(B, 6, dim) time projection (modulates every block)"""
+    grid: tuple[int, int, int]
+    """(T', H', W') token grid"""
+
+
+class Embedder(nn.Module):
+    """Latents, timesteps and text embeddings -> tokens, RoPE table and conditioning."""
+
+    def __init__(
+        self,
+        *,
+        patch: nn.Conv3d,
+        time_embed: MLP,
+        time_proj: nn.Linear,
+        text_embed: MLP,
+        freq_dim: int,
+        rope_dims: tuple[int, int, int],
+        rope_theta: float,
+    ) -> None:
+        super().__init__()
+        self.patch = patch
+        self.time_embed = time_embed
+        self.time_proj = time_proj
+        self.text_embed = text_embed
+        self.freq_dim = freq_dim
+        self.rope_dims = rope_dims
+        self.rope_theta = rope_theta
+
+    def grid(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """Token grid (T', H', W') of a latent shape (B, C, T, H, W); clear error if it does not patch."""
+        if len(shape) != 5:
+            raise ValueError(f"VideoDiT expects latents shaped (B, C, T, H, W), got {tuple(shape)}")
+        if shape[1] != self.patch.in_channels:
+            raise ValueError(f"VideoDiT expects {self.patch.in_channels} latent channels, got {shape[1]}")
+        p = self.patch.kernel_size
+        if any(s % q for s, q in zip(shape[2:], p)):
+            raise ValueError(
+                f"latent (T, H, W)={tuple(shape[2:])} is not divisible by the patch size {tuple(p)}"
+            )
+        return shape[2] // p[0], shape[3] // p[1], shape[4] // p[2]
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> Embedded:
+        """x (B, C, T, H, W), timestep (B,) or scalar in [0, 1000), context (B, L, text_dim)."""
+        grid = self.grid(tuple(x.shape))
+        tokens = self.patch(x).flatten(2).transpose(1, 2).contiguous()  # (B, N, dim)
+        rope = rope_table(grid, self.rope_dims, theta=self.rope_theta, device=x.device)  # (N, D/2, 2)
+        timestep = torch.as_tensor(timestep, device=x.device)
+        if timestep.ndim == 0:
+            timestep = timestep.expand(x.shape[0])
+        if timestep.shape != (x.shape[0],):
+            raise ValueError(
+                f"timestep must be a scalar or shaped (B,)=({x.shape[0]},), got {tuple(timestep.shape)}"
+            )
+        feats = timestep_features(timestep, self.freq_dim).to(
+            self.time_embed.fc1.weight.dtype
+        )  # (B, freq_dim)
+        temb = self.time_embed(feats).to(context.dtype)  # (B, dim)
+        temb_mod = self.time_proj(F.silu(temb)).unflatten(1, (6, -1))  # (B, 6, dim)
+        return Embedded(tokens, rope, self.text_embed(context), temb, temb_mod, grid)
+
+
+class OutputHead(nn.Module):
+    """Modulated LayerNorm, linear projection to patch pixels, and unpatchify to (B, C, T, H, W)."""
+
+    def __init__(self, *, dim: int, out_channels: int, patch_size: tuple[int, int, int], eps: float) -> None:
+        super().__init__()
+        self.patch_size = tuple(patch_size)
+        self.out_channels = out_channels
+        self.norm = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
+        self.proj = nn.Linear(dim, out_channels * math.prod(patch_size))
+        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+
+    def forward(self, tokens: torch.Tensor, temb: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """tokens (B, N, dim), temb (B, dim), grid (T', H', W') -> (B, C, T'*pt, H'*ph, W'*pw)."""
+        shift, scale = (self.modulation.float() + temb.float().unsqueeze(1)).chunk(2, dim=1)  # (B, 1, dim)
+        h = (layer_norm_fp32(tokens, self.norm) * (1 + scale) + shift).to(tokens.dtype)
+        out = self.proj(h)  # (B, N, pt*ph*pw*C)
+        (t, hh, w), (pt, ph, pw) = grid, self.patch_size
+        out = out.reshape(
+            out.shape[0], t, hh, w, pt, ph, pw, self.out_channels
+        )  # (B, T', H', W', pt, ph, pw, C)
+        out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, T', pt, H', ph, W', pw)
+        return out.reshape(out.shape[0], self.out_channels, t * pt, hh * ph, w * pw)  # (B, C, T, H, W)
+
+
+class VideoDiT(nn.Module):
+    """Video diffusion transformer: ``model(x, timestep, context)`` -> velocity shaped like x."""
+
+    def __init__(
+        self, *, embed: Embedder, blocks: list[DiTBlock], unembed: OutputHead, config: ModelConfig
+    ) -> None:
+        super().__init__()
+        self.embed = embed
+        self.blocks = nn.ModuleList(blocks)
+        self.unembed = unembed
+        self.config = config
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """x (B, C, T, H, W) latents, timestep (B,) in [0, 1000), context (B, L, text_dim) -> like x."""
+        e = self.embed(x, timestep, context)
+        tokens = e.tokens
+        for block in self.blocks:
+            tokens = block(tokens, context=e.context, temb_mod=e.temb_mod, rope=e.rope)
+        return self.unembed(tokens, e.temb, e.grid)
+
+    def self_attentions(self) -> Iterator[SelfAttention]:
+        """Every self-attention module, in layer order (each has ``attn_op`` and ``layer_index``)."""
+        for m in self.modules():
+            if isinstance(m, SelfAttention):
+                yield m
+
+    def set_attention(self, cfg: AttentionConfig) -> None:
+        """Point every self-attention layer at the backend ``cfg`` chooses for it."""
+        cfg.validate()
+        for m in self.self_attentions():
+            m.attn_op = attention_op(cfg, layer_index=m.layer_index)
+        self.config.attention = cfg
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Wan2.1's initialisation: xavier linears with zero bias, N(0, 0.02) embedding MLPs, zero output."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.xavier_uniform_(self.embed.patch.weight.flatten(1))
+        nn.init.zeros_(self.embed.patch.bias)
+        for mlp in (self.embed.time_embed, self.embed.text_embed):
+            for lin in (mlp.fc1, mlp.fc2):
+                nn.init.normal_(lin.weight, std=0.02)
+        # NOTE: a zero output projection makes the untrained model predict 0 (adaLN-zero style).
+        nn.init.zeros_(self.unembed.proj.weight)
+
+    def num_params(self) -> int:
+        """Number of parameters."""
+        return sum(p.numel() for p in self.parameters())
+
+
+def build_model(
+    cfg: ModelConfig | str, *, device: torch.device | str | None = None, init: bool = True
+) -> VideoDiT:
+    """Assemble a VideoDiT from a config (or a preset name); ``device="meta"`` allocates nothing."""
+    if isinstance(cfg, str):
+        cfg = model_config(cfg)
+    cfg.validate()
+    dim = cfg.dim
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        embed = Embedder(
+            patch=nn.Conv3d(cfg.in_channels, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size),
+            time_embed=MLP(cfg.freq_dim, dim, dim, act=nn.SiLU()),
+            time_proj=nn.Linear(dim, 6 * dim),
+            text_embed=MLP(cfg.text_dim, dim, dim, act=nn.GELU(approximate="tanh")),
+            freq_dim=cfg.freq_dim,
+            rope_dims=cfg.rope_dims(),
+            rope_theta=cfg.rope_theta,
+        )
+        blocks = [
+            build_block(
+                dim=dim,
+                num_heads=cfg.num_heads,
+                ffn_dim=cfg.ffn_dim,
+                eps=cfg.eps,
+                cross_attn_norm=cfg.cross_attn_norm,
+                layer_index=i,
+                attention_cfg=cfg.attention,
+            )
+            for i in range(cfg.num_layers)
+        ]
+        unembed = OutputHead(dim=dim, out_channels=cfg.out_channels, patch_size=cfg.patch_size, eps=cfg.eps)
+        model = VideoDiT(embed=embed, blocks=blocks, unembed=unembed, config=cfg)
+    if init and str(device) != "meta":
+        model.init_weights()
+    return model
+
+
+def videodit_tiny(*, device: torch.device | str | None = None, **overrides: Any) -> VideoDiT:
+    """A tiny VideoDiT for tests (dim 32, 2 layers)."""
+    return build_model(videodit_tiny_config(**overrides), device=device)
+
+
+def videodit_demo(*, device: torch.device | str | None = None, **overrides: Any) -> VideoDiT:
+    """The CPU demo model (dim 128, 4 layers, MiniLM text_dim 384)."""
+    return build_model(videodit_demo_config(**overrides), device=device)
+
+
+def videodit_wan21_1_3b(*, device: torch.device | str | None = None, **overrides: Any) -> VideoDiT:
+    """Wan2.1 T2V 1.3B architecture; pass ``device="meta"`` to build without allocating."""
+    return build_model(videodit_wan21_1_3b_config(**overrides), device=device)
+
+
+def videodit_wan21_14b(*, device: torch.device | str | None = None, **overrides: Any) -> VideoDiT:
+    """Wan2.1 T2V 14B architecture; pass ``device="meta"`` to build without allocating."""
+    return build_model(videodit_wan21_14b_config(**overrides), device=device)
