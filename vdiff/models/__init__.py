@@ -20,17 +20,16 @@ from vdiff.models.dit import (
     videodit_wan21_1_3b,
     videodit_wan21_14b,
 )
-from vdiff.models.layers import CrossAttention, DiTBlock, SelfAttention
+from vdiff.models.layers import Attention, DiTBlock
 
 __all__ = [
     "MODEL_CONFIGS",
-    "CrossAttention",
+    "Attention",
     "DiTBlock",
     "Embedded",
     "Embedder",
     "ModelConfig",
     "OutputHead",
-    "SelfAttention",
     "VideoDiT",
     "build_model",
     "model_config",

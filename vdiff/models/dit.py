@@ -36,8 +36,8 @@ from vdiff.models.config import (
 )
 from vdiff.models.layers import (
     MLP,
+    Attention,
     DiTBlock,
-    SelfAttention,
     build_block,
     layer_norm_fp32,
     rope_table,
@@ -162,10 +162,10 @@ class VideoDiT(nn.Module):
             tokens = block(tokens, context=e.context, temb_mod=e.temb_mod, rope=e.rope)
         return self.unembed(tokens, e.temb, e.grid)
 
-    def self_attentions(self) -> Iterator[SelfAttention]:
+    def self_attentions(self) -> Iterator[Attention]:
         """Every self-attention module, in layer order (each has ``attn_op`` and ``layer_index``)."""
         for m in self.modules():
-            if isinstance(m, SelfAttention):
+            if isinstance(m, Attention) and not m.cross:
                 yield m
 
     def set_attention(self, cfg: AttentionConfig) -> None:

@@ -87,21 +87,22 @@ class MLP(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention over all space-time tokens with QK-RMSNorm and 3D RoPE.
+class Attention(nn.Module):
+    """Multi-head attention with Wan's QK-RMSNorm; self-attention (3D RoPE) or cross-attention.
 
     ``attn_op(q, k, v) -> out`` on (B, H, N, D) is a plain attribute: parallel wrappers
     (Ulysses, ring) and sparse/quantized backends replace it without touching ``forward``.
-    ``layer_index`` lets per-layer calibration data be looked up.
+    ``layer_index`` lets per-layer calibration data be looked up; ``cross`` tells the two kinds apart.
     """
 
     def __init__(
-        self, dim: int, num_heads: int, *, eps: float, layer_index: int, attn_op: AttentionOp
+        self, dim: int, num_heads: int, *, eps: float, layer_index: int, attn_op: AttentionOp, cross: bool
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.layer_index = layer_index
         self.attn_op = attn_op
+        self.cross = cross
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
@@ -110,37 +111,16 @@ class SelfAttention(nn.Module):
         self.norm_q = nn.RMSNorm(dim, eps=eps)
         self.norm_k = nn.RMSNorm(dim, eps=eps)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, *, rope: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x (B, N, dim); self-attention takes rope (N, D/2, 2), cross-attention context (B, L, dim)."""
+        src = x if context is None else context
         q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))  # (B, N, H, D)
-        k = self.norm_k(self.k(x)).unflatten(-1, (self.num_heads, -1))  # (B, N, H, D)
-        v = self.v(x).unflatten(-1, (self.num_heads, -1))  # (B, N, H, D)
-        q, k = apply_rope(q, rope), apply_rope(k, rope)
-        out = self.attn_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, H, N, D)
-        out = out.transpose(1, 2).flatten(2).to(x.dtype)  # (B, N, H*D)
-        return self.o(out)
-
-
-class CrossAttention(nn.Module):
-    """Multi-head attention from video tokens to text tokens (no RoPE), QK-RMSNorm as Wan."""
-
-    def __init__(
-        self, dim: int, num_heads: int, *, eps: float, layer_index: int, attn_op: AttentionOp
-    ) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.layer_index = layer_index
-        self.attn_op = attn_op
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = nn.RMSNorm(dim, eps=eps)
-        self.norm_k = nn.RMSNorm(dim, eps=eps)
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))  # (B, N, H, D)
-        k = self.norm_k(self.k(context)).unflatten(-1, (self.num_heads, -1))  # (B, L, H, D)
-        v = self.v(context).unflatten(-1, (self.num_heads, -1))  # (B, L, H, D)
+        k = self.norm_k(self.k(src)).unflatten(-1, (self.num_heads, -1))  # (B, L, H, D)
+        v = self.v(src).unflatten(-1, (self.num_heads, -1))  # (B, L, H, D)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
         out = self.attn_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, H, N, D)
         out = out.transpose(1, 2).flatten(2).to(x.dtype)  # (B, N, H*D)
         return self.o(out)
@@ -161,8 +141,8 @@ class DiTBlock(nn.Module):
     def __init__(
         self,
         *,
-        self_attn: SelfAttention,
-        cross_attn: CrossAttention,
+        self_attn: Attention,
+        cross_attn: Attention,
         ffn: MLP,
         dim: int,
         eps: float,
@@ -185,10 +165,10 @@ class DiTBlock(nn.Module):
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=1)  # each (B, 1, dim)
 
         h = (layer_norm_fp32(x, self.norm1) * (1 + scale1) + shift1).to(x.dtype)
-        x = (x.float() + self.self_attn(h, rope) * gate1).to(x.dtype)
+        x = (x.float() + self.self_attn(h, rope=rope) * gate1).to(x.dtype)
 
         h = layer_norm_fp32(x, self.norm2).to(x.dtype) if self.norm2 is not None else x
-        x = x + self.cross_attn(h, context)
+        x = x + self.cross_attn(h, context=context)
 
         h = (layer_norm_fp32(x, self.norm3) * (1 + scale2) + shift2).to(x.dtype)
         return (x.float() + self.ffn(h).float() * gate2).to(x.dtype)
@@ -206,15 +186,16 @@ def build_block(
 ) -> DiTBlock:
     """One transformer block whose self-attention uses ``attention_cfg``'s backend for its layer."""
     return DiTBlock(
-        self_attn=SelfAttention(
+        self_attn=Attention(
             dim,
             num_heads,
             eps=eps,
             layer_index=layer_index,
             attn_op=attention_op(attention_cfg, layer_index=layer_index),
+            cross=False,
         ),
-        cross_attn=CrossAttention(
-            dim, num_heads, eps=eps, layer_index=layer_index, attn_op=cross_attention_op
+        cross_attn=Attention(
+            dim, num_heads, eps=eps, layer_index=layer_index, attn_op=cross_attention_op, cross=True
         ),
         ffn=MLP(dim, ffn_dim, dim, act=nn.GELU(approximate="tanh")),
         dim=dim,
