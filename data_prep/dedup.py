@@ -1,0 +1,119 @@
+"""Near-duplicate clips by perceptual hashes of a few frames.
+
+A clip's fingerprint is the 64-bit DCT perceptual hash (``imagehash.phash``) of
+``num_frames`` frames spread evenly over it. Two clips are near-duplicates when the hashes of
+*every* corresponding frame are within ``hamming_threshold`` bits: re-encoding, mild
+resizing, brightening or compression noise move a phash by a few bits; different content
+moves it by about half of its 64 bits.
+
+:class:`Deduper` holds all fingerprints in one process and is deterministic: feed clips in a
+fixed order (e.g. sorted by clip id) and the same clips are marked, each pointing at the
+earliest-added clip it duplicates. Lookups use a pigeonhole index: the first frame's hash is
+split into ``hamming_threshold + 1`` bands, and two hashes within the threshold agree exactly
+on at least one band, so only clips sharing a band are compared (exact, not approximate).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class DedupConfig:
+    """Near-duplicate removal."""
+
+    enabled: bool = True
+    """mark near-duplicate clips as duplicate (the earliest clip in clip-id order is kept)"""
+    hamming_threshold: int = 10
+    """max differing bits (of 64) per frame hash for two clips to count as duplicates"""
+    num_frames: int = 4
+    """frames hashed per clip, evenly spread"""
+
+    def validate(self) -> None:
+        if not 0 <= self.hamming_threshold < 32:
+            raise ValueError(f"dedup.hamming_threshold={self.hamming_threshold}: must be in [0, 32)")
+        if self.num_frames < 1:
+            raise ValueError(f"dedup.num_frames={self.num_frames}: must be at least 1")
+
+
+def frame_phash(frame: np.ndarray) -> int:
+    """64-bit perceptual hash (imagehash.phash) of an (h, w, 3) uint8 RGB frame, as an int."""
+    import imagehash
+    from PIL import Image
+
+    bits = imagehash.phash(Image.fromarray(frame)).hash.ravel()  # (64,) bool
+    return int("".join("1" if b else "0" for b in bits), 2)
+
+
+def clip_fingerprint(frames: np.ndarray, *, num_frames: int = 4) -> list[int]:
+    """Perceptual hashes of ``num_frames`` frames spread evenly over (T, h, w, 3) ``frames``."""
+    if len(frames) == 0:
+        raise ValueError("clip_fingerprint: the clip has no frames")
+    # NOTE: positions are fractions of the clip (not fixed indices) so copies of a clip at
+    # another frame rate sample the same moments.
+    idx = np.linspace(0, len(frames) - 1, num_frames).round().astype(int)
+    return [frame_phash(frames[i]) for i in idx]
+
+
+def hamming(a: int, b: int) -> int:
+    """Number of differing bits between two hashes."""
+    return (a ^ b).bit_count()
+
+
+def fingerprint_distance(a: list[int], b: list[int]) -> int:
+    """Largest per-frame Hamming distance between two fingerprints of the same length."""
+    if len(a) != len(b):
+        raise ValueError(f"fingerprints of different lengths ({len(a)} and {len(b)}) cannot be compared")
+    return max(hamming(x, y) for x, y in zip(a, b))
+
+
+class Deduper:
+    """Keeps fingerprints of the clips seen so far; :meth:`check_and_add` finds duplicates."""
+
+    def __init__(self, cfg: DedupConfig | None = None):
+        self.cfg = cfg or DedupConfig()
+        bands = self.cfg.hamming_threshold + 1
+        # NOTE: band edges over 64 bits; bands differ in width by at most one bit.
+        self._edges = [round(64 * i / bands) for i in range(bands + 1)]
+        self._index: list[defaultdict[int, list[int]]] = [defaultdict(list) for _ in range(bands)]
+        self._ids: list[str] = []
+        self._prints: list[list[int]] = []
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def _band_keys(self, h: int) -> list[int]:
+        return [(h >> lo) & ((1 << (hi - lo)) - 1) for lo, hi in zip(self._edges, self._edges[1:])]
+
+    def find(self, fingerprint: list[int]) -> str | None:
+        """The earliest-added clip within the threshold of ``fingerprint``, or None."""
+        if not fingerprint:
+            raise ValueError("Deduper: empty fingerprint")
+        candidates: set[int] = set()
+        for band, key in enumerate(self._band_keys(fingerprint[0])):
+            candidates.update(self._index[band].get(key, ()))
+        for k in sorted(candidates):
+            if fingerprint_distance(self._prints[k], fingerprint) <= self.cfg.hamming_threshold:
+                return self._ids[k]
+        return None
+
+    def add(self, clip_id: str, fingerprint: list[int]) -> None:
+        """Remember ``clip_id``'s fingerprint as a clip later ones may duplicate."""
+        k = len(self._ids)
+        self._ids.append(clip_id)
+        self._prints.append(list(fingerprint))
+        for band, key in enumerate(self._band_keys(fingerprint[0])):
+            self._index[band][key].append(k)
+
+    def check_and_add(self, clip_id: str, fingerprint: list[int]) -> str | None:
+        """Return the clip id ``clip_id`` duplicates, or None after adding it as a new clip.
+
+        A duplicate is not added, so chains (A ~ B ~ C with A !~ C) stay anchored on kept clips.
+        """
+        dup = self.find(fingerprint)
+        if dup is None:
+            self.add(clip_id, fingerprint)
+        return dup
