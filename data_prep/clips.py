@@ -13,6 +13,7 @@ frame. A trimmed scene shorter than ``min_seconds`` is a too-short span. A scene
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -92,7 +93,7 @@ def _chunks(a: int, b: int, *, min_f: int, max_f: int, mode: str) -> list[tuple[
     if mode == "even":
         k = math.ceil(n / max_f)
         edges = [a + (n * i) // k for i in range(k + 1)]
-        return list(zip(edges, edges[1:]))
+        return list(itertools.pairwise(edges))
     if mode != "fixed":
         raise ValueError(f"clips.chunking={mode!r}: choose fixed or even")
     out = [(x, x + max_f) for x in range(a, b - max_f + 1, max_f)]

@@ -60,8 +60,8 @@ def analysis_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     if s <= short_side:
         return width - width % 2, height - height % 2
     scale = short_side / s
-    w = max(2, int(round(width * scale / 2)) * 2)
-    h = max(2, int(round(height * scale / 2)) * 2)
+    w = max(2, round(width * scale / 2) * 2)
+    h = max(2, round(height * scale / 2) * 2)
     return w, h
 
 

@@ -11,8 +11,9 @@ width per second on a 16:9 frame scores about 0.87.
 ``moving_fraction`` is the share of pixels moving faster than ``moving_speed`` (same unit)
 whose brightness also changed between the two frames; the static filter uses it, because the
 mean is both too small for a locked-off camera watching people walk and inflated by flow noise
-on flat, grainy regions of a truly static shot. ``jitter`` is the mean frame-to-frame change of the global (median) motion vector,
-also in diagonals per second: high for a shaking hand-held camera.
+on flat, grainy regions of a truly static shot (near where the image changed, after smoothing
+away noise; see ``_changed``). ``jitter`` is the mean change of the global (median) motion
+vector between consecutive pairs, also in diagonals per second: high for a shaking camera.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def _flow(a: np.ndarray, b: np.ndarray, method: str) -> np.ndarray:
 def _grey_small(frame: np.ndarray, short_side: int) -> np.ndarray:
     h, w = frame.shape[:2]
     s = short_side / min(h, w)
-    size = (max(8, int(round(w * s))), max(8, int(round(h * s))))
+    size = (max(8, round(w * s)), max(8, round(h * s)))
     grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
     interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
     return cv2.resize(grey, size, interpolation=interp)
@@ -107,17 +108,17 @@ def _changed(a: np.ndarray, b: np.ndarray, min_diff: float) -> np.ndarray:
     sa = cv2.GaussianBlur(a.astype(np.float32), (0, 0), 1.5)
     sb = cv2.GaussianBlur(b.astype(np.float32), (0, 0), 1.5)
     changed = (np.abs(sb - sa) > min_diff).astype(np.uint8)
-    k = max(3, int(round(min(a.shape) * 0.06)) | 1)
+    k = max(3, round(min(a.shape) * 0.06) | 1)
     return cv2.dilate(changed, np.ones((k, k), np.uint8)).astype(bool)
 
 
 def sample_pairs(num_frames: int, *, fps: float, cfg: MotionConfig) -> list[tuple[int, int]]:
     """Frame pairs ``(i, i + gap)`` spread over the clip at about ``cfg.analysis_fps``."""
-    gap = max(1, int(round(fps / cfg.pair_fps)))
+    gap = max(1, round(fps / cfg.pair_fps))
     if num_frames <= gap:
         return []
     starts_avail = num_frames - gap
-    n = max(1, min(starts_avail, int(round(num_frames / fps * cfg.analysis_fps))))
+    n = max(1, min(starts_avail, round(num_frames / fps * cfg.analysis_fps)))
     starts = np.linspace(0, starts_avail - 1, n).round().astype(int)
     return [(int(i), int(i) + gap) for i in np.unique(starts)]
 

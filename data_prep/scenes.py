@@ -16,6 +16,7 @@ Scenes are ``(start, end)`` frame ranges, 0-based, end exclusive, covering the w
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -75,7 +76,7 @@ def detect_scenes(video: DecodedVideo, cfg: SceneConfig | None = None) -> list[t
 def cuts_to_scenes(cuts: list[int], num_frames: int) -> list[tuple[int, int]]:
     """Turn cut frame indices (first frame of each new scene) into covering ranges."""
     bounds = [0, *sorted(c for c in set(cuts) if 0 < c < num_frames), num_frames]
-    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+    return [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def _make_detector(cfg: SceneConfig):

@@ -147,7 +147,7 @@ def whip_pan(
 ) -> np.ndarray:
     """A whip pan: three frame widths per second, smeared by horizontal motion blur."""
     frames = camera_move(speed=3.0, num_frames=num_frames, height=height, width=width, fps=fps, seed=seed)
-    k = max(3, int(round(width * 3.0 / fps * 0.5)) | 1)  # half a frame's travel, odd
+    k = max(3, round(width * 3.0 / fps * 0.5) | 1)  # half a frame's travel, odd
     kernel = np.full((1, k), 1.0 / k, np.float32)
     return np.stack([cv2.filter2D(f, -1, kernel, borderType=cv2.BORDER_REFLECT) for f in frames])
 

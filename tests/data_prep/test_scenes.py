@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from data_prep import synthetic as S
@@ -26,7 +28,7 @@ def test_bikes_cuts_found_and_nothing_else(bikes_video, detector):
     scenes = detect_scenes(bikes_video, SceneConfig(detector=detector))
     _assert_cuts_match(_cuts(scenes), BIKES_CUTS)
     assert scenes[0][0] == 0 and scenes[-1][1] == bikes_video.meta.num_frames
-    assert all(a[1] == b[0] for a, b in zip(scenes, scenes[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(scenes))
 
 
 @pytest.mark.slow
