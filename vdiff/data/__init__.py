@@ -1,1 +1,30 @@
-"""vdiff/data."""
+"""Training data: WebDataset shard indexing, clip decoding, and per-rank deterministic loaders."""
+
+from vdiff.data.clips import clip_frame_indices, decode_mp4_frames, frames_to_video, resize_crop
+from vdiff.data.loader import (
+    DataConfig,
+    ShardLoader,
+    collate,
+    detect_kind,
+    load_cached_sample,
+    load_raw_sample,
+)
+from vdiff.data.shards import SampleRef, index_shard, list_shards, read_sample, split_member_name
+
+__all__ = [
+    "DataConfig",
+    "SampleRef",
+    "ShardLoader",
+    "clip_frame_indices",
+    "collate",
+    "decode_mp4_frames",
+    "detect_kind",
+    "frames_to_video",
+    "index_shard",
+    "list_shards",
+    "load_cached_sample",
+    "load_raw_sample",
+    "read_sample",
+    "resize_crop",
+    "split_member_name",
+]

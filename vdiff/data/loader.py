@@ -1,0 +1,219 @@
+"""Batches from curated (raw-clip) or cached (latent) WebDataset shards, per data-parallel rank.
+
+Order: every epoch draws one permutation of all samples from ``seed`` and the epoch number;
+global batch ``s`` is the slice ``[s·G, (s+1)·G)`` of it (G = per-rank batch × dp world) and
+data-parallel rank ``r`` reads the r-th per-rank slice. So the samples of a global batch do
+not depend on how many ranks share it, ranks of one sequence-parallel group (same dp rank)
+read the same samples, and the position ``(epoch, step)`` is all a checkpoint needs to
+resume. Iteration never ends; the last incomplete global batch of an epoch is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from vdiff.data.clips import clip_frame_indices, decode_mp4_frames, frames_to_video, max_start
+from vdiff.data.shards import SampleRef, index_shard, list_shards, read_sample
+
+VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov")
+"""member extensions read as raw video"""
+CACHED_EXT = "safetensors"
+"""member extension of cached samples (tensors ``latents`` and ``context``)"""
+
+
+@dataclass
+class DataConfig:
+    """Which shards to read and how clips become tensors."""
+
+    path: str = ""
+    """dataset folder (curate/cache output with shards/, a folder of .tar shards, or one .tar)"""
+    kind: Literal["auto", "raw", "cached"] = "auto"
+    """raw: mp4 clips; cached: latents + text embeddings from `vdiff cache`; auto: detect"""
+    num_frames: int = 8
+    """frames per training clip (raw shards)"""
+    fps: float = 8.0
+    """frame rate the clip is sampled at (raw shards)"""
+    height: int = 32
+    """clip height after resize + centre crop (raw shards)"""
+    width: int = 32
+    """clip width after resize + centre crop (raw shards)"""
+    random_offset: bool = False
+    """start each clip at a random frame (seeded per epoch and sample) instead of the first"""
+    shuffle: bool = True
+    """permute samples every epoch (seeded); false keeps shard order"""
+
+    def validate(self) -> None:
+        for name in ("num_frames", "height", "width"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"data.{name} must be > 0, got {getattr(self, name)}")
+        if self.fps <= 0:
+            raise ValueError(f"data.fps must be > 0, got {self.fps}")
+
+
+def detect_kind(ref: SampleRef) -> Literal["raw", "cached"]:
+    """``cached`` when a sample holds a ``.safetensors`` member, ``raw`` when it holds a video."""
+    if CACHED_EXT in ref.members:
+        return "cached"
+    if any(ext in ref.members for ext in VIDEO_EXTS):
+        return "raw"
+    raise ValueError(
+        f"{ref.shard}: sample {ref.key!r} has members {sorted(ref.members)}; expected a video "
+        f"({', '.join(VIDEO_EXTS)}) or a .{CACHED_EXT} from `vdiff cache`"
+    )
+
+
+def _meta(ref: SampleRef, payload: dict[str, bytes]) -> dict[str, Any]:
+    if "json" not in payload:
+        return {}
+    try:
+        return json.loads(payload["json"])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{ref.shard}: {ref.key}.json is not valid JSON ({e})") from e
+
+
+def _caption(meta: dict[str, Any], payload: dict[str, bytes]) -> str:
+    if isinstance(meta.get("caption"), str):
+        return meta["caption"]
+    if "txt" in payload:
+        return payload["txt"].decode("utf-8").strip()
+    # NOTE: an uncaptioned clip trains the unconditional branch (the empty prompt).
+    return ""
+
+
+def clip_start(
+    ref: SampleRef, meta: dict[str, Any], cfg: DataConfig, *, generator: torch.Generator | None
+) -> int:
+    """First source frame of the clip: 0, or uniform over the starts that fit when random."""
+    if not cfg.random_offset or generator is None:
+        return 0
+    hi = max_start(int(meta["num_frames"]), float(meta["fps"]), num_frames=cfg.num_frames, fps=cfg.fps)
+    return int(torch.randint(0, hi + 1, (1,), generator=generator))
+
+
+def load_raw_sample(
+    ref: SampleRef, cfg: DataConfig, *, generator: torch.Generator | None = None
+) -> dict[str, Any]:
+    """``{"video": (3, T, H, W) in [-1, 1], "caption": str, "key": str}`` of a raw-clip sample."""
+    payload = read_sample(ref)
+    meta = _meta(ref, payload)
+    ext = next((e for e in VIDEO_EXTS if e in payload), None)
+    if ext is None:
+        raise ValueError(f"{ref.shard}: sample {ref.key!r} holds no video member")
+    for field in ("num_frames", "fps"):
+        if field not in meta:
+            raise ValueError(
+                f"{ref.shard}: {ref.key}.json lacks {field!r} (curate writes it); re-curate the data"
+            )
+    start = clip_start(ref, meta, cfg, generator=generator)
+    idx = clip_frame_indices(
+        int(meta["num_frames"]), float(meta["fps"]), num_frames=cfg.num_frames, fps=cfg.fps, start=start
+    )
+    frames = decode_mp4_frames(payload[ext], idx, name=f"{ref.shard}:{ref.key}.{ext}")  # (T, H, W, 3)
+    video = frames_to_video(frames, height=cfg.height, width=cfg.width)  # (3, T, H, W)
+    return {"video": video, "caption": _caption(meta, payload), "key": ref.key}
+
+
+def load_cached_sample(ref: SampleRef) -> dict[str, Any]:
+    """``{"latents": (C, T', H', W'), "context": (L, D), "caption", "key"}`` of a cached sample."""
+    from safetensors.torch import load as load_safetensors
+
+    payload = read_sample(ref)
+    tensors = load_safetensors(payload[CACHED_EXT])
+    missing = {"latents", "context"} - set(tensors)
+    if missing:
+        raise ValueError(f"{ref.shard}: {ref.key}.{CACHED_EXT} lacks {sorted(missing)}; re-run `vdiff cache`")
+    meta = _meta(ref, payload)
+    return {
+        "latents": tensors["latents"],
+        "context": tensors["context"],
+        "caption": _caption(meta, payload),
+        "key": ref.key,
+    }
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors along a new batch dim; keep strings as lists."""
+    out: dict[str, Any] = {}
+    for k in samples[0]:
+        vals = [s[k] for s in samples]
+        out[k] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else vals
+    return out
+
+
+class ShardLoader:
+    """Infinite, deterministic, resumable batches for one data-parallel rank (see module doc)."""
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        *,
+        batch_size: int,
+        rank: int = 0,
+        world: int = 1,
+        seed: int = 0,
+    ) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"data rank {rank} is outside the data-parallel world of {world}")
+        self.cfg = cfg
+        self.batch_size, self.rank, self.world, self.seed = batch_size, rank, world, seed
+        self.refs = [ref for shard in list_shards(cfg.path) for ref in index_shard(shard)]
+        if not self.refs:
+            raise ValueError(f"data.path={cfg.path}: the shards hold no samples")
+        self.kind = detect_kind(self.refs[0]) if cfg.kind == "auto" else cfg.kind
+        self.global_batch = batch_size * world
+        self.steps_per_epoch = len(self.refs) // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"data.path={cfg.path} has {len(self.refs)} samples, fewer than one global batch of "
+                f"{self.global_batch}; lower train.batch_size or add data"
+            )
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self._order: tuple[int, list[int]] = (-1, [])
+
+    def order(self, epoch: int) -> list[int]:
+        """Sample indices of an epoch (the same on every rank)."""
+        if self._order[0] != epoch:
+            if self.cfg.shuffle:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                perm = torch.randperm(len(self.refs), generator=g).tolist()
+            else:
+                perm = list(range(len(self.refs)))
+            self._order = (epoch, perm)
+        return self._order[1]
+
+    def batch_indices(self, epoch: int, step: int) -> list[int]:
+        """This rank's sample indices of global batch ``step`` of ``epoch``."""
+        lo = step * self.global_batch + self.rank * self.batch_size
+        return self.order(epoch)[lo : lo + self.batch_size]
+
+    def load(self, index: int, epoch: int) -> dict[str, Any]:
+        """One sample; a raw clip's random start is seeded by (seed, epoch, index), not by rank."""
+        ref = self.refs[index]
+        if self.kind == "cached":
+            return load_cached_sample(ref)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+        return load_raw_sample(ref, self.cfg, generator=g)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            while self.step_in_epoch < self.steps_per_epoch:
+                idx = self.batch_indices(self.epoch, self.step_in_epoch)
+                batch = collate([self.load(i, self.epoch) for i in idx])
+                self.step_in_epoch += 1
+                yield batch
+            self.epoch += 1
+            self.step_in_epoch = 0
+
+    def state_dict(self) -> dict[str, int]:
+        """The position after the last yielded batch."""
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a :meth:`state_dict` (the next batch is the one after it)."""
+        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
