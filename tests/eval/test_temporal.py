@@ -1,0 +1,93 @@
+"""Pixel and flow dimensions on constructed videos with known answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eval.config import EvalConfig
+from eval.frames import every_kth_index, middle_frame_indices
+from eval.metrics.temporal import (
+    DynamicDegree,
+    MotionSmoothness,
+    TemporalFlickering,
+    is_dynamic,
+    is_static,
+    mean_abs_diff_score,
+)
+from eval.registry import UnscorableVideoError, VideoSample
+from eval.runner import decode
+from vdiff.io.video import write_mp4
+
+
+def sample(frames: np.ndarray, fps: float = 8.0) -> VideoSample:
+    return VideoSample(path=Path("x-0.mp4"), prompt="x", frames=frames, fps=fps)
+
+
+def test_flicker_score_closed_form_on_arrays(synth):
+    # Uniform frames alternating 100 / 140: every consecutive MAE is 40.
+    # float32 arithmetic, as VBench computes it
+    assert mean_abs_diff_score(synth.flicker()) == pytest.approx((255 - 40) / 255, abs=1e-6)
+    assert mean_abs_diff_score(synth.static()) == 1.0
+
+
+def test_flicker_through_mp4_and_static_filter(tmp_path, synth):
+    write_mp4(tmp_path / "flicker-0.mp4", synth.flicker(), fps=8, crf=0)
+    write_mp4(tmp_path / "still-0.mp4", synth.static(), fps=8)
+    metric = TemporalFlickering(EvalConfig())
+    flicker, _ = decode(tmp_path / "flicker-0.mp4")
+    still, _ = decode(tmp_path / "still-0.mp4")
+    # A uniform frame has no texture, so flow is zero and the static filter keeps it.
+    assert metric.compute(sample(flicker))["video_results"] == pytest.approx((255 - 40) / 255, abs=1.5 / 255)
+    assert metric.compute(sample(still))["video_results"] == pytest.approx(1.0, abs=2e-3)
+    assert not metric.comparable and "substitute" in metric.method
+
+
+def test_static_filter_rejects_moving_video_as_vbench_does(synth):
+    assert is_static(synth.static())
+    assert not is_static(synth.linear())
+    with pytest.raises(UnscorableVideoError, match="not static"):
+        TemporalFlickering(EvalConfig()).compute(sample(synth.linear()))
+    # Without the filter every video is scored.
+    unfiltered = TemporalFlickering(EvalConfig(static_filter=False))
+    assert unfiltered.compute(sample(synth.linear()))["video_results"] < 1.0
+
+
+def test_dynamic_degree_static_vs_moving(synth):
+    metric = DynamicDegree(EvalConfig())
+    assert metric.compute(sample(synth.static()))["video_results"] is False
+    assert metric.compute(sample(synth.linear()))["video_results"] is True
+    assert metric.aggregate([{"video_results": True}, {"video_results": False}]) == 0.5
+
+
+def test_dynamic_degree_threshold_rule():
+    # 64 x 64 at 8 fps: threshold 6 * 64 / 256 = 1.5 px, 16 frames need round(4 * 16 / 16) = 4 pairs.
+    kw = {"num_frames": 16, "height": 64, "width": 64, "fps": 8.0}
+    assert not is_dynamic([1.6] * 3 + [0.0] * 12, **kw)
+    assert is_dynamic([1.6] * 4 + [0.0] * 11, **kw)
+    assert not is_dynamic([1.5] * 15, **kw)  # strictly greater than the threshold
+    # At 4 fps the threshold doubles: max(1, 8 / 4) = 2.
+    assert not is_dynamic([2.9] * 15, **{**kw, "fps": 4.0})
+
+
+def test_vbench_frame_sampling():
+    assert every_kth_index(10, 24.0) == [0, 3, 6, 9]  # round(24 / 8) = 3
+    assert every_kth_index(5, 8.0) == [0, 1, 2, 3, 4]
+    assert every_kth_index(5, 4.0) == [0, 1, 2, 3, 4]  # max(1, round(0.5)) = 1
+    # 16 frames into 8 intervals [0,2), [2,4), ...: the middle of each is (a + b - 1) // 2.
+    assert middle_frame_indices(8, 16) == [0, 2, 4, 6, 8, 10, 12, 14]
+    assert middle_frame_indices(8, 3) == [0, 1, 2, 2, 2, 2, 2, 2]
+
+
+def test_motion_smoothness_linear_beats_jitter(synth):
+    metric = MotionSmoothness(EvalConfig())
+    static = metric.compute(sample(synth.static()))["video_results"]
+    linear = metric.compute(sample(synth.linear()))["video_results"]
+    jitter = metric.compute(sample(synth.jitter()))["video_results"]
+    assert static == pytest.approx(1.0, abs=1e-9)
+    assert linear > 0.99
+    assert linear > jitter + 0.05
+    with pytest.raises(UnscorableVideoError):
+        metric.compute(sample(synth.static(n=2)))

@@ -1,0 +1,69 @@
+"""`vdiff eval` end to end: score, write outputs, compare two runs, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from pipelines.cli import main as vdiff
+from vdiff.io.video import write_mp4
+
+
+def make_videos(folder, *, moving: bool):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    base = (rng.random((96, 128, 3)) * 255).astype(np.uint8)
+    frames = np.stack([np.roll(base, 3 * t * moving, axis=1)[:64, :64] for t in range(12)])
+    write_mp4(folder / "a clip-0.mp4", frames, fps=8)
+
+
+def test_vdiff_eval_writes_results_report_and_config(tmp_path, capsys):
+    make_videos(tmp_path / "v", moving=True)
+    rc = vdiff(
+        [
+            "eval",
+            str(tmp_path / "v"),
+            "--out",
+            str(tmp_path / "o"),
+            "--dimensions",
+            "dynamic_degree",
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    results = json.loads((tmp_path / "o" / "eval_results.json").read_text())
+    assert list(results) == ["dynamic_degree:substitute"]
+    assert (tmp_path / "o" / "report.html").is_file()
+    assert "dimensions:\n- dynamic_degree" in (tmp_path / "o" / "config.yaml").read_text()
+    assert "dynamic_degree" in capsys.readouterr().out
+
+
+def test_vdiff_eval_compare(tmp_path, capsys):
+    make_videos(tmp_path / "va", moving=True)
+    make_videos(tmp_path / "vb", moving=False)
+    for name in ("a", "b"):
+        args = [
+            "eval",
+            str(tmp_path / f"v{name}"),
+            "--out",
+            str(tmp_path / name),
+            "flow=farneback",
+            "--quiet",
+        ]
+        assert vdiff([*args, "--dimensions", "dynamic_degree"]) == 0
+    capsys.readouterr()
+    assert vdiff(["eval", "--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "dynamic_degree" in out and "-1.0000" in out
+    assert (tmp_path / "compare.html").is_file()
+
+
+def test_vdiff_eval_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("VDIFF_CLIP_B32", raising=False)
+    make_videos(tmp_path / "v", moving=False)
+    args = ["eval", str(tmp_path / "v"), "--out", str(tmp_path / "o")]
+    assert vdiff([*args, "--dimensions", "background_consistency"]) == 2
+    assert "VDIFF_CLIP_B32" in capsys.readouterr().err
+    assert vdiff([*args, "flw=dis"]) == 2
+    assert "did you mean flow" in capsys.readouterr().err
