@@ -1,1 +1,123 @@
-"""vdiff/checkpoint."""
+"""Training checkpoints: torch.distributed.checkpoint (DCP) folders that any mesh can reload.
+
+``RUN/checkpoints/step-N/`` holds a DCP checkpoint of ``{"model", "optim", "ema"}`` (sharded
+tensors stay sharded, so a run saved on one mesh reloads on another) plus
+``trainer/rank-NNNNN.json`` per rank with the step, the data loader position and the random
+generator states (base64), which differ per rank. A checkpoint is written under
+``step-N.tmp`` and renamed when every rank has finished, so a killed run never leaves a
+partial ``step-N``; :func:`latest_checkpoint` ignores the temporary folders.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from vdiff.io.files import atomic_write_json
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def rng_to_json(state: torch.Tensor) -> str:
+    """A generator state (uint8 tensor) as base64 text."""
+    return base64.b64encode(state.cpu().numpy().tobytes()).decode("ascii")
+
+
+def rng_from_json(text: str) -> torch.Tensor:
+    """Inverse of :func:`rng_to_json`."""
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
+
+
+def _state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: torch.nn.Module | None) -> dict:
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
+    if ema is not None:
+        state["ema"] = ema.state_dict()
+    return state
+
+
+def save_checkpoint(
+    root: str | Path,
+    *,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: torch.nn.Module | None = None,
+    trainer_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``root/step-{step}`` (every rank calls this); return its path."""
+    root = Path(root)
+    final, tmp = root / f"step-{step}", root / f"step-{step}.tmp"
+    rank = _rank()
+    if rank == 0 and tmp.exists():
+        shutil.rmtree(tmp)
+    _barrier()
+    with warnings.catch_warnings():
+        # NOTE: DCP warns when saving without a process group; one process is a supported case.
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        dcp.save(_state(model, optimizer, ema), checkpoint_id=str(tmp))
+    atomic_write_json(tmp / "trainer" / f"rank-{rank:05d}.json", {"step": step, **(trainer_state or {})})
+    _barrier()
+    if rank == 0:
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    _barrier()
+    return final
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The complete ``step-N`` folder with the largest N under ``root``, or None."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    found = [
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if (m := _STEP_DIR.match(p.name)) and (p / ".metadata").is_file()
+    ]
+    return max(found)[1] if found else None
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: torch.nn.Module | None = None,
+) -> dict[str, Any]:
+    """Load model, optimizer and EMA in place; return this rank's trainer state (with ``step``)."""
+    path = Path(path)
+    if not (path / ".metadata").is_file():
+        raise FileNotFoundError(f"{path} is not a complete checkpoint (no .metadata); pick another step-N")
+    state = _state(model, optimizer, ema)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    rank_file = path / "trainer" / f"rank-{_rank():05d}.json"
+    if not rank_file.is_file():
+        # NOTE: resuming on more ranks than saved: new ranks start from rank 0's position.
+        rank_file = path / "trainer" / "rank-00000.json"
+    return json.loads(rank_file.read_text())
