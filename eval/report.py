@@ -52,6 +52,28 @@ def bar_chart_png(labels: list[str], series: dict[str, list[float]], *, title: s
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def per_video_png(values: dict[str, list[float]]) -> str:
+    """Per-video results of each dimension as a strip plot (matplotlib, Agg), base64 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(8, 0.8 + 0.45 * len(values)))
+    rng = np.random.default_rng(0)
+    for k, vals in enumerate(values.values()):
+        ax.scatter(vals, k + rng.uniform(-0.15, 0.15, len(vals)), s=12, alpha=0.7)
+    ax.set_yticks(range(len(values)), list(values))
+    ax.invert_yaxis()
+    ax.set_title("per-video results")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
 def _scores_table(scores: dict[str, Any]) -> str:
     rows = []
     for label, key in (
@@ -96,6 +118,9 @@ def render_report(*, results: dict[str, Any], info: dict[str, Any], strips: dict
             title="per-dimension score",
         )
         parts.append(f"<img alt='per-dimension bars' src='data:image/png;base64,{png}'>")
+        spread = {n: [float(e["video_results"]) for e in results[dims[n]["key"]][1]] for n in scored}
+        png = per_video_png({n: v for n, v in spread.items() if v})
+        parts.append(f"<img alt='per-video results' src='data:image/png;base64,{png}'>")
     parts.append("<h2>VBench scores</h2>" + _scores_table(info["scores"]))
     per_video: dict[str, dict[str, Any]] = {}
     for n, d in dims.items():

@@ -87,3 +87,16 @@ def test_missing_weights_fail_before_any_video_is_read(videos_dir, tmp_path, mon
 def test_unknown_dimension_is_a_clear_error(videos_dir, tmp_path):
     with pytest.raises(ValueError, match="unknown eval dimension 'dynamic'; available"):
         evaluate(videos_dir, tmp_path / "out", dimensions=["dynamic"], config=EvalConfig(), progress=False)
+
+
+def test_json_map_gives_prompts_and_lists_missing_files(videos_dir, tmp_path):
+    prompts = {"a still lake-0.mp4": "calm water", "gone.mp4": "a missing video"}
+    out = evaluate(
+        videos_dir, tmp_path / "out", dimensions=["motion_smoothness"], prompts=prompts, progress=False
+    )
+    entries = out["results"]["motion_smoothness:substitute"][1]
+    assert [e["video_path"].split("/")[-1] for e in entries] == ["a still lake-0.mp4"]
+    assert out["info"]["mode"] == "custom"
+    assert out["info"]["missing"] == [
+        {"prompt": "a missing video", "video_path": str(videos_dir / "gone.mp4"), "reason": "file not found"}
+    ]
