@@ -20,6 +20,7 @@ from vdiff.models.dit import (
     videodit_wan21_1_3b,
     videodit_wan21_14b,
 )
+from vdiff.models.io import convert_checkpoint, load_model, read_config, save_model
 from vdiff.models.layers import Attention, DiTBlock
 
 __all__ = [
@@ -32,7 +33,11 @@ __all__ = [
     "OutputHead",
     "VideoDiT",
     "build_model",
+    "convert_checkpoint",
+    "load_model",
     "model_config",
+    "read_config",
+    "save_model",
     "videodit_demo",
     "videodit_tiny",
     "videodit_wan21_1_3b",
