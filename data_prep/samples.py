@@ -36,8 +36,7 @@ def bikes_path() -> Path | None:
     return p if p.is_file() else None
 
 
-def _filters_video() -> np.ndarray:
-    h, w = SAMPLE_SIZE
+def _filters_video(h: int, w: int) -> np.ndarray:
     kw = {"height": h, "width": w, "fps": SAMPLE_FPS}
     frames, _ = synthetic.hard_cuts(
         [
@@ -54,9 +53,8 @@ def _filters_video() -> np.ndarray:
     return frames
 
 
-def _shapes(color: str, shape: str, direction: str, seed: int) -> Callable[[], np.ndarray]:
-    h, w = SAMPLE_SIZE
-    return lambda: synthetic.moving_shapes(
+def _shapes(color: str, shape: str, direction: str, seed: int) -> Callable[[int, int], np.ndarray]:
+    return lambda h, w: synthetic.moving_shapes(
         color, shape, direction, num_frames=60, height=h, width=w, fps=SAMPLE_FPS, speed=0.3, seed=seed
     )
 
@@ -65,8 +63,8 @@ def _shapes_entry(color: str, shape: str, direction: str, *, seed: int, crf: int
     return (_shapes(color, shape, direction, seed), crf, synthetic.shape_caption(color, shape, direction))
 
 
-# name -> (frames generator, crf, caption)
-SYNTHETIC: dict[str, tuple[Callable[[], np.ndarray], int, str]] = {
+# name -> (frames generator (height, width) -> frames, crf, caption)
+SYNTHETIC: dict[str, tuple[Callable[[int, int], np.ndarray], int, str]] = {
     "red_circle_left.mp4": _shapes_entry("red", "circle", "left", seed=1),
     "blue_square_up.mp4": _shapes_entry("blue", "square", "up", seed=2),
     "yellow_triangle_right.mp4": _shapes_entry("yellow", "triangle", "right", seed=3),
@@ -76,17 +74,17 @@ SYNTHETIC: dict[str, tuple[Callable[[], np.ndarray], int, str]] = {
 }
 
 
-def write_synthetic_samples(folder: Path) -> list[Path]:
+def write_synthetic_samples(folder: Path, *, size: tuple[int, int] = SAMPLE_SIZE) -> list[Path]:
     """Write the synthetic samples (and their ``.txt`` captions) into ``folder``; return the videos.
 
-    Files already there are kept, so a re-run sees the same bytes.
+    ``size`` is (height, width); files already there are kept, so a re-run sees the same bytes.
     """
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for name, (make, crf, caption) in SYNTHETIC.items():
         path = folder / name
         if not path.is_file():
-            synthetic.write_video(path, make(), SAMPLE_FPS, crf=crf)
+            synthetic.write_video(path, make(*size), SAMPLE_FPS, crf=crf)
         txt = path.with_suffix(".txt")
         if not txt.is_file():
             atomic_write_text(txt, caption + "\n")
