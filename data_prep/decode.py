@@ -5,8 +5,10 @@ resized while decoding (decord/FFmpeg's scaler) to a short side of ``DecodeConfi
 pixels. Scene detection, motion, quality and dedup all read these frames.
 
 Bad inputs raise :class:`vdiff.io.video.VideoError` with the file and the reason: missing,
-empty, not a video, no frames. A truncated file yields the frames that could be decoded
-(``DecodedVideo.truncated`` is then True and ``meta.num_frames`` is the decoded count).
+empty, not a video, no frames. A stream that breaks part-way (corrupt packets, a cut download whose index
+is at the front) yields the frames before the break, decoded sequentially with PyAV
+(``DecodedVideo.truncated`` is then True and ``meta.num_frames`` is the decoded count). A cut
+mp4 whose index (moov) was at the end cannot be opened at all and raises.
 """
 
 from __future__ import annotations
@@ -91,48 +93,61 @@ def decode_for_analysis(path: str | Path, cfg: DecodeConfig | None = None) -> De
         raise VideoError(f"{path}: the container reports no frame rate (fps={fps})")
     del probe_reader
     w, h = analysis_size(src_w, src_h, cfg.short_side)
+
+    def reader(resized: bool):
+        size = {} if resized else {"width": w, "height": h}
+        return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=cfg.num_threads, **size)
+
     try:
-        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), width=w, height=h, num_threads=cfg.num_threads)
-        resize_after = False
+        vr = reader(resized=False)
     except Exception as e:
         raise VideoError(f"{path}: not a readable video ({type(e).__name__})") from e
-
+    resize_after = False  # True once decord's scaler refused the size (decode full, resize here)
     chunks: list[np.ndarray] = []
-    truncated = False
     for start in range(0, n_promised, cfg.chunk_frames):
         idx = list(range(start, min(start + cfg.chunk_frames, n_promised)))
         try:
             batch = vr.get_batch(idx).asnumpy()  # (t, h, w, 3)
         except Exception as e:
-            if "must exactly match" in str(e) and not resize_after:
-                # NOTE: decord's scaler mis-sizes some targets; decode at full size and resize
-                # with OpenCV instead (same fallback as vdiff.io.video.read_frames).
-                vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=cfg.num_threads)
-                resize_after = True
-                batch = None
-            else:
-                batch = None
-            if batch is None:
-                batch, truncated = _decode_one_by_one(vr, idx)
-        if resize_after and len(batch):
+            if "must exactly match" not in str(e) or resize_after:
+                # NOTE: a corrupt or cut stream. decord's reader is unusable after a failed
+                # batch and how far it gets depends on the batch size, so decode the readable
+                # prefix sequentially with PyAV instead: deterministic, stops at the first
+                # undecodable packet.
+                frames = _decode_prefix_pyav(path, width=w, height=h, limit=n_promised)
+                return _result(path, frames, fps=fps, src=(src_w, src_h), promised=n_promised)
+            # NOTE: decord's scaler mis-sizes some targets; decode at full size and resize
+            # with OpenCV instead (same fallback as vdiff.io.video.read_frames).
+            resize_after = True
+            vr = reader(resized=True)
+            batch = vr.get_batch(idx).asnumpy()
+        if resize_after:
             batch = _resize_all(batch, w, h)
-        if len(batch):
-            chunks.append(batch)
-        if truncated:
-            break
-    frames = np.concatenate(chunks) if chunks else np.zeros((0, h, w, 3), np.uint8)
+        chunks.append(batch)
+    frames = np.concatenate(chunks)
+    return _result(path, frames, fps=fps, src=(src_w, src_h), promised=n_promised)
+
+
+def _result(
+    path: Path, frames: np.ndarray, *, fps: float, src: tuple[int, int], promised: int
+) -> DecodedVideo:
     if len(frames) == 0:
         raise VideoError(f"{path}: no frame could be decoded (corrupt or truncated stream)")
-    meta = VideoMeta(num_frames=len(frames), fps=fps, width=int(src_w), height=int(src_h))
-    return DecodedVideo(path=path, meta=meta, frames=frames, truncated=truncated)
+    meta = VideoMeta(num_frames=len(frames), fps=fps, width=int(src[0]), height=int(src[1]))
+    return DecodedVideo(path=path, meta=meta, frames=frames, truncated=len(frames) < promised)
 
 
-def _decode_one_by_one(vr, idx: list[int]) -> tuple[np.ndarray, bool]:
-    """Decode ``idx`` frame by frame, stopping at the first failure (a truncated stream)."""
-    out = []
-    for i in idx:
-        try:
-            out.append(vr[i].asnumpy())
-        except Exception:
-            return (np.stack(out) if out else np.zeros((0, 0, 0, 3), np.uint8)), True
-    return np.stack(out), False
+def _decode_prefix_pyav(path: Path, *, width: int, height: int, limit: int) -> np.ndarray:
+    """Frames from the start of ``path`` up to the first decoding error, (T, h, w, 3) RGB."""
+    import av
+
+    out: list[np.ndarray] = []
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(container.streams.video[0]):
+                out.append(frame.to_ndarray(width=width, height=height, format="rgb24"))
+                if len(out) >= limit:
+                    break
+    except (av.FFmpegError, OSError, IndexError):
+        pass  # NOTE: the end of the readable prefix; the caller reports truncated=True
+    return np.stack(out) if out else np.zeros((0, height, width, 3), np.uint8)

@@ -87,25 +87,30 @@ def camera_move(
     fps: float = 24.0,
     seed: int = 0,
     noise: float = 2.0,
+    shake: float = 0.0,
 ) -> np.ndarray:
     """A camera panning/tilting over a textured world at ``speed`` frame widths per second.
 
     ``direction`` is where the content moves on screen (``"left"``: the camera pans right).
-    ``noise`` adds Gaussian sensor noise of that standard deviation (grey levels).
+    ``noise`` adds Gaussian sensor noise of that standard deviation (grey levels). ``shake``
+    jolts the camera every frame by a random offset of that standard deviation, in frame
+    widths (a hand-held camera: 0.01-0.03).
     """
     aspect = width / height
     world_w_frame = _WORLD_H * aspect  # a frame's width in texture pixels
     travel = abs(speed) * world_w_frame * num_frames / fps  # texture pixels moved in total
     horizontal = direction in ("left", "right")
-    ww = int(world_w_frame + (travel if horizontal else 0)) + 8
-    wh = int(_WORLD_H + (0 if horizontal else travel)) + 8
+    margin = int(4 * shake * world_w_frame) + 8
+    ww = int(world_w_frame + (travel if horizontal else 0)) + 2 * margin
+    wh = int(_WORLD_H + (0 if horizontal else travel)) + 2 * margin
     world = texture(wh, ww, seed=seed)
     rng = np.random.default_rng(seed + 1)
+    jolts = np.clip(rng.normal(0, shake * world_w_frame, (num_frames, 2)), -margin + 1, margin - 1)
     frames = np.empty((num_frames, height, width, 3), np.uint8)
     for t in range(num_frames):
         d = abs(speed) * world_w_frame * t / fps
-        x0 = {"left": d, "right": travel - d}.get(direction, 0.0)
-        y0 = {"up": d, "down": travel - d}.get(direction, 0.0)
+        x0 = margin + jolts[t, 0] + {"left": d, "right": travel - d}.get(direction, 0.0)
+        y0 = margin + jolts[t, 1] + {"up": d, "down": travel - d}.get(direction, 0.0)
         frame = _render_window(world, x0=x0, y0=y0, height=height, width=width)
         if noise > 0:
             frame = np.clip(frame + rng.normal(0, noise, frame.shape), 0, 255).astype(np.uint8)

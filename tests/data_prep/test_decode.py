@@ -53,3 +53,54 @@ def test_bad_files_raise_video_error(tmp_path, content, reason):
 def test_missing_file_raises(tmp_path):
     with pytest.raises(VideoError, match="no such file"):
         decode_for_analysis(tmp_path / "nope.mp4")
+
+
+def _corrupt_second_half(data: bytes) -> bytes:
+    """Overwrite bytes in the second half of the media data: frames after it cannot decode."""
+    start = data.find(b"mdat") + len(data) // 2
+    rng = np.random.default_rng(0)
+    out = bytearray(data)
+    for i in rng.integers(start, len(out) - 16, 60):
+        out[int(i)] = int(rng.integers(0, 256))
+    return bytes(out)
+
+
+def _faststart_mp4(path, frames, fps):
+    import av
+
+    # NOTE: moov first, as downloads and streaming files are written; then a cut file still
+    # has its index.
+    with av.open(str(path), mode="w", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("libx264", rate=int(fps))
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for f in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def test_corrupt_stream_yields_the_frames_before_the_break(tmp_path):
+    frames = S.pan(num_frames=60, height=96, width=128)
+    good = tmp_path / "good.mp4"
+    _faststart_mp4(good, frames, 24)
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(_corrupt_second_half(good.read_bytes()))
+    v = decode_for_analysis(bad)
+    assert v.truncated and 0 < v.meta.num_frames < len(frames) and len(v.frames) == v.meta.num_frames
+    # frame i of the prefix is frame i of the source (indices stay aligned for the clip spans)
+    src = frames.reshape(len(frames), -1).astype(np.float32)
+    for i, f in enumerate(v.frames.reshape(len(v.frames), -1).astype(np.float32)):
+        assert int(np.abs(src - f).mean(axis=1).argmin()) == i
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.9])
+def test_truncated_file_raises_with_the_file_name(tmp_path, keep):
+    frames = S.pan(num_frames=60, height=96, width=128)
+    good = tmp_path / "good.mp4"
+    S.write_video(good, frames, 24.0)
+    cut = tmp_path / "cut.mp4"
+    data = good.read_bytes()
+    cut.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(VideoError, match="cut.mp4"):
+        decode_for_analysis(cut)
