@@ -7,6 +7,7 @@ from vdiff.data.loader import (
     collate,
     detect_kind,
     load_cached_sample,
+    load_empty_prompt,
     load_raw_sample,
 )
 from vdiff.data.shards import SampleRef, index_shard, list_shards, read_sample, split_member_name
@@ -23,6 +24,7 @@ __all__ = [
     "index_shard",
     "list_shards",
     "load_cached_sample",
+    "load_empty_prompt",
     "load_raw_sample",
     "read_sample",
     "resize_crop",

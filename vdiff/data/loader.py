@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -24,6 +25,8 @@ VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov")
 """member extensions read as raw video"""
 CACHED_EXT = "safetensors"
 """member extension of cached samples (tensors ``latents`` and ``context``)"""
+EMPTY_PROMPT_FILE = "empty_prompt.safetensors"
+"""written by `vdiff cache` next to its shards/: the empty prompt's embedding (tensor ``context`` (L, D))"""
 
 
 @dataclass
@@ -134,6 +137,21 @@ def load_cached_sample(ref: SampleRef) -> dict[str, Any]:
         "caption": _caption(meta, payload),
         "key": ref.key,
     }
+
+
+def load_empty_prompt(data_path: str | Path) -> torch.Tensor:
+    """The empty-prompt embedding (L, D) stored with cached shards (for caption dropout)."""
+    from safetensors.torch import load_file
+
+    root = Path(data_path).resolve()
+    # NOTE: data.path may name the cache folder, its shards/ folder, or one shard in it.
+    for folder in (root, *root.parents[:2]):
+        if (folder / EMPTY_PROMPT_FILE).is_file():
+            return load_file(str(folder / EMPTY_PROMPT_FILE))["context"]
+    raise FileNotFoundError(
+        f"cached data {data_path} has no {EMPTY_PROMPT_FILE}; "
+        "re-run `vdiff cache` or set flow.caption_dropout=0"
+    )
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:

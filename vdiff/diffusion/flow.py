@@ -141,3 +141,37 @@ def euler_sample(fn: VelocityFn, x: torch.Tensor, sigmas: torch.Tensor) -> torch
         sigma = torch.full((x.shape[0],), s, dtype=x.dtype, device=x.device)
         x = euler_step(x, fn(x, sigma), s, s_next)
     return x
+
+
+def sample_seed(*, seed: int, step: int, index: int) -> int:
+    """The seed of one training sample's random draws: a function of (run seed, step, sample index)."""
+    return ((seed * 1_000_003 + step) * 1_000_033 + index) % (2**63 - 1)
+
+
+def draw_training_noise(
+    x0: torch.Tensor,
+    *,
+    seeds: list[int],
+    mean: float = 0.0,
+    std: float = 1.0,
+    shift: float = 1.0,
+    dropout: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample seeded σ (B,), noise like x0 (B, ...), and caption-drop mask (B,) bool.
+
+    Sample i draws from its own generator seeded with ``seeds[i]`` (see :func:`sample_seed`), so
+    a global batch gets the same randomness however it is split across data-parallel ranks and
+    a resumed run redraws exactly what an uninterrupted one would.
+    """
+    if len(seeds) != x0.shape[0]:
+        raise ValueError(f"need one seed per sample: {len(seeds)} seeds for a batch of {x0.shape[0]}")
+    sigmas, drops, noises = [], [], []
+    for s in seeds:
+        g = torch.Generator().manual_seed(s)
+        sigmas.append(sample_sigmas(1, mean=mean, std=std, shift=shift, generator=g))
+        drops.append(torch.rand(1, generator=g) < dropout)
+        gd = torch.Generator(device=x0.device).manual_seed(s)
+        noises.append(torch.randn(x0.shape[1:], generator=gd, device=x0.device, dtype=torch.float32))
+    sigma = torch.cat(sigmas).to(x0.device)  # (B,)
+    noise = torch.stack(noises).to(x0.dtype)  # (B, ...)
+    return sigma, noise, torch.cat(drops).to(x0.device)

@@ -11,12 +11,14 @@ from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
 from vdiff.diffusion import (
     add_noise,
+    draw_training_noise,
     drop_captions,
     euler_sample,
     euler_step,
     flow_sigmas,
     resolution_shift,
     sample_logit_normal,
+    sample_seed,
     sample_sigmas,
     sigma_to_timestep,
     time_shift,
@@ -147,3 +149,20 @@ def test_diffusers_unipc_flow_sigmas_use_our_shift_and_timesteps() -> None:
     # integer timesteps: σ·1000 truncated (and capped at 999)
     expect = sigma_to_timestep(sch.sigmas[:-1].double()).clamp(max=999).to(torch.int64)
     assert (sch.timesteps.to(torch.int64) - expect).abs().max() <= 1
+
+
+def test_training_noise_depends_on_sample_seed_not_batch_split() -> None:
+    x0 = torch.zeros(4, 3, 2, 4, 4)
+    seeds = [sample_seed(seed=1, step=5, index=i) for i in range(4)]
+    assert len(set(seeds)) == 4 and sample_seed(seed=1, step=6, index=0) not in seeds
+    sigma, noise, drop = draw_training_noise(x0, seeds=seeds, shift=3.0, dropout=0.5)
+    halves = [
+        draw_training_noise(x0[:2], seeds=seeds[:2], shift=3.0, dropout=0.5),
+        draw_training_noise(x0[2:], seeds=seeds[2:], shift=3.0, dropout=0.5),
+    ]
+    torch.testing.assert_close(torch.cat([h[0] for h in halves]), sigma, rtol=0, atol=0)
+    torch.testing.assert_close(torch.cat([h[1] for h in halves]), noise, rtol=0, atol=0)
+    assert torch.equal(torch.cat([h[2] for h in halves]), drop)
+    assert sigma.shape == (4,) and noise.shape == x0.shape and bool(((sigma > 0) & (sigma < 1)).all())
+    assert not torch.equal(noise[0], noise[1])
+    assert not draw_training_noise(x0, seeds=seeds, dropout=0.0)[2].any()
