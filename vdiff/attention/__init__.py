@@ -10,6 +10,7 @@ a call that violates them is a clear error naming the backend and what it suppor
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -154,8 +155,16 @@ class AttentionConfig:
 
 
 def attention_op(cfg: AttentionConfig, *, layer_index: int) -> Callable[..., Any]:
-    """The ``(q, k, v) -> out`` callable that layer ``layer_index`` uses under ``cfg``."""
-    return functools.partial(attention, backend=cfg.backend_for(layer_index), **cfg.options)
+    """The ``(q, k, v) -> out`` callable that layer ``layer_index`` uses under ``cfg``.
+
+    Backends whose function takes a ``layer_index`` keyword (per-layer calibrated ones, such as
+    ``sparse``) receive it, unless ``cfg.options`` sets it.
+    """
+    name = cfg.backend_for(layer_index)
+    options = dict(cfg.options)
+    if "layer_index" in inspect.signature(get_backend(name).fn).parameters:
+        options.setdefault("layer_index", layer_index)
+    return functools.partial(attention, backend=name, **options)
 
 
 _BUILTINS_LOADED = False

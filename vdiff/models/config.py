@@ -130,8 +130,8 @@ def videodit_tiny_config(**overrides: Any) -> ModelConfig:
 
 def videodit_demo_config(**overrides: Any) -> ModelConfig:
     """Trains on 2 CPU cores in minutes on ~16x16 latent grids; text_dim 384 takes MiniLM embeddings."""
-    # NOTE: dim 128 (4 heads x 32), 4 layers is ~2.5 M parameters: a (2, 16, 16) latent grid with
-    # patch (1, 2, 2) is 128 tokens, so a batch of 8 runs a training step in well under a second on CPU.
+    # NOTE: dim 128 (4 heads x 32), 4 layers: 1.28 M parameters. A (2, 16, 16) latent grid with
+    # patch (1, 2, 2) is 128 tokens; see docs/model.md for a measured CPU step time.
     base = dict(
         in_channels=16,
         out_channels=16,

@@ -19,13 +19,13 @@ from vdiff.models import (
 )
 from vdiff.models.layers import apply_rope, rope_table, timestep_features
 
-CALLS: list[tuple[str, int]] = []
+CALLS: list[tuple[str, int | None, int]] = []
 
 
 @register_backend("_test_recording")
-def _recording(q, k, v, *, scale, return_lse=False, tag="rec"):
+def _recording(q, k, v, *, scale, return_lse=False, tag="rec", layer_index=None):
     """Naive softmax attention that records each call (test-only backend)."""
-    CALLS.append((tag, q.shape[2]))
+    CALLS.append((tag, layer_index, q.shape[2]))
     p = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)  # (B, H, Nq, Nk)
     return p @ v  # (B, H, Nq, D)
 
@@ -115,7 +115,7 @@ def test_per_layer_backend_from_config(randomize, inputs):
     CALLS.clear()
     with torch.no_grad():
         out = model(*inputs)
-    assert CALLS == [("rec", 45)]  # layer 0 only; layer 1 uses sdpa
+    assert CALLS == [("rec", 0, 45)]  # layer 0 only; layer 1 uses sdpa
     model.set_attention(AttentionConfig(backend="sdpa"))
     with torch.no_grad():
         ref = model(*inputs)
@@ -124,7 +124,7 @@ def test_per_layer_backend_from_config(randomize, inputs):
     CALLS.clear()
     with torch.no_grad():
         model(*inputs)
-    assert CALLS == [("opt", 45), ("opt", 45)]
+    assert CALLS == [("opt", 0, 45), ("opt", 1, 45)]  # layer_index passed to backends taking it
 
 
 def test_bad_configs_and_inputs_are_clear_errors(tiny):
