@@ -56,9 +56,10 @@ def output_geometry(meta: VideoMeta, cfg: OutputConfig) -> tuple[float, int, int
     fps = cfg.fps if cfg.fps > 0 else meta.fps
     w, h = meta.width, meta.height
     if cfg.short_side > 0 and min(w, h) != cfg.short_side:
+        # NOTE: yuv420p needs even sizes: round to the nearest even size when resizing anyway.
         scale = cfg.short_side / min(w, h)
-        w, h = round(w * scale), round(h * scale)
-    # NOTE: yuv420p needs even sizes; encode_mp4 crops the odd pixel, so report that size.
+        return float(fps), 2 * max(1, round(w * scale / 2)), 2 * max(1, round(h * scale / 2))
+    # NOTE: without a resize, encode_mp4 crops an odd pixel; report that size.
     return float(fps), w - w % 2, h - h % 2
 
 

@@ -1,0 +1,118 @@
+"""Output clips (frame-accurate re-encoding) and WebDataset shards (atomic, reproducible)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from data_prep.shards import (
+    OutputConfig,
+    ShardSample,
+    encode_clip,
+    output_frame_indices,
+    output_geometry,
+    read_shard,
+    sample_mp4_frames,
+    write_shards,
+)
+from vdiff.config import ConfigError, load_config
+from vdiff.io.video import VideoMeta, probe, read_frames, write_mp4
+
+
+def numbered_video(path, *, n: int = 40, h: int = 64, w: int = 128, fps: float = 24.0):
+    """Frame i is flat grey at level 6 * i: which source frame a decoded frame is can be read back."""
+    frames = np.stack([np.full((h, w, 3), 6 * i, np.uint8) for i in range(n)])
+    write_mp4(path, frames, fps, crf=0)
+    return path
+
+
+def frame_numbers(frames: np.ndarray) -> list[int]:
+    return [round(float(f.mean()) / 6) for f in frames]
+
+
+def test_output_frame_indices_pick_source_frames_without_blending():
+    assert output_frame_indices(start=5, end=15, src_fps=24.0, out_fps=24.0) == list(range(5, 15))
+    assert output_frame_indices(start=10, end=20, src_fps=30.0, out_fps=15.0) == [10, 12, 14, 16, 18]
+    # 25 -> 10 fps: output frame k shows the source frame on screen at k / 10 s.
+    expected = [0, 2, 5, 7, 10, 12, 15, 17, 20, 22]
+    assert output_frame_indices(start=0, end=25, src_fps=25.0, out_fps=10.0) == expected
+
+
+def test_output_geometry_keeps_aspect_and_even_sizes():
+    meta = VideoMeta(num_frames=10, fps=25.0, width=641, height=273)
+    assert output_geometry(meta, OutputConfig()) == (25.0, 640, 272)
+    assert output_geometry(meta, OutputConfig(fps=12.5, short_side=136)) == (12.5, 320, 136)
+    with pytest.raises(ConfigError, match="samples_per_shard"):
+        load_config(OutputConfig, overrides=["samples_per_shard=0"])
+
+
+def test_encode_clip_is_frame_accurate_at_the_source_rate(tmp_path):
+    src = numbered_video(tmp_path / "n.mp4")
+    meta = probe(src)
+    mp4, n = encode_clip(src, meta=meta, start=7, end=19, cfg=OutputConfig(crf=0))
+    (tmp_path / "clip.mp4").write_bytes(mp4)
+    assert n == 12
+    assert frame_numbers(read_frames(tmp_path / "clip.mp4")) == list(range(7, 19))
+
+
+def test_encode_clip_resamples_fps_and_resizes(tmp_path):
+    src = numbered_video(tmp_path / "n.mp4")
+    cfg = OutputConfig(fps=8.0, short_side=32, crf=0)
+    mp4, n = encode_clip(src, meta=probe(src), start=4, end=28, cfg=cfg)
+    assert n == 8
+    (tmp_path / "clip.mp4").write_bytes(mp4)
+    out = probe(tmp_path / "clip.mp4")
+    assert (out.width, out.height, out.fps, out.num_frames) == (64, 32, 8.0, 8)
+    assert frame_numbers(read_frames(tmp_path / "clip.mp4")) == [4, 7, 10, 13, 16, 19, 22, 25]
+    assert frame_numbers(sample_mp4_frames(mp4, 2)) == [10, 22]
+
+
+def _samples(n: int) -> list[ShardSample]:
+    def load(i: int) -> bytes:
+        return bytes([i]) * 100
+
+    return [
+        ShardSample(clip_id=f"clip{i:02d}", load_mp4=lambda i=i: load(i), meta={"caption": f"c{i}", "i": i})
+        for i in range(n)
+    ]
+
+
+def test_shards_are_webdataset_tars_packed_in_order_and_reproducible(tmp_path):
+    import webdataset as wds
+
+    where = write_shards(_samples(5), tmp_path, samples_per_shard=2)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert where == {f"clip{i:02d}": f"shard-{i // 2:06d}.tar" for i in range(5)}
+    assert [m for m, _ in read_shard(tmp_path / "shard-000001.tar")] == [
+        "clip02.mp4", "clip02.json", "clip03.mp4", "clip03.json",
+    ]  # fmt: skip
+
+    urls = [str(tmp_path / n) for n in names]
+    samples = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+    assert [s["__key__"] for s in samples] == [f"clip{i:02d}" for i in range(5)]
+    assert json.loads(samples[3]["json"]) == {"caption": "c3", "i": 3}
+    assert samples[4]["mp4"] == bytes([4]) * 100
+
+    before = {n: (tmp_path / n).read_bytes() for n in names}
+    write_shards(_samples(5), tmp_path, samples_per_shard=2)
+    assert {n: (tmp_path / n).read_bytes() for n in names} == before
+
+
+def test_rewriting_with_fewer_shards_removes_stale_shards_and_temp_files(tmp_path):
+    write_shards(_samples(5), tmp_path, samples_per_shard=2)
+    (tmp_path / ".shard-000003.tar.abc.tmp").write_bytes(b"partial")
+    write_shards(_samples(3), tmp_path, samples_per_shard=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-000000.tar"]
+
+
+def test_a_failing_sample_leaves_no_shard_under_its_final_name(tmp_path):
+    def boom() -> bytes:
+        raise OSError("disk full")
+
+    bad = [*_samples(1), ShardSample(clip_id="bad", load_mp4=boom, meta={})]
+    with pytest.raises(OSError, match="disk full"):
+        write_shards(bad, tmp_path, samples_per_shard=10)
+    assert list(tmp_path.iterdir()) == []
