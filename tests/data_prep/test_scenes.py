@@ -38,7 +38,7 @@ def test_bikes_cuts_transnetv2(bikes_video):
 
 
 def test_transnetv2_on_synthetic_cuts(make_video):
-    frames, cuts = S.hard_cuts([S.pan(seed=i, num_frames=40, speed=0.2) for i in range(2)])
+    frames, cuts = S.hard_cuts([S.pan(seed=i, num_frames=24, speed=0.2) for i in range(2)])
     scenes = detect_scenes(make_video(frames), SceneConfig(detector="transnetv2"))
     _assert_cuts_match(_cuts(scenes), cuts)
 
