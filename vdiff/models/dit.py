@@ -101,6 +101,8 @@ class Embedder(nn.Module):
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> Embedded:
         """x (B, C, T, H, W), timestep (B,) or scalar in [0, 1000), context (B, L, text_dim)."""
         grid = self.grid(tuple(x.shape))
+        # NOTE: inputs follow the weights' dtype (fp32 text embeddings into a bf16 model work).
+        x, context = x.to(self.patch.weight.dtype), context.to(self.text_embed.fc1.weight.dtype)
         tokens = self.patch(x).flatten(2).transpose(1, 2).contiguous()  # (B, N, dim)
         rope = rope_table(grid, self.rope_dims, theta=self.rope_theta, device=x.device)  # (N, D/2, 2)
         timestep = torch.as_tensor(timestep, device=x.device)
@@ -155,7 +157,10 @@ class VideoDiT(nn.Module):
         self.config = config
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """x (B, C, T, H, W) latents, timestep (B,) in [0, 1000), context (B, L, text_dim) -> like x."""
+        """x (B, C, T, H, W) latents, timestep (B,) in [0, 1000), context (B, L, text_dim) -> like x.
+
+        The output has x's shape and the weights' dtype.
+        """
         e = self.embed(x, timestep, context)
         tokens = e.tokens
         for block in self.blocks:

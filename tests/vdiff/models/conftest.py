@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vdiff.models import VideoDiT, videodit_tiny
+from vdiff.models import ModelConfig, VideoDiT, build_model
 
 
 def _randomize(model: torch.nn.Module, *, std: float = 0.2, seed: int = 0) -> torch.nn.Module:
@@ -48,10 +48,23 @@ def make_inputs():
     return _make_inputs
 
 
+# NOTE: diffusers-style tiny init dict (the same sizes as videodit_tiny()).
+INIT_DICT = dict(
+    in_channels=4,
+    out_channels=4,
+    num_heads=2,
+    head_dim=16,
+    ffn_dim=64,
+    num_layers=2,
+    text_dim=32,
+    freq_dim=32,
+)
+
+
 @pytest.fixture
 def tiny() -> VideoDiT:
-    """videodit_tiny() with all weights random, in eval mode."""
-    return _randomize(videodit_tiny()).eval()
+    """A VideoDiT built from INIT_DICT with all weights random, in eval mode."""
+    return _randomize(build_model(ModelConfig(**INIT_DICT))).eval()
 
 
 @pytest.fixture

@@ -70,6 +70,8 @@ def test_bf16_forward_close_to_fp32(tiny, inputs):
         ref = tiny(*inputs)
         x, t, c = inputs
         out = tiny.to(torch.bfloat16)(x.bfloat16(), t, c.bfloat16())
+        # fp32 latents and text embeddings follow the weights' dtype
+        assert torch.equal(tiny(x, t, c), out)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     # NOTE: bf16 keeps ~3 significant digits; the error relative to the output scale stays small.
     assert (out.float() - ref).abs().max() / ref.abs().max() < 0.1

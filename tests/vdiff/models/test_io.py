@@ -27,6 +27,12 @@ def test_save_load_round_trip(tiny, inputs, tmp_path):
         assert torch.equal(loaded(*inputs), tiny(*inputs))
 
 
+def test_attention_config_is_saved(tiny, tmp_path):
+    tiny.set_attention(AttentionConfig(per_layer={1: "sdpa"}, options={}))
+    save_model(tiny, tmp_path)
+    assert load_model(tmp_path).config.attention == AttentionConfig(per_layer={1: "sdpa"})
+
+
 def test_load_with_dtype_and_attention_override(tiny, tmp_path):
     save_model(tiny, tmp_path)
     model = load_model(tmp_path, dtype=torch.bfloat16, attention=AttentionConfig(per_layer={1: "sdpa"}))
