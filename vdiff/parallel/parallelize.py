@@ -101,7 +101,7 @@ def parallelize(model: nn.Module, mesh: ParallelMesh, cfg: ParallelConfig) -> nn
         apply_fsdp(model, mesh, cfg)
     elif mode == "ddp":
         if cfg.param_dtype != "float32" and dist.get_rank() == 0:
-            log.warning("DDP keeps float32 parameters; parallel.param_dtype=%s applies to FSDP", cfg.param_dtype)
+            log.warning("DDP keeps float32 parameters; param_dtype=%s applies to FSDP", cfg.param_dtype)
         return apply_ddp(model, mesh)
     return model
 

@@ -43,8 +43,8 @@ def _loss_and_grads(model: nn.Module) -> dict:
     (out * d["weight"]).sum().backward()
     grads = {}
     for name, p in model.named_parameters():
-        g = p.grad
-        grads[name.replace("_checkpoint_wrapped_module.", "")] = g.full_tensor() if hasattr(g, "full_tensor") else g
+        g = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad  # FSDP grads are DTensors
+        grads[name.replace("_checkpoint_wrapped_module.", "")] = g
     return {"out": out.detach(), "grads": grads}
 
 
