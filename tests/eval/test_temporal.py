@@ -13,9 +13,10 @@ from eval.metrics.temporal import (
     DynamicDegree,
     MotionSmoothness,
     TemporalFlickering,
-    is_dynamic,
+    dynamic_params,
     is_static,
     mean_abs_diff_score,
+    reaches_count,
 )
 from eval.registry import UnscorableVideoError, VideoSample
 from eval.runner import decode
@@ -63,13 +64,13 @@ def test_dynamic_degree_static_vs_moving(synth):
 
 
 def test_dynamic_degree_threshold_rule():
-    # 64 x 64 at 8 fps: threshold 6 * 64 / 256 = 1.5 px, 16 frames need round(4 * 16 / 16) = 4 pairs.
-    kw = {"num_frames": 16, "height": 64, "width": 64, "fps": 8.0}
-    assert not is_dynamic([1.6] * 3 + [0.0] * 12, **kw)
-    assert is_dynamic([1.6] * 4 + [0.0] * 11, **kw)
-    assert not is_dynamic([1.5] * 15, **kw)  # strictly greater than the threshold
-    # At 4 fps the threshold doubles: max(1, 8 / 4) = 2.
-    assert not is_dynamic([2.9] * 15, **{**kw, "fps": 4.0})
+    # 64 x 64 at 8 fps: threshold 6 * 64 / 256 = 1.5 px; 16 frames need round(4 * 16 / 16) = 4 pairs.
+    assert dynamic_params(num_frames=16, height=64, width=64, fps=8.0) == (1.5, 4)
+    # At 4 fps the threshold doubles (max(1, 8 / 4) = 2); 512 x 320 scales it by 320 / 256.
+    assert dynamic_params(num_frames=9, height=320, width=512, fps=4.0) == (2 * 6 * 320 / 256, 2)
+    assert not reaches_count([1.6] * 3 + [0.0] * 12, thres=1.5, count_num=4)
+    assert reaches_count([1.6] * 4 + [0.0] * 11, thres=1.5, count_num=4)
+    assert not reaches_count([1.5] * 15, thres=1.5, count_num=4)  # strictly greater
 
 
 def test_vbench_frame_sampling():
