@@ -7,7 +7,7 @@ The forward pass is three public pieces so that parallelism can be applied from 
     tokens = e.tokens
     for block in model.blocks:
         tokens = block(tokens, context=e.context, temb_mod=e.temb_mod, rope=e.rope)
-    v = model.unembed(tokens, temb=e.temb, grid=e.grid)
+    v = model.unembed(tokens, e.temb, e.grid)
 
 ``embed`` and ``unembed`` are submodules, so a sequence-parallel wrapper can shard the tokens and
 the per-token RoPE table in a forward hook of ``embed`` and gather them in a pre-hook of
@@ -17,6 +17,8 @@ the per-token RoPE table in a forward hook of ``embed`` and gather them in a pre
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import math
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -178,7 +180,7 @@ class VideoDiT(nn.Module):
         cfg.validate()
         for m in self.self_attentions():
             m.attn_op = attention_op(cfg, layer_index=m.layer_index)
-        self.config.attention = cfg
+        self.config = dataclasses.replace(self.config, attention=cfg)
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -204,8 +206,8 @@ def build_model(
     cfg: ModelConfig | str, *, device: torch.device | str | None = None, init: bool = True
 ) -> VideoDiT:
     """Assemble a VideoDiT from a config (or a preset name); ``device="meta"`` allocates nothing."""
-    if isinstance(cfg, str):
-        cfg = model_config(cfg)
+    # NOTE: the model keeps its own copy, so set_attention on one model never changes another's config.
+    cfg = model_config(cfg) if isinstance(cfg, str) else copy.deepcopy(cfg)
     cfg.validate()
     dim = cfg.dim
     with torch.device(device) if device is not None else contextlib.nullcontext():
