@@ -31,12 +31,16 @@ class DecodeConfig:
     """decoder threads per video (0 = FFmpeg's choice); keep 1 when workers run in parallel"""
     chunk_frames: int = 128
     """frames fetched per decoder call (bounds the decoder's temporary memory)"""
+    max_memory_mb: int = 8192
+    """refuse (VideoError) a video whose analysis frames would need more memory than this"""
 
     def validate(self) -> None:
         if self.short_side < 16:
             raise ValueError(f"decode.short_side={self.short_side}: must be at least 16 pixels")
         if self.chunk_frames < 1:
             raise ValueError(f"decode.chunk_frames={self.chunk_frames}: must be at least 1")
+        if self.max_memory_mb < 1:
+            raise ValueError(f"decode.max_memory_mb={self.max_memory_mb}: must be at least 1")
 
 
 @dataclass
@@ -83,16 +87,29 @@ def decode_for_analysis(path: str | Path, cfg: DecodeConfig | None = None) -> De
     n_promised = len(probe_reader)
     if n_promised == 0:
         raise VideoError(f"{path}: the video stream holds no frames")
-    try:
-        first = probe_reader[0].asnumpy()
-    except Exception as e:
-        raise VideoError(f"{path}: the first frame cannot be decoded ({type(e).__name__})") from e
-    src_h, src_w = first.shape[:2]
     fps = float(probe_reader.get_avg_fps())
     if not fps > 0:
         raise VideoError(f"{path}: the container reports no frame rate (fps={fps})")
+    try:
+        src_h, src_w = probe_reader[0].shape[:2]
+        first_ok = True
+    except Exception:
+        # NOTE: decord reads ahead, so corruption a few frames in can fail even frame 0.
+        src_w, src_h = _pyav_size(path)
+        first_ok = False
     del probe_reader
     w, h = analysis_size(src_w, src_h, cfg.short_side)
+    need_mb = n_promised * w * h * 3 / 2**20
+    if need_mb > cfg.max_memory_mb:
+        # NOTE: all analysis frames are held in memory; a clear error beats an OOM-killed worker.
+        raise VideoError(
+            f"{path}: {n_promised} frames at {w}x{h} need {need_mb:.0f} MiB for analysis, over "
+            f"decode.max_memory_mb={cfg.max_memory_mb}; split the video or raise the limit"
+        )
+
+    if not first_ok:
+        frames = _decode_prefix_pyav(path, width=w, height=h, limit=n_promised)
+        return _result(path, frames, fps=fps, src=(src_w, src_h), promised=n_promised)
 
     def reader(resized: bool):
         size = {} if resized else {"width": w, "height": h}
@@ -135,6 +152,18 @@ def _result(
         raise VideoError(f"{path}: no frame could be decoded (corrupt or truncated stream)")
     meta = VideoMeta(num_frames=len(frames), fps=fps, width=int(src[0]), height=int(src[1]))
     return DecodedVideo(path=path, meta=meta, frames=frames, truncated=len(frames) < promised)
+
+
+def _pyav_size(path: Path) -> tuple[int, int]:
+    """(width, height) of the video stream, from the container's codec parameters."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            return int(stream.codec_context.width), int(stream.codec_context.height)
+    except (av.FFmpegError, OSError, IndexError) as e:
+        raise VideoError(f"{path}: the first frame cannot be decoded ({type(e).__name__})") from e
 
 
 def _decode_prefix_pyav(path: Path, *, width: int, height: int, limit: int) -> np.ndarray:

@@ -104,3 +104,16 @@ def test_truncated_file_raises_with_the_file_name(tmp_path, keep):
     cut.write_bytes(data[: int(len(data) * keep)])
     with pytest.raises(VideoError, match=r"cut\.mp4"):
         decode_for_analysis(cut)
+
+
+def test_video_too_large_for_analysis_memory_is_refused(bikes):
+    # 250 frames x 302 x 128 x 3 bytes = 27.6 MiB
+    with pytest.raises(VideoError, match="max_memory_mb"):
+        decode_for_analysis(bikes, DecodeConfig(max_memory_mb=20))
+
+
+def test_config_validation_names_the_key():
+    from vdiff.config import ConfigError, load_config
+
+    with pytest.raises((ValueError, ConfigError), match="short_side"):
+        load_config(DecodeConfig, None, ["short_side=4"])
