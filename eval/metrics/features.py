@@ -88,6 +88,8 @@ class SubjectConsistency(_ConsistencyMetric):
         self.model = AutoModel.from_pretrained(str(path), local_files_only=True).to(cfg.device).eval()
         self.device, self.batch_size = cfg.device, cfg.batch_size
         model_type = getattr(self.model.config, "model_type", "")
+        # NOTE: ViT needs asking to interpolate position embeddings for non-224 inputs; DINOv2 always does.
+        self.forward_kwargs = {"interpolate_pos_encoding": True} if model_type == "vit" else {}
         if model_type != "vit":
             self.method = f"substitute: {model_type} features (VBench: DINO ViT-B/16)"
             self.comparable = False
@@ -97,9 +99,7 @@ class SubjectConsistency(_ConsistencyMetric):
         pixels = dino_transform(frames)  # (T, 3, H', W')
         outs = []
         for b in batches(pixels, self.batch_size):
-            hidden = self.model(
-                pixel_values=b.to(self.device), interpolate_pos_encoding=True
-            ).last_hidden_state
+            hidden = self.model(pixel_values=b.to(self.device), **self.forward_kwargs).last_hidden_state
             outs.append(hidden[:, 0])  # (B, D) CLS token after the final norm
         return torch.cat(outs).float().cpu()
 

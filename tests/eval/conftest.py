@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
@@ -73,13 +72,17 @@ def tiny_clip_dir(root: Path) -> Path:
     vocab = {c: i for i, c in enumerate(chars)}
     vocab |= {c + "</w>": len(chars) + i for i, c in enumerate(chars)}
     vocab |= {"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1}
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "vocab.json").write_text(json.dumps(vocab))
-    (root / "merges.txt").write_text("#version: 0.2\n")
     torch.manual_seed(0)
     common = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2}
     cfg = CLIPConfig(
-        text_config={**common, "vocab_size": len(vocab), "max_position_embeddings": 77},
+        text_config={
+            **common,
+            "vocab_size": len(vocab),
+            "max_position_embeddings": 77,
+            "bos_token_id": vocab["<|startoftext|>"],
+            "eos_token_id": vocab["<|endoftext|>"],
+            "pad_token_id": vocab["<|endoftext|>"],
+        },
         vision_config={**common, "image_size": 224, "patch_size": 32},
         projection_dim=8,
     )

@@ -128,3 +128,16 @@ def test_missing_weights_name_key_and_env(monkeypatch, tmp_path):
     monkeypatch.setenv("VDIFF_CLIP_B32", str(tmp_path / "nope"))
     with pytest.raises(MissingWeightsError, match="nope"):
         BackgroundConsistency(EvalConfig())
+
+
+def test_dinov2_folder_loads_but_is_labelled_substitute(tmp_path, synth):
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    cfg = Dinov2Config(
+        image_size=224, patch_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=1
+    )
+    Dinov2Model(cfg).eval().save_pretrained(tmp_path / "dinov2")
+    metric = SubjectConsistency(EvalConfig(weights=WeightsConfig(dino=str(tmp_path / "dinov2"))))
+    assert not metric.comparable and "dinov2" in metric.method
+    assert metric.compute(video(synth.static(n=3)))["video_results"] == pytest.approx(1.0, abs=1e-5)
