@@ -28,3 +28,15 @@ class ParallelConfig:
     """torch.compile each transformer block"""
     param_dtype: Literal["float32", "bfloat16"] = "bfloat16"
     """FSDP2 parameter dtype for compute (gradients are reduced in float32)"""
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the key for degrees that fit no world size."""
+        for name in ("dp_replicate", "ulysses", "ring", "cfg"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"parallel.{name}={getattr(self, name)} must be >= 1")
+        if self.dp_shard < 1 and self.dp_shard != -1:
+            raise ValueError(f"parallel.dp_shard={self.dp_shard} must be >= 1, or -1 to fill the world size")
+        if self.cfg not in (1, 2):
+            raise ValueError(f"parallel.cfg={self.cfg}: classifier-free guidance has 2 branches; use 1 or 2")
+        if self.ac_every < 1:
+            raise ValueError(f"parallel.ac_every={self.ac_every} must be >= 1")

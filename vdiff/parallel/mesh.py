@@ -53,12 +53,11 @@ class ParallelDims:
     @classmethod
     def from_config(cls, cfg: ParallelConfig, world_size: int) -> ParallelDims:
         """Resolve ``dp_shard=-1`` and check that the degrees multiply to ``world_size``."""
+        try:
+            cfg.validate()
+        except ValueError as e:
+            raise MeshError(str(e)) from None
         named = {"dp_replicate": cfg.dp_replicate, "ulysses": cfg.ulysses, "ring": cfg.ring, "cfg": cfg.cfg}
-        for name, value in {**named, "dp_shard": cfg.dp_shard}.items():
-            if value < 1 and not (name == "dp_shard" and value == -1):
-                raise MeshError(f"parallel.{name}={value} must be >= 1" + (" (or -1)" * (name == "dp_shard")))
-        if cfg.cfg not in (1, 2):
-            raise MeshError(f"parallel.cfg={cfg.cfg}: classifier-free guidance has 2 branches; use 1 or 2")
         others = math.prod(named.values())
         listing = " x ".join(f"{k}={v}" for k, v in named.items())
         if cfg.dp_shard == -1:

@@ -15,7 +15,7 @@ import logging
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed._composable import checkpoint
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
@@ -37,18 +37,16 @@ def checkpointed_blocks(num_blocks: int, cfg: ParallelConfig) -> list[int]:
     if cfg.activation_checkpoint == "full":
         return list(range(num_blocks))
     if cfg.activation_checkpoint == "selective":
-        if cfg.ac_every < 1:
-            raise ValueError(f"parallel.ac_every={cfg.ac_every} must be >= 1")
         return [i for i in range(num_blocks) if (i + 1) % cfg.ac_every == 0]
     return []
 
 
 def apply_activation_checkpointing(model: nn.Module, cfg: ParallelConfig) -> None:
-    """Wrap the chosen blocks with PyTorch's non-reentrant checkpoint wrapper (in place)."""
-    # NOTE: checkpoint_wrapper strips its own prefix from state_dict() and DCP's state-dict
-    # helpers, so checkpoints keep the plain block names.
+    """Recompute the chosen blocks' activations in backward (PyTorch's composable ``checkpoint``)."""
+    # NOTE: the composable API works by hooks on the block, so parameter names stay the same
+    # (a checkpoint or an EMA copy written without activation checkpointing still matches).
     for i in checkpointed_blocks(len(model.blocks), cfg):  # type: ignore[arg-type]
-        model.blocks[i] = checkpoint_wrapper(model.blocks[i])  # type: ignore[index]
+        checkpoint(model.blocks[i])  # type: ignore[index]
 
 
 def apply_compile(model: nn.Module) -> None:

@@ -37,6 +37,8 @@ def _entry(rank: int, world_size: int, port: int, out_dir: str, fn: Callable[...
     try:
         result = fn(rank, world_size, *args)
         torch.save(result, os.path.join(out_dir, f"{rank}.pt"))
+        # NOTE: rank 0 hosts the TCP store; leaving early would break peers still setting up groups.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

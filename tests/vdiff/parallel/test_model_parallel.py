@@ -44,7 +44,7 @@ def _loss_and_grads(model: nn.Module) -> dict:
     grads = {}
     for name, p in model.named_parameters():
         g = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad  # FSDP grads are DTensors
-        grads[name.replace("_checkpoint_wrapped_module.", "")] = g
+        grads[name] = g
     return {"out": out.detach(), "grads": grads}
 
 
@@ -55,6 +55,15 @@ def _parallel_run(rank: int, world_size: int, configs: list[dict]) -> list[dict]
         model = parallelize(_model(), build_mesh(cfg), cfg)
         results.append(_loss_and_grads(model))
     return results
+
+
+def _three_heads_on_two_ulysses_ranks(rank: int, world_size: int) -> str:
+    cfg = ParallelConfig(ulysses=2)
+    try:
+        parallelize(videodit_tiny(num_heads=3), build_mesh(cfg), cfg)
+    except ValueError as e:
+        return str(e)
+    return ""
 
 
 def _check(per_rank: list[list[dict]], configs: list[dict]) -> None:
@@ -75,6 +84,13 @@ def test_ulysses_and_ring_model_match_one_process(run_distributed):
 
 
 @pytest.mark.dist
+def test_heads_not_divisible_by_ulysses_is_a_clear_error(run_distributed):
+    for message in run_distributed(_three_heads_on_two_ulysses_ranks, 2):
+        assert "parallel.ulysses=2 does not divide the model's 3 attention heads" in message
+        assert "parallel.ring" in message
+
+
+@pytest.mark.dist
 def test_ulysses_by_ring_model_matches_one_process(run_distributed):
     configs = [{"ulysses": 2, "ring": 2}]
     _check(run_distributed(_parallel_run, 4, configs), configs)
@@ -84,8 +100,13 @@ def test_parallelize_on_one_process_keeps_names_and_outputs():
     cfg = ParallelConfig(activation_checkpoint="selective", ac_every=2, param_dtype="float32")
     plain, wrapped = _model(), parallelize(_model(), build_mesh(cfg), cfg)
     assert list(plain.state_dict()) == list(wrapped.state_dict())
+    assert [n for n, _ in plain.named_parameters()] == [n for n, _ in wrapped.named_parameters()]
     assert checkpointed_blocks(len(plain.blocks), cfg) == [1]
+    calls = {0: 0, 1: 0}
+    for i in calls:
+        wrapped.blocks[i].ffn.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
     torch.testing.assert_close(_loss_and_grads(wrapped), _loss_and_grads(plain))
+    assert calls == {0: 1, 1: 2}  # block 1 is recomputed in backward, block 0 is not
 
 
 def test_checkpointed_blocks():
