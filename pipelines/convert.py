@@ -4,7 +4,8 @@
     vdiff convert --to diffusers SRC DST       # vdiff folder -> diffusers folder (from_pretrained loads it)
     python -m pipelines.convert ...            # the same
 
-SRC may also be a diffusers pipeline folder (its ``transformer/`` subfolder is used). Tensors
+SRC may also be a diffusers pipeline folder (its ``transformer/`` subfolder is used) or an original
+Wan repository folder (Wan-AI/Wan2.1-T2V-1.3B: ``WanModel`` config.json + safetensors). Tensors
 are streamed one safetensors shard at a time and copied bit for bit unless ``--dtype`` is given.
 """
 

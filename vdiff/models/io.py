@@ -4,9 +4,10 @@ A **vdiff model folder** holds ``config.json`` (``{"format": "vdiff.VideoDiT", "
 and ``model.safetensors`` (or shards ``model-0000i-of-0000n.safetensors`` with
 ``model.safetensors.index.json``). A **diffusers folder** is what
 ``WanTransformer3DModel.save_pretrained`` writes: ``config.json`` and
-``diffusion_pytorch_model.safetensors`` (or shards plus an index). ``load_model`` reads both;
-``convert_checkpoint`` turns one into the other one shard at a time, so a 14B checkpoint is never
-held twice in memory.
+``diffusion_pytorch_model.safetensors`` (or shards plus an index). An **original Wan folder**
+(Wan-AI/Wan2.1-T2V-*, ``config.json`` with ``_class_name: WanModel``) is read too. ``load_model``
+reads all three; ``convert_checkpoint`` writes vdiff or diffusers folders one shard at a time, so
+a 14B checkpoint is never held twice in memory.
 """
 
 from __future__ import annotations
@@ -29,18 +30,26 @@ from vdiff.models.config import ModelConfig
 from vdiff.models.dit import VideoDiT, build_model
 from vdiff.models.wan import (
     config_from_diffusers,
+    config_from_wan,
     config_to_diffusers,
     diffusers_to_vdiff_key,
     is_diffusers_config,
+    is_wan_config,
     vdiff_to_diffusers_key,
+    wan_to_vdiff_key,
 )
 
-Format = Literal["vdiff", "diffusers"]
+Format = Literal["vdiff", "diffusers", "wan"]
 VDIFF_FORMAT = "vdiff.VideoDiT"
-WEIGHTS_NAME: dict[str, str] = {"vdiff": "model", "diffusers": "diffusion_pytorch_model"}
+WEIGHTS_NAME: dict[str, str] = {
+    "vdiff": "model",
+    "diffusers": "diffusion_pytorch_model",
+    "wan": "diffusion_pytorch_model",
+}
 _RENAME_TO_VDIFF: dict[str, Callable[[str], str]] = {
     "vdiff": lambda k: k,
     "diffusers": diffusers_to_vdiff_key,
+    "wan": wan_to_vdiff_key,
 }
 _RENAME_FROM_VDIFF: dict[str, Callable[[str], str]] = {
     "vdiff": lambda k: k,
@@ -78,9 +87,12 @@ def read_config(path: str | Path) -> tuple[ModelConfig, Format]:
             raise ValueError(f"{cfg_path}: bad vdiff model config: {e}") from e
     if is_diffusers_config(raw):
         return config_from_diffusers(raw, source=str(cfg_path)), "diffusers"
+    if is_wan_config(raw):
+        return config_from_wan(raw, source=str(cfg_path)), "wan"
     raise ValueError(
-        f"{cfg_path} is neither a vdiff model config (format={VDIFF_FORMAT!r}) nor a diffusers "
-        f"WanTransformer3DModel config (_class_name={raw.get('_class_name')!r})"
+        f"{cfg_path} is neither a vdiff model config (format={VDIFF_FORMAT!r}), a diffusers "
+        f"WanTransformer3DModel config nor an original Wan WanModel config "
+        f"(_class_name={raw.get('_class_name')!r})"
     )
 
 
@@ -214,7 +226,7 @@ def convert_checkpoint(
     src: str | Path,
     dst: str | Path,
     *,
-    to: Format,
+    to: Literal["vdiff", "diffusers"],
     dtype: torch.dtype | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -225,6 +237,8 @@ def convert_checkpoint(
     """
     folder = model_folder(src)
     cfg, fmt = read_config(folder)
+    if to not in ("vdiff", "diffusers"):
+        raise ValueError(f"cannot convert to {to!r}; choose 'vdiff' or 'diffusers'")
     if fmt == to:
         raise ValueError(f"{folder} is already a {to} model folder; nothing to convert")
     files = weight_files(folder, fmt)

@@ -1,4 +1,5 @@
-"""Wan2.1 compatibility: diffusers ``WanTransformer3DModel`` config and weight names <-> vdiff.
+"""Wan2.1 compatibility: config and weight names of diffusers' ``WanTransformer3DModel`` and of
+the original Wan repository's ``WanModel`` (Wan-AI/Wan2.1-T2V-*, non-diffusers) <-> vdiff.
 
 The maps are pure functions on names and dicts (no tensors), so conversion can stream a
 checkpoint shard by shard (see :mod:`vdiff.models.io`).
@@ -57,6 +58,41 @@ def _rename(key: str, table: list[tuple[re.Pattern[str], str]], direction: str) 
             name = template.replace("{i}", m.group("i")) if "{i}" in template else template
             return name + m.group("rest")
     raise KeyError(f"weight {key!r} has no {direction} name; is this a Wan2.1 text-to-video transformer?")
+
+
+# NOTE: (vdiff module path, original Wan module path). The original names the cross-attention
+# norm ``norm3`` and has no params in its FFN norm ``norm2``; vdiff follows diffusers' order.
+WAN_NAME_MAP: list[tuple[str, str]] = [
+    ("embed.patch", "patch_embedding"),
+    ("embed.time_embed.fc1", "time_embedding.0"),
+    ("embed.time_embed.fc2", "time_embedding.2"),
+    ("embed.time_proj", "time_projection.1"),
+    ("embed.text_embed.fc1", "text_embedding.0"),
+    ("embed.text_embed.fc2", "text_embedding.2"),
+    *[
+        (f"blocks.{{i}}.{kind}.{a}", f"blocks.{{i}}.{kind}.{a}")
+        for kind in ("self_attn", "cross_attn")
+        for a, _ in _ATTN
+    ],
+    ("blocks.{i}.norm2", "blocks.{i}.norm3"),
+    ("blocks.{i}.ffn.fc1", "blocks.{i}.ffn.0"),
+    ("blocks.{i}.ffn.fc2", "blocks.{i}.ffn.2"),
+    ("blocks.{i}.modulation", "blocks.{i}.modulation"),
+    ("unembed.proj", "head.head"),
+    ("unembed.modulation", "head.modulation"),
+]
+_WAN_TO_VDIFF = [(_compile(b), a) for a, b in WAN_NAME_MAP]
+_VDIFF_TO_WAN = [(_compile(a), b) for a, b in WAN_NAME_MAP]
+
+
+def wan_to_vdiff_key(key: str) -> str:
+    """Original Wan ``blocks.3.ffn.0.weight`` -> ``blocks.3.ffn.fc1.weight``; unknown names raise KeyError."""
+    return _rename(key, _WAN_TO_VDIFF, "vdiff")
+
+
+def vdiff_to_wan_key(key: str) -> str:
+    """``blocks.3.ffn.fc1.weight`` -> original Wan ``blocks.3.ffn.0.weight``."""
+    return _rename(key, _VDIFF_TO_WAN, "original Wan")
 
 
 def diffusers_to_vdiff_key(key: str) -> str:
@@ -140,3 +176,44 @@ def config_to_diffusers(cfg: ModelConfig, *, diffusers_version: str | None = Non
     for k in _UNSUPPORTED:
         out[k] = None
     return out
+
+
+WAN_CLASS = "WanModel"
+
+
+def is_wan_config(config: dict[str, Any]) -> bool:
+    """True for the config.json of an original Wan repository transformer (``WanModel``)."""
+    return config.get("_class_name") == WAN_CLASS
+
+
+def config_from_wan(config: dict[str, Any], *, source: str = "config.json") -> ModelConfig:
+    """ModelConfig equivalent to an original Wan ``WanModel`` config (Wan-AI/Wan2.1-T2V-*)."""
+    model_type = config.get("model_type", "t2v")
+    if model_type != "t2v":
+        raise ValueError(
+            f"{source}: model_type={model_type!r}; vdiff converts text-to-video (t2v) Wan2.1 models only"
+        )
+    missing = [k for k in ("dim", "num_heads", "ffn_dim", "num_layers") if k not in config]
+    if missing:
+        raise ValueError(f"{source}: WanModel config lacks {missing}")
+    if list(config.get("window_size", (-1, -1))) != [-1, -1]:
+        raise ValueError(f"{source}: window_size={config['window_size']} (local attention) is not supported")
+    if not config.get("qk_norm", True) or not config.get("cross_attn_norm", True):
+        raise ValueError(f"{source}: qk_norm and cross_attn_norm must be true (as in every Wan2.1 model)")
+    dim, heads = int(config["dim"]), int(config["num_heads"])
+    if dim % heads:
+        raise ValueError(f"{source}: dim={dim} is not divisible by num_heads={heads}")
+    cfg = ModelConfig(
+        in_channels=int(config.get("in_dim", 16)),
+        out_channels=int(config.get("out_dim", 16)),
+        patch_size=tuple(config.get("patch_size", (1, 2, 2))),
+        num_heads=heads,
+        head_dim=dim // heads,
+        ffn_dim=int(config["ffn_dim"]),
+        num_layers=int(config["num_layers"]),
+        text_dim=int(config.get("text_dim", 4096)),
+        freq_dim=int(config.get("freq_dim", 256)),
+        eps=float(config.get("eps", 1e-6)),
+    )
+    cfg.validate()
+    return cfg

@@ -21,7 +21,12 @@ from vdiff.models import (  # noqa: E402
     model_config,
     read_config,
 )
-from vdiff.models.wan import config_from_diffusers, config_to_diffusers, diffusers_to_vdiff_key  # noqa: E402
+from vdiff.models.wan import (  # noqa: E402
+    config_from_diffusers,
+    config_to_diffusers,
+    diffusers_to_vdiff_key,
+    vdiff_to_wan_key,
+)
 
 TINY_WAN = dict(
     patch_size=(1, 2, 2),
@@ -154,3 +159,37 @@ def test_published_configs_map_every_weight(name):
 def test_image_to_video_config_is_rejected():
     with pytest.raises(ValueError, match="image-to-video"):
         config_from_diffusers({**TINY_WAN, "_class_name": "WanTransformer3DModel", "image_dim": 1280})
+
+
+def _original_wan_state(wan) -> dict[str, torch.Tensor]:
+    return {vdiff_to_wan_key(diffusers_to_vdiff_key(k)): v.clone() for k, v in wan.state_dict().items()}
+
+
+def test_original_wan_names_match_diffusers_single_file_converter(wan):
+    # Reference: diffusers' own converter from the original Wan repository's layout.
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    ref = wan.state_dict()
+    converted = convert_wan_transformer_to_diffusers(_original_wan_state(wan))
+    assert converted.keys() == ref.keys()
+    assert all(torch.equal(converted[k], ref[k]) for k in ref)
+
+
+def test_load_and_convert_original_wan_folder(wan, tmp_path):
+    from safetensors.torch import save_file
+
+    src = tmp_path / "Wan2.1-T2V-tiny"
+    src.mkdir()
+    config = {"_class_name": "WanModel", "model_type": "t2v", "dim": 24, "num_heads": 2, "ffn_dim": 32}
+    config.update(num_layers=2, in_dim=4, out_dim=4, text_dim=16, freq_dim=32, eps=1e-6, text_len=512)
+    (src / "config.json").write_text(json.dumps(config))
+    save_file(_original_wan_state(wan), str(src / "diffusion_pytorch_model.safetensors"))
+    assert read_config(src)[1] == "wan"
+    assert _max_diff(wan, load_model(src)) < 1e-5
+    convert_checkpoint(src, tmp_path / "d", to="diffusers")
+    again = WanTransformer3DModel.from_pretrained(tmp_path / "d").state_dict()
+    ref = wan.state_dict()
+    assert all(torch.equal(again[k], ref[k]) for k in ref)
+    (src / "config.json").write_text(json.dumps({**config, "model_type": "i2v"}))
+    with pytest.raises(ValueError, match="text-to-video"):
+        load_model(src)
