@@ -11,6 +11,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from eval.registry import UnscorableVideoError
+
 FlowMethod = Literal["dis", "farneback"]
 
 
@@ -20,6 +22,8 @@ def _gray(frame: np.ndarray) -> np.ndarray:
 
 def optical_flow(a: np.ndarray, b: np.ndarray, method: FlowMethod = "dis") -> np.ndarray:
     """Dense flow from RGB frame ``a`` to ``b``: (H, W, 2) float32, so that ``a(x) ~ b(x + flow(x))``."""
+    if max(a.shape[:2]) < 12:
+        raise UnscorableVideoError(f"frames of {a.shape[0]}x{a.shape[1]} px are too small for optical flow")
     ga, gb = _gray(a), _gray(b)
     if method == "dis":
         dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)

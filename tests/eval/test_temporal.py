@@ -92,3 +92,9 @@ def test_motion_smoothness_linear_beats_jitter(synth):
     assert linear > jitter + 0.05
     with pytest.raises(UnscorableVideoError):
         metric.compute(sample(synth.static(n=2)))
+
+
+def test_frames_too_small_for_flow_are_unscorable_not_a_crash():
+    tiny = np.zeros((8, 8, 8, 3), np.uint8)
+    with pytest.raises(UnscorableVideoError, match="too small"):
+        DynamicDegree(EvalConfig()).compute(sample(tiny))
