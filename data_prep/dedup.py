@@ -4,7 +4,9 @@ A clip's fingerprint is the 64-bit DCT perceptual hash (``imagehash.phash``) of
 ``num_frames`` frames spread evenly over it. Two clips are near-duplicates when the hashes of
 *every* corresponding frame are within ``hamming_threshold`` bits: re-encoding, mild
 resizing, brightening or compression noise move a phash by a few bits; different content
-moves it by about half of its 64 bits.
+moves it by about half of its 64 bits. The hash sees luminance structure only: clips that
+differ just in a small object's colour (a red vs a blue ball on the same background) are
+near-duplicates to it.
 
 :class:`Deduper` holds all fingerprints in one process and is deterministic: feed clips in a
 fixed order (e.g. sorted by clip id) and the same clips are marked, each pointing at the

@@ -108,9 +108,8 @@ def pyscenedetect_cuts(frames: np.ndarray, *, fps: float, cfg: SceneConfig) -> l
     tc = None
     for i, frame in enumerate(frames):
         tc = FrameTimecode(i, fps=float(fps))
-        # NOTE: PySceneDetect expects BGR; a channel view costs nothing but cvtColor needs
-        # contiguous memory, so pass a contiguous copy (cheap at analysis resolution).
-        bgr = np.ascontiguousarray(frame[..., ::-1])
+        # NOTE: PySceneDetect expects BGR; cv2's swap is ~10x faster than a numpy strided copy.
+        bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
         cuts.extend(int(t.frame_num) for t in det.process_frame(tc, bgr))
     if tc is not None:
         cuts.extend(int(t.frame_num) for t in det.post_process(tc))
