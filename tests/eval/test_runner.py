@@ -7,7 +7,7 @@ import json
 import pytest
 
 import eval.runner as runner
-from eval import EvalConfig, MissingWeightsError, evaluate, vbench_video_name
+from eval import EvalConfig, MissingWeightsError, WeightsConfig, evaluate, vbench_video_name
 from eval.vbench import validate_results
 
 
@@ -100,3 +100,26 @@ def test_json_map_gives_prompts_and_lists_missing_files(videos_dir, tmp_path):
     assert out["info"]["missing"] == [
         {"prompt": "a missing video", "video_path": str(videos_dir / "gone.mp4"), "reason": "file not found"}
     ]
+
+
+def test_comparable_dimension_keeps_vbench_name_and_enters_leaderboard(videos_dir, tiny_clip, tmp_path):
+    cfg = EvalConfig(weights=WeightsConfig(clip_b32=str(tiny_clip)))
+    dims = ["background_consistency", "dynamic_degree"]
+    out = evaluate(videos_dir, tmp_path / "out", dimensions=dims, config=cfg, progress=False)
+    results = out["results"]
+    assert set(results) == {"background_consistency", "dynamic_degree:substitute"}
+    # What VBench's cal_final_score.py reads: key.replace("_", " ") -> aggregate.
+    upload = {k.replace("_", " "): v[0] for k, v in results.items()}
+    assert "background consistency" in upload and "dynamic degree" not in upload
+    leaderboard = out["info"]["scores"]["leaderboard"]["normalized"]
+    assert leaderboard == {
+        "background_consistency": pytest.approx((results["background_consistency"][0] - 0.2615) / 0.7385)
+    }
+
+
+def test_folder_of_only_bad_videos_still_writes_outputs(tmp_path):
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "x-0.mp4").write_bytes(b"")
+    out = evaluate(tmp_path / "v", tmp_path / "out", progress=False)
+    assert out["results"] == {} and "empty file" in out["info"]["skipped"][0]["reason"]
+    assert (tmp_path / "out" / "report.html").is_file()
