@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 import torch
 
 from eval.registry import Metric, UnscorableVideoError, VideoSample, register_metric, resolve_weight
@@ -27,17 +26,23 @@ def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
+def _psd_sqrt(a: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((a + a.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Dowson & Landau 1982)."""
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Dowson & Landau 1982).
+
+    NOTE: Tr((S1 S2)^(1/2)) is the sum of the square roots of the eigenvalues of S1 S2, which
+    equal those of the symmetric PSD matrix S1^(1/2) S2 S1^(1/2); using the latter (eigvalsh)
+    avoids complex round-off from a general matrix square root on near-singular covariances.
+    """
     diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        # NOTE: near-singular products (few videos, 400-d features) get a small diagonal offset,
-        # as the FID reference implementation does.
-        eps = np.eye(len(sigma1)) * 1e-6
-        covmean = scipy.linalg.sqrtm((sigma1 + eps) @ (sigma2 + eps))
-    covmean = np.real(covmean)
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+    root1 = _psd_sqrt(sigma1)
+    eig = np.linalg.eigvalsh(root1 @ sigma2 @ root1)
+    tr_covmean = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
 
 
 def clip_for_i3d(frames: np.ndarray, num_frames: int) -> torch.Tensor:

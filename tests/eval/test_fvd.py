@@ -86,3 +86,14 @@ def test_fvd_needs_detector_and_reference(tmp_path, monkeypatch):
     torch.jit.script(TinyDetector()).save(str(tmp_path / "i3d.pt"))
     with pytest.raises(FileNotFoundError, match="fvd_reference"):
         FVD(EvalConfig(weights=WeightsConfig(i3d=str(tmp_path / "i3d.pt"))))
+
+
+def test_frechet_distance_matches_matrix_square_root_definition():
+    # Reference: Tr((S1 S2)^(1/2)) from scipy's general matrix square root.
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(5, 5)), rng.normal(size=(5, 5))
+    s1, s2 = a @ a.T + 0.1 * np.eye(5), b @ b.T + 0.1 * np.eye(5)
+    mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
+    ref = (mu1 - mu2) @ (mu1 - mu2) + np.trace(s1 + s2) - 2 * np.trace(np.real(scipy_linalg.sqrtm(s1 @ s2)))
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(ref, rel=1e-9)
