@@ -103,6 +103,12 @@ class Embedder(nn.Module):
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> Embedded:
         """x (B, C, T, H, W), timestep (B,) or scalar in [0, 1000), context (B, L, text_dim)."""
         grid = self.grid(tuple(x.shape))
+        text_dim = self.text_embed.fc1.in_features
+        if context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[2] != text_dim:
+            raise ValueError(
+                f"context must be text embeddings shaped (B, L, text_dim)=({x.shape[0]}, L, {text_dim}), "
+                f"got {tuple(context.shape)}; check the text encoder matches model.text_dim"
+            )
         # NOTE: inputs follow the weights' dtype (fp32 text embeddings into a bf16 model work).
         x, context = x.to(self.patch.weight.dtype), context.to(self.text_embed.fc1.weight.dtype)
         tokens = self.patch(x).flatten(2).transpose(1, 2).contiguous()  # (B, N, dim)

@@ -141,6 +141,10 @@ def test_bad_configs_and_inputs_are_clear_errors(tiny):
         tiny(torch.zeros(1, 3, 1, 4, 4), torch.zeros(1), c)
     with pytest.raises(ValueError, match="not divisible by the patch size"):
         tiny(torch.zeros(1, 4, 1, 5, 4), torch.zeros(1), c)
+    with pytest.raises(ValueError, match=r"context must be .* got \(1, 2, 384\)"):
+        tiny(torch.zeros(1, 4, 1, 4, 4), torch.zeros(1), torch.zeros(1, 2, 384))
+    with pytest.raises(ValueError, match="timestep must be a scalar or shaped"):
+        tiny(torch.zeros(1, 4, 1, 4, 4), torch.zeros(2), c)
 
 
 def test_scalar_timestep_broadcasts(tiny, inputs):
