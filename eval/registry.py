@@ -55,6 +55,13 @@ class Metric:
     method: str = "vbench"
     comparable: bool = True
 
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        """Inputs outside the scored videos that this metric could not use (e.g. FVD references)."""
+        if "_skipped" not in self.__dict__:
+            self._skipped: list[dict[str, str]] = []
+        return self._skipped
+
     def compute(self, video: VideoSample) -> dict[str, Any]:
         raise NotImplementedError(f"{type(self).__name__} is a set-level metric; use accumulate/finalize")
 

@@ -184,6 +184,7 @@ def evaluate(
                 excluded[name].append({"video_path": "", "reason": str(e)})
         else:
             aggregate = metric.aggregate(entries[name]) if entries[name] else None
+        excluded[name].extend(metric.skipped)
         key = results_key(metric)
         if aggregate is not None:
             results[key] = results_entry(aggregate, entries[name])

@@ -97,9 +97,16 @@ class FVD(Metric):
         self.features.append(self.embed(video.frames))
 
     def finalize(self) -> float:
-        from vdiff.io.video import read_frames
+        from vdiff.io.video import VideoError, read_frames
 
-        ref = np.stack([self.embed(read_frames(p)) for p in self.reference])
         if len(self.features) < 2:
             raise UnscorableVideoError(f"fvd needs >= 2 scored videos, got {len(self.features)}")
-        return frechet_distance(*gaussian_stats(np.stack(self.features)), *gaussian_stats(ref))
+        ref = []
+        for p in self.reference:
+            try:
+                ref.append(self.embed(read_frames(p)))
+            except (VideoError, UnscorableVideoError) as e:
+                self.skipped.append({"video_path": str(p), "reason": f"fvd reference not used: {e}"})
+        if len(ref) < 2:
+            raise UnscorableVideoError(f"fvd needs >= 2 usable reference videos, got {len(ref)}")
+        return frechet_distance(*gaussian_stats(np.stack(self.features)), *gaussian_stats(np.stack(ref)))

@@ -97,3 +97,22 @@ def test_frechet_distance_matches_matrix_square_root_definition():
     mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
     ref = (mu1 - mu2) @ (mu1 - mu2) + np.trace(s1 + s2) - 2 * np.trace(np.real(scipy_linalg.sqrtm(s1 @ s2)))
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(ref, rel=1e-9)
+
+
+def test_unreadable_reference_is_listed_not_fatal(tmp_path):
+    torch.jit.script(TinyDetector()).save(str(tmp_path / "i3d.pt"))
+    gen = write_colour_videos(tmp_path / "gen", [(200, 40, 40), (180, 60, 50), (220, 30, 70)])
+    write_colour_videos(tmp_path / "ref", [(40, 40, 200), (60, 50, 180), (30, 70, 220)])
+    (tmp_path / "ref" / "broken.mp4").write_bytes(b"junk")
+    cfg = EvalConfig(
+        dimensions=["fvd"],
+        fvd_reference=str(tmp_path / "ref"),
+        weights=WeightsConfig(i3d=str(tmp_path / "i3d.pt")),
+    )
+    from eval import evaluate
+
+    out = evaluate(gen[0].parent, tmp_path / "out", config=cfg, progress=False)
+    assert out["results"]["fvd"][0] > 1.0 and out["results"]["fvd"][1] == []
+    excluded = out["info"]["dimensions"]["fvd"]["excluded"]
+    assert [e["video_path"].split("/")[-1] for e in excluded] == ["broken.mp4"]
+    assert "fvd reference not used" in excluded[0]["reason"]
