@@ -115,7 +115,7 @@ class Embedder(nn.Module):
         rope = rope_table(grid, self.rope_dims, theta=self.rope_theta, device=x.device)  # (N, D/2, 2)
         timestep = torch.as_tensor(timestep, device=x.device)
         if timestep.ndim == 0:
-            timestep = timestep.expand(x.shape[0])
+            timestep = timestep.expand(x.shape[0])  # (B,)
         if timestep.shape != (x.shape[0],):
             raise ValueError(
                 f"timestep must be a scalar or shaped (B,)=({x.shape[0]},), got {tuple(timestep.shape)}"
@@ -144,12 +144,10 @@ class OutputHead(nn.Module):
         shift, scale = (self.modulation.float() + temb.float().unsqueeze(1)).chunk(2, dim=1)  # (B, 1, dim)
         h = (layer_norm_fp32(tokens, self.norm) * (1 + scale) + shift).to(tokens.dtype)
         out = self.proj(h)  # (B, N, pt*ph*pw*C)
-        (t, hh, w), (pt, ph, pw) = grid, self.patch_size
-        out = out.reshape(
-            out.shape[0], t, hh, w, pt, ph, pw, self.out_channels
-        )  # (B, T', H', W', pt, ph, pw, C)
+        (t, hh, w), (pt, ph, pw), c = grid, self.patch_size, self.out_channels
+        out = out.reshape(out.shape[0], t, hh, w, pt, ph, pw, c)  # (B, T', H', W', pt, ph, pw, C)
         out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, T', pt, H', ph, W', pw)
-        return out.reshape(out.shape[0], self.out_channels, t * pt, hh * ph, w * pw)  # (B, C, T, H, W)
+        return out.reshape(out.shape[0], c, t * pt, hh * ph, w * pw)  # (B, C, T, H, W)
 
 
 class VideoDiT(nn.Module):
@@ -195,7 +193,7 @@ class VideoDiT(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
-        nn.init.xavier_uniform_(self.embed.patch.weight.flatten(1))
+        nn.init.xavier_uniform_(self.embed.patch.weight.flatten(1))  # as a (dim, C*pt*ph*pw) matrix
         nn.init.zeros_(self.embed.patch.bias)
         for mlp in (self.embed.time_embed, self.embed.text_embed):
             for lin in (mlp.fc1, mlp.fc2):
