@@ -1,0 +1,205 @@
+"""``sage``: SageAttention-style quantized attention (INT8 Q·Kᵀ, half-precision P·V).
+
+The recipe (Zhang et al., SageAttention, ICLR 2025):
+
+1. K smoothing: subtract K's mean over tokens (per batch and head). Every score of a query row
+   moves by the same constant ``q·mean(k)``, so the softmax is unchanged, but K's channel
+   outliers shrink and INT8 keeps more precision.
+2. The softmax scale is folded into Q before quantisation.
+3. Q and K are quantised to INT8 symmetrically with one scale per block of tokens (Q blocks of
+   ``q_block`` rows, K blocks of ``k_block`` rows): ``scale = max|x| / 127``.
+4. S = (Q_int8 · K_int8ᵀ) · s_q · s_k with an INT32 product (``torch._int_mm``).
+5. P = softmax(S) and P·V in ``pv_dtype`` (fp16/bf16, or fp8 numerics) with fp32 accumulation.
+
+The log-sum-exp it returns is that of the *unsmoothed* scores (the smoothing constant is added
+back in fp32), so ring attention can merge partial results across K shards exactly.
+
+This is the PyTorch implementation (CPU and CUDA); it is inference-only (quantisation has no
+useful gradient).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from vdiff.attention import register_backend
+
+PV_DTYPES = ("auto", "fp32", "bf16", "fp16", "fp8")
+_TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# NOTE: e4m3 has 3 mantissa bits and a largest finite value of 448; P in [0, 1] is stretched to
+# that range (SageAttention2 does the same) and V gets one scale per channel.
+_FP8_MAX = 448.0
+
+
+def check_qkv(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Raise a clear error if q, k, v cannot be attended together (shapes, devices, dtypes)."""
+    if q.shape[:2] != k.shape[:2] or k.shape[:3] != v.shape[:3] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"attention backend {name!r}: q (B, H, Nq, D) and k, v (B, H, Nk, D) must agree on B, H "
+            f"and D (and k, v on Nk); got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if v.shape[-1] != q.shape[-1]:
+        raise ValueError(f"attention backend {name!r}: v head dim {v.shape[-1]} != q's {q.shape[-1]}")
+    if q.shape[2] == 0 or k.shape[2] == 0:
+        raise ValueError(f"attention backend {name!r}: empty sequence: q {tuple(q.shape)} k {tuple(k.shape)}")
+    if len({q.dtype, k.dtype, v.dtype}) != 1 or len({q.device, k.device, v.device}) != 1:
+        raise ValueError(f"attention backend {name!r}: q, k, v must share one dtype and device")
+
+
+def check_blocks(name: str, **blocks: int) -> None:
+    """Raise if a block size option is not a positive integer."""
+    for key, val in blocks.items():
+        if not isinstance(val, int) or val <= 0:
+            raise ValueError(f"attention backend {name!r}: option {key} must be an integer > 0, got {val!r}")
+
+
+def resolve_pv_dtype(pv_dtype: str, *, device: torch.device, in_dtype: torch.dtype) -> str:
+    """Map ``"auto"`` to a concrete P·V precision; validate the others."""
+    if pv_dtype not in PV_DTYPES:
+        raise ValueError(f"sage option pv_dtype must be one of {PV_DTYPES}, got {pv_dtype!r}")
+    if pv_dtype != "auto":
+        return pv_dtype
+    if device.type == "cuda":
+        return "bf16" if in_dtype == torch.bfloat16 else "fp16"
+    # NOTE: CPUs without AVX512-BF16/AMX convert half-precision GEMM operands to fp32 on the fly:
+    # measured on the 2-core AVX512 dev machine, a bf16 GEMM is ~4x and an fp16 GEMM ~90x slower
+    # than fp32. So on CPU "auto" keeps P·V in fp32; pv_dtype="bf16" reproduces the GPU numerics.
+    return "fp32"
+
+
+def quantize_per_block(x: torch.Tensor, *, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric INT8 with one scale per block of ``block`` tokens.
+
+    x (B, H, N, D) float -> (x_int8 (B, H, N, D), scales (B, H, ceil(N / block)) fp32), so that
+    ``x ≈ x_int8 * scale`` of the token's block.
+    """
+    b, h, n, d = x.shape
+    nb = math.ceil(n / block)
+    xf = x.float()
+    if nb * block != n:
+        xf = torch.nn.functional.pad(xf, (0, 0, 0, nb * block - n))
+    xb = xf.view(b, h, nb, block, d)  # (B, H, nb, block, D)
+    scale = xb.abs().amax(dim=(-1, -2)).clamp_min(1e-12) / 127.0  # (B, H, nb)
+    xi = torch.round(xb / scale[..., None, None]).clamp_(-127, 127).to(torch.int8)
+    return xi.view(b, h, nb * block, d)[:, :, :n], scale
+
+
+def per_token_scale(scale: torch.Tensor, *, block: int, n: int) -> torch.Tensor:
+    """Expand per-block scales (..., nb) to per-token scales (..., n)."""
+    return scale.repeat_interleave(block, dim=-1)[..., :n]
+
+
+def int8_matmul(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
+    """INT32 product of int8 a (M, D) and int8 b_t (D, N).
+
+    Uses ``torch._int_mm`` where its shape rules hold (CUDA: M > 16, D and N multiples of 8); the
+    fallback multiplies the integers in fp32, which is exact while D * 127² < 2²⁴ (D <= 1040).
+    """
+    m, d = a.shape
+    n = b_t.shape[1]
+    if a.device.type == "cpu" or (m > 16 and d % 8 == 0 and n % 8 == 0):
+        return torch._int_mm(a, b_t)
+    return torch.matmul(a.float(), b_t.float()).round_().to(torch.int32)
+
+
+def pv_product(p: torch.Tensor, v: torch.Tensor, *, pv_dtype: str) -> torch.Tensor:
+    """P (M, Nk) fp32 in [0, 1] times V (Nk, D) in ``pv_dtype`` with an fp32 result (M, D)."""
+    if pv_dtype == "fp32":
+        return torch.matmul(p, v.float())
+    if pv_dtype == "fp8":
+        # NOTE: numerics of an e4m3 P·V (P scaled by 448, V per channel); the product itself runs
+        # in fp32 here, so this mode measures accuracy, not speed.
+        v_scale = v.float().abs().amax(dim=0).clamp_min(1e-12) / _FP8_MAX  # (D,)
+        p8 = (p * _FP8_MAX).to(torch.float8_e4m3fn).float()
+        v8 = (v.float() / v_scale).to(torch.float8_e4m3fn).float()
+        return torch.matmul(p8, v8) * (v_scale / _FP8_MAX)
+    dt = _TORCH_DTYPE[pv_dtype]
+    # NOTE: torch's half-precision GEMMs accumulate in fp32 on CPU (oneDNN) and CUDA (cuBLAS).
+    return torch.matmul(p.to(dt), v.to(dt)).float()
+
+
+def smooth_and_quantize(
+    q: torch.Tensor, k: torch.Tensor, *, scale: float, q_block: int, k_block: int, smooth_k: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Steps 1-3 of the recipe.
+
+    Returns q_int8 (B, H, Nq, D), q scales (B, H, nqb), k_int8 (B, H, Nk, D), k scales (B, H, nkb)
+    and the per-row score offset removed by smoothing, ``scale * q·mean(k)`` (B, H, Nq) fp32.
+    """
+    qs = q.float() * scale  # (B, H, Nq, D)
+    kf = k.float()
+    if smooth_k:
+        k_mean = kf.mean(dim=2, keepdim=True)  # (B, H, 1, D)
+        kf = kf - k_mean
+        offset = torch.matmul(qs, k_mean.transpose(-1, -2)).squeeze(-1)  # (B, H, Nq)
+    else:
+        offset = torch.zeros(q.shape[:3], dtype=torch.float32, device=q.device)
+    qi, q_scale = quantize_per_block(qs, block=q_block)
+    ki, k_scale = quantize_per_block(kf, block=k_block)
+    return qi, q_scale, ki, k_scale, offset
+
+
+def softmax_pv(
+    s: torch.Tensor, v: torch.Tensor, *, pv_dtype: str, need_lse: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """softmax(s) · v for one tile: s (R, Nk) fp32 scores, v (Nk, D) -> out (R, D) fp32, lse (R,)."""
+    # NOTE: torch.softmax is one fused, vectorised kernel; separate max/sub/exp/sum passes over
+    # the score tile cost about as much as the Q·Kᵀ GEMM itself on CPU (torch.profiler).
+    p = torch.softmax(s, dim=-1)
+    lse = torch.logsumexp(s, dim=-1) if need_lse else None
+    return pv_product(p, v, pv_dtype=pv_dtype), lse
+
+
+@register_backend(
+    "sage",
+    dtypes=(torch.float32, torch.float16, torch.bfloat16),
+    supports_grad=False,
+    supports_lse=True,
+)
+def sage_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    return_lse: bool = False,
+    q_block: int = 128,
+    k_block: int = 64,
+    smooth_k: bool = True,
+    pv_dtype: str = "auto",
+    layer_index: int | None = None,
+    head_offset: int = 0,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """SageAttention-style INT8 Q·Kᵀ with K smoothing and per-block scales (inference only).
+
+    ``layer_index`` and ``head_offset`` are accepted so one options dict serves every backend;
+    sage has no per-layer state and ignores them.
+    """
+    check_qkv("sage", q, k, v)
+    check_blocks("sage", q_block=q_block, k_block=k_block)
+    pv = resolve_pv_dtype(pv_dtype, device=q.device, in_dtype=q.dtype)
+    b, h, n_q, d = q.shape
+    n_k = k.shape[2]
+    qi, q_scale, ki, k_scale, offset = smooth_and_quantize(
+        q, k, scale=scale, q_block=q_block, k_block=k_block, smooth_k=smooth_k
+    )
+    k_tok = per_token_scale(k_scale, block=k_block, n=n_k)  # (B, H, Nk)
+    out = torch.empty(b, h, n_q, d, dtype=q.dtype, device=q.device)
+    lse = torch.empty(b, h, n_q, dtype=torch.float32, device=q.device) if return_lse else None
+    for bi in range(b):
+        for hi in range(h):
+            k_t = ki[bi, hi].t()  # (D, Nk)
+            for i, r0 in enumerate(range(0, n_q, q_block)):
+                r1 = min(r0 + q_block, n_q)
+                # NOTE: one Q block per tile, so its scale is a scalar and dequantisation is a
+                # single pass fused with the int32 -> fp32 conversion.
+                s = torch.mul(int8_matmul(qi[bi, hi, r0:r1], k_t), k_tok[bi, hi] * q_scale[bi, hi, i])
+                o, tile_lse = softmax_pv(s, v[bi, hi], pv_dtype=pv, need_lse=return_lse)
+                out[bi, hi, r0:r1] = o.to(q.dtype)
+                if lse is not None:
+                    lse[bi, hi, r0:r1] = tile_lse
+    if return_lse:
+        return out, lse + offset
+    return out

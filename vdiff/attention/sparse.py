@@ -1,0 +1,493 @@
+"""``sparse`` and ``sparse_sage``: SpargeAttn-style block-sparse attention with a mask predicted
+on every call (Zhang et al., SpargeAttn, ICML 2025).
+
+Stage 1, the mask (:func:`predict_block_mask`): Q is cut into blocks of ``q_block`` tokens and K
+into blocks of ``k_block`` tokens; each block is mean-pooled. A block whose tokens are not
+self-similar (mean pairwise cosine similarity below ``sim_threshold``) is poorly summarised by
+its mean, so its whole row (Q block) or column (K block) is always computed. The pooled scores
+``softmax(q̄ · k̄ᵀ · scale)`` rank the K blocks of each Q block; the mask keeps the fewest K blocks
+whose pooled mass reaches ``cdf_threshold`` (or, with ``topk``, a fixed fraction of them).
+
+Stage 2, the attention (:func:`block_sparse_attention`): exact softmax over the kept blocks; with
+``pv_threshold`` (λ < 0) the P·V product also skips a kept K block when, for every row of the Q
+block, that block's largest score is below the row's maximum by more than |λ| (its weights are
+all < e^λ of the row's largest weight). SpargeAttn compares with the running maximum of an
+online softmax; this PyTorch path has every score of the row at hand and uses the final one.
+
+``sparse_sage`` computes the kept Q·Kᵀ blocks in INT8 with K smoothing as in ``sage``.
+
+Thresholds per layer and head come from :mod:`vdiff.attention.calibrate` (``thresholds_file``
+plus ``layer_index`` and, under Ulysses, ``head_offset``); a plain ``cdf_threshold`` or ``topk``
+needs no calibration. Implementation: PyTorch, one Q block at a time over its kept K blocks
+(``torch._int_mm`` for INT8), so skipped blocks cost no FLOPs on any device.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vdiff.attention import register_backend
+from vdiff.attention.sage import (
+    check_blocks,
+    check_qkv,
+    int8_matmul,
+    pv_product,
+    resolve_pv_dtype,
+    smooth_and_quantize,
+)
+
+THRESHOLDS_FORMAT = "vdiff.sparse_attention_thresholds"
+THRESHOLDS_FILENAME = "sparse_attention.json"
+
+
+# ----------------------------------------------------------------------------- mask prediction
+
+
+def pool_blocks(x: torch.Tensor, *, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean-pool tokens in blocks and measure how self-similar each block is.
+
+    x (B, H, N, D) -> pooled (B, H, nb, D) fp32, self-similarity (B, H, nb) fp32 (mean cosine
+    similarity over pairs of distinct tokens of the block; 1 for a one-token block), and the
+    token count of each block (nb,) (the last block may be partial).
+    """
+    b, h, n, d = x.shape
+    nb = math.ceil(n / block)
+    xf = x.float()
+    if nb * block != n:
+        xf = torch.nn.functional.pad(xf, (0, 0, 0, nb * block - n))
+    xb = xf.view(b, h, nb, block, d)  # (B, H, nb, block, D)
+    counts = torch.full((nb,), float(block), device=x.device)
+    counts[-1] = n - (nb - 1) * block
+    pooled = xb.sum(dim=3) / counts[:, None]  # (B, H, nb, D)
+    unit = torch.nn.functional.normalize(xb, dim=-1)  # padded rows stay 0
+    # NOTE: sum over pairs i != j of cos(x_i, x_j) = |sum_i x̂_i|² - n, no n² matrix needed.
+    pair_sum = unit.sum(dim=3).pow(2).sum(dim=-1) - counts  # (B, H, nb)
+    pairs = counts * (counts - 1)
+    sim = torch.where(pairs > 0, pair_sum / pairs.clamp_min(1), torch.ones_like(pair_sum))
+    return pooled, sim, counts
+
+
+def _per_head(value: float | torch.Tensor, *, heads: int, device: torch.device) -> torch.Tensor:
+    """A scalar or (heads,) threshold as a (1, heads, 1, 1) fp32 tensor."""
+    t = torch.as_tensor(value, dtype=torch.float32, device=device)
+    if t.ndim == 0:
+        t = t.expand(heads)
+    if t.shape != (heads,):
+        raise ValueError(f"per-head threshold has shape {tuple(t.shape)}, expected ({heads},)")
+    return t.view(1, heads, 1, 1)
+
+
+def predict_block_mask(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    scale: float,
+    q_block: int = 128,
+    k_block: int = 64,
+    cdf_threshold: float | torch.Tensor = 0.95,
+    topk: float | None = None,
+    sim_threshold: float = 0.3,
+) -> torch.Tensor:
+    """Stage 1: which (Q block, K block) pairs to compute; bool (B, H, nqb, nkb).
+
+    ``cdf_threshold`` is a float or a per-head (H,) tensor; ``topk`` (a fraction in (0, 1])
+    replaces it when given.
+    """
+    qp, q_sim, _ = pool_blocks(q, block=q_block)
+    kp, k_sim, k_counts = pool_blocks(k, block=k_block)
+    h, nk = qp.shape[1], kp.shape[2]
+    q_free = q_sim < sim_threshold  # (B, H, nq): row always computed
+    k_free = k_sim < sim_threshold  # (B, H, nk): column always computed
+    # NOTE: a pooled K block stands for `count` tokens, hence + log(count) (matters for the last one).
+    s = torch.matmul(qp, kp.transpose(-1, -2)) * scale + k_counts.log()  # (B, H, nq, nk)
+    s = s.masked_fill(k_free[:, :, None, :], float("-inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num_(0.0)  # rows with every column free: all 0
+    if topk is not None:
+        if not 0.0 < topk <= 1.0:
+            raise ValueError(f"sparse option topk must be a fraction in (0, 1], got {topk}")
+        keep_n = max(1, math.ceil(topk * nk))
+        idx = p.topk(keep_n, dim=-1).indices
+        mask = torch.zeros_like(p, dtype=torch.bool).scatter_(-1, idx, True)
+    else:
+        tau = _per_head(cdf_threshold, heads=h, device=q.device)
+        p_sorted, order = p.sort(dim=-1, descending=True)
+        before = p_sorted.cumsum(dim=-1) - p_sorted  # mass of the blocks ranked above
+        keep_sorted = (before < tau) | (tau >= 1.0)
+        mask = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+    return mask | q_free[..., None] | k_free[:, :, None, :]
+
+
+# ----------------------------------------------------------------------------- sparse attention
+
+
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    scale: float,
+    q_block: int = 128,
+    k_block: int = 64,
+    pv_threshold: float | torch.Tensor | None = None,
+    quantize: bool = False,
+    smooth_k: bool = True,
+    pv_dtype: str = "fp32",
+    need_lse: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Stage 2: softmax attention over the blocks ``mask`` (B, H, nqb, nkb) keeps.
+
+    Returns out (B, H, Nq, D) in q's dtype and the log-sum-exp (B, H, Nq) fp32 of the kept scores
+    (None unless ``need_lse``).
+    ``pv_threshold`` is λ (a float or per-head (H,) tensor; None disables the skip); ``quantize``
+    computes Q·Kᵀ in INT8 as ``sage`` does. Differentiable when ``quantize`` is False.
+    """
+    b, h, n_q, d = q.shape
+    n_k = k.shape[2]
+    nq, nk = math.ceil(n_q / q_block), math.ceil(n_k / k_block)
+    if mask.shape != (b, h, nq, nk):
+        raise ValueError(f"block mask has shape {tuple(mask.shape)}, expected {(b, h, nq, nk)}")
+    lam = None if pv_threshold is None else _per_head(pv_threshold, heads=h, device=q.device).view(h)
+    pad_k = nk * k_block - n_k
+    if quantize:
+        qi, q_scale, ki, k_scale, offset = smooth_and_quantize(
+            q, k, scale=scale, q_block=q_block, k_block=k_block, smooth_k=smooth_k
+        )
+        ki = torch.nn.functional.pad(ki, (0, 0, 0, pad_k)).view(b, h, nk, k_block, d)
+    else:
+        qf = q.float() * scale
+        kf = torch.nn.functional.pad(k.float(), (0, 0, 0, pad_k)).view(b, h, nk, k_block, d)
+    vp = torch.nn.functional.pad(v, (0, 0, 0, pad_k)).view(b, h, nk, k_block, d)
+    # NOTE: padded key positions get -inf before the softmax.
+    bias = torch.zeros(nk * k_block, device=q.device)
+    bias[n_k:] = float("-inf")
+    bias = bias.view(nk, k_block)
+    mask_cpu = mask.cpu()
+    outs, lses = [], []
+    for bi in range(b):
+        for hi in range(h):
+            for i in range(nq):
+                r0, r1 = i * q_block, min((i + 1) * q_block, n_q)
+                cols = mask_cpu[bi, hi, i].nonzero().squeeze(-1).to(q.device)  # (c,)
+                c = cols.numel()
+                if c == 0:
+                    raise RuntimeError(f"block mask keeps no K block for Q block {i}; keep at least one")
+                if quantize:
+                    k_sel = ki[bi, hi].index_select(0, cols).view(c * k_block, d)
+                    col_scale = k_scale[bi, hi].index_select(0, cols) * q_scale[bi, hi, i]  # (c,)
+                    s = torch.mul(
+                        int8_matmul(qi[bi, hi, r0:r1], k_sel.t()).view(r1 - r0, c, k_block),
+                        col_scale[:, None],
+                    ).view(r1 - r0, c * k_block)  # (R, c*bk)
+                else:
+                    k_sel = kf[bi, hi].index_select(0, cols).view(c * k_block, d)
+                    s = torch.matmul(qf[bi, hi, r0:r1], k_sel.t())  # (R, c*bk)
+                if pad_k and bool(cols[-1] == nk - 1):
+                    s = s + bias.index_select(0, cols).view(-1)
+                v_sel = vp[bi, hi].index_select(0, cols)  # (c, bk, D)
+                p = torch.softmax(s, dim=-1)
+                if lam is not None:
+                    with torch.no_grad():
+                        block_max = s.view(r1 - r0, c, k_block).amax(dim=-1)  # (R, c)
+                        keep = (block_max - block_max.amax(dim=-1, keepdim=True)).amax(dim=0) >= lam[hi]
+                    if not bool(keep.all()):
+                        p = p.view(r1 - r0, c, k_block)[:, keep].reshape(r1 - r0, -1)
+                        v_sel = v_sel[keep]
+                outs.append(pv_product(p, v_sel.reshape(-1, d), pv_dtype=pv_dtype))  # (R, D)
+                if need_lse:
+                    lses.append(torch.logsumexp(s, dim=-1))
+    out = torch.cat(outs).view(b, h, n_q, d).to(q.dtype)
+    if not need_lse:
+        return out, None
+    lse = torch.cat(lses).view(b, h, n_q)
+    return out, (lse + offset if quantize else lse)
+
+
+# ----------------------------------------------------------------------------- thresholds
+
+
+@dataclass
+class LayerThresholds:
+    """Calibrated thresholds of one layer, one entry per (global) head."""
+
+    cdf_threshold: list[float]
+    """per-head pooled-softmax mass the kept K blocks must reach"""
+    pv_threshold: list[float] | None = None
+    """per-head λ of the P·V skip (None: no skip)"""
+    rel_l1: list[float] | None = None
+    """per-head relative L1 against dense attention measured at calibration"""
+
+
+@dataclass
+class SparseThresholds:
+    """Per-layer, per-head thresholds and the settings they were calibrated under."""
+
+    backend: str
+    """backend calibrated: sparse or sparse_sage"""
+    l1_budget: float
+    """relative-L1 budget each head was held to"""
+    q_block: int
+    """Q block size used at calibration (must match at run time)"""
+    k_block: int
+    """K block size used at calibration (must match at run time)"""
+    sim_threshold: float
+    """self-similarity threshold used at calibration"""
+    layers: dict[int, LayerThresholds]
+    """layer index -> thresholds"""
+
+    def to_json(self) -> dict:
+        """The JSON document (see docs/attention.md, "Calibration file")."""
+        return {
+            "format": THRESHOLDS_FORMAT,
+            "version": 1,
+            "backend": self.backend,
+            "l1_budget": self.l1_budget,
+            "q_block": self.q_block,
+            "k_block": self.k_block,
+            "sim_threshold": self.sim_threshold,
+            "layers": {
+                str(i): {"cdf_threshold": t.cdf_threshold, "pv_threshold": t.pv_threshold, "rel_l1": t.rel_l1}
+                for i, t in sorted(self.layers.items())
+            },
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict, *, source: str = "<dict>") -> SparseThresholds:
+        """Parse :meth:`to_json`'s document; a wrong format is an error naming ``source``."""
+        if doc.get("format") != THRESHOLDS_FORMAT or doc.get("version") != 1:
+            raise ValueError(
+                f"{source} is not a vdiff sparse-attention thresholds file (format "
+                f"{doc.get('format')!r} version {doc.get('version')!r}); recalibrate with "
+                "vdiff.attention.calibrate"
+            )
+        layers = {
+            int(i): LayerThresholds(
+                cdf_threshold=[float(x) for x in t["cdf_threshold"]],
+                pv_threshold=None if t.get("pv_threshold") is None else [float(x) for x in t["pv_threshold"]],
+                rel_l1=t.get("rel_l1"),
+            )
+            for i, t in doc["layers"].items()
+        }
+        return cls(
+            backend=doc["backend"],
+            l1_budget=float(doc["l1_budget"]),
+            q_block=int(doc["q_block"]),
+            k_block=int(doc["k_block"]),
+            sim_threshold=float(doc["sim_threshold"]),
+            layers=layers,
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the JSON file atomically; a directory gets ``sparse_attention.json`` inside it."""
+        from vdiff.io.files import atomic_write_json
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / THRESHOLDS_FILENAME
+        atomic_write_json(path, self.to_json())
+        return path
+
+    def for_layer(self, layer_index: int, *, heads: int, head_offset: int = 0) -> LayerThresholds:
+        """Thresholds of ``heads`` local heads starting at global head ``head_offset``."""
+        if layer_index not in self.layers:
+            raise ValueError(
+                f"sparse-attention thresholds have no entry for layer {layer_index} (calibrated layers: "
+                f"{sorted(self.layers)}); recalibrate for this model"
+            )
+        t = self.layers[layer_index]
+        lo, hi = head_offset, head_offset + heads
+        if hi > len(t.cdf_threshold):
+            raise ValueError(
+                f"layer {layer_index} was calibrated for {len(t.cdf_threshold)} heads; heads "
+                f"{lo}..{hi - 1} requested (check head_offset under Ulysses)"
+            )
+        return LayerThresholds(
+            cdf_threshold=t.cdf_threshold[lo:hi],
+            pv_threshold=None if t.pv_threshold is None else t.pv_threshold[lo:hi],
+            rel_l1=None if t.rel_l1 is None else t.rel_l1[lo:hi],
+        )
+
+
+def load_thresholds(path: str | Path) -> SparseThresholds:
+    """Read a thresholds file (or ``sparse_attention.json`` inside a checkpoint folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / THRESHOLDS_FILENAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"sparse-attention thresholds file {path} not found; run vdiff.attention.calibrate "
+            "or use topk= / cdf_threshold= without a file"
+        )
+    stat = path.stat()
+    return _load_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(path: str, mtime_ns: int, size: int) -> SparseThresholds:
+    with open(path) as f:
+        return SparseThresholds.from_json(json.load(f), source=path)
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+def _sparse(
+    name: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    return_lse: bool,
+    quantize: bool,
+    q_block: int,
+    k_block: int,
+    cdf_threshold: float,
+    topk: float | None,
+    sim_threshold: float,
+    pv_threshold: float | None,
+    thresholds_file: str | Path | None,
+    thresholds: SparseThresholds | None,
+    layer_index: int | None,
+    head_offset: int,
+    pv_dtype: str,
+    smooth_k: bool,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    check_qkv(name, q, k, v)
+    check_blocks(name, q_block=q_block, k_block=k_block)
+    if thresholds is None and thresholds_file is not None:
+        thresholds = load_thresholds(thresholds_file)
+    cdf: float | torch.Tensor = cdf_threshold
+    lam: float | torch.Tensor | None = pv_threshold
+    if thresholds is not None and topk is None:
+        if layer_index is None:
+            raise ValueError(f"attention backend {name!r}: per-layer thresholds need the layer_index option")
+        if (thresholds.q_block, thresholds.k_block) != (q_block, k_block):
+            raise ValueError(
+                f"thresholds were calibrated with blocks ({thresholds.q_block}, {thresholds.k_block}), "
+                f"not ({q_block}, {k_block}); pass the same q_block/k_block or recalibrate"
+            )
+        t = thresholds.for_layer(layer_index, heads=q.shape[1], head_offset=head_offset)
+        cdf = torch.tensor(t.cdf_threshold)
+        lam = None if t.pv_threshold is None else torch.tensor(t.pv_threshold)
+        sim_threshold = thresholds.sim_threshold
+    mask = predict_block_mask(
+        q,
+        k,
+        scale=scale,
+        q_block=q_block,
+        k_block=k_block,
+        cdf_threshold=cdf,
+        topk=topk,
+        sim_threshold=sim_threshold,
+    )
+    pv = resolve_pv_dtype(pv_dtype, device=q.device, in_dtype=q.dtype) if quantize else "fp32"
+    out, lse = block_sparse_attention(
+        q,
+        k,
+        v,
+        mask,
+        scale=scale,
+        q_block=q_block,
+        k_block=k_block,
+        pv_threshold=lam,
+        quantize=quantize,
+        smooth_k=smooth_k,
+        pv_dtype=pv,
+        need_lse=return_lse,
+    )
+    return (out, lse) if return_lse else out
+
+
+@register_backend("sparse", supports_grad=True, supports_lse=True)
+def sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    return_lse: bool = False,
+    q_block: int = 128,
+    k_block: int = 64,
+    cdf_threshold: float = 0.95,
+    topk: float | None = None,
+    sim_threshold: float = 0.3,
+    pv_threshold: float | None = None,
+    thresholds_file: str | Path | None = None,
+    thresholds: SparseThresholds | None = None,
+    layer_index: int | None = None,
+    head_offset: int = 0,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """SpargeAttn-style block-sparse attention, mask predicted per call (fp32 math; differentiable)."""
+    return _sparse(
+        "sparse",
+        q,
+        k,
+        v,
+        scale=scale,
+        return_lse=return_lse,
+        quantize=False,
+        q_block=q_block,
+        k_block=k_block,
+        cdf_threshold=cdf_threshold,
+        topk=topk,
+        sim_threshold=sim_threshold,
+        pv_threshold=pv_threshold,
+        thresholds_file=thresholds_file,
+        thresholds=thresholds,
+        layer_index=layer_index,
+        head_offset=head_offset,
+        pv_dtype="fp32",
+        smooth_k=False,
+    )
+
+
+@register_backend("sparse_sage", supports_grad=False, supports_lse=True)
+def sparse_sage_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    return_lse: bool = False,
+    q_block: int = 128,
+    k_block: int = 64,
+    cdf_threshold: float = 0.95,
+    topk: float | None = None,
+    sim_threshold: float = 0.3,
+    pv_threshold: float | None = None,
+    thresholds_file: str | Path | None = None,
+    thresholds: SparseThresholds | None = None,
+    layer_index: int | None = None,
+    head_offset: int = 0,
+    pv_dtype: str = "auto",
+    smooth_k: bool = True,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Block-sparse attention with INT8 Q·Kᵀ on the kept blocks (inference only)."""
+    return _sparse(
+        "sparse_sage",
+        q,
+        k,
+        v,
+        scale=scale,
+        return_lse=return_lse,
+        quantize=True,
+        q_block=q_block,
+        k_block=k_block,
+        cdf_threshold=cdf_threshold,
+        topk=topk,
+        sim_threshold=sim_threshold,
+        pv_threshold=pv_threshold,
+        thresholds_file=thresholds_file,
+        thresholds=thresholds,
+        layer_index=layer_index,
+        head_offset=head_offset,
+        pv_dtype=pv_dtype,
+        smooth_k=smooth_k,
+    )
