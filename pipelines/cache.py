@@ -1,0 +1,180 @@
+"""Precompute VAE latents and text embeddings once: ``vdiff cache DATA --out DIR [--config YAML]``.
+
+Reads curated raw-clip shards (``DATA``), decodes each clip exactly as training would (first
+``data.num_frames`` frames at ``data.fps``, resized and centre-cropped), encodes it with the
+configured autoencoder and text encoder, and writes ``DIR/shards/<same shard name>.tar`` with
+one ``<key>.safetensors`` (tensors ``latents`` (C, T', H', W') and ``context`` (L, D)) and one
+``<key>.json`` (the clip's metadata) per sample; no pickle. ``DIR/empty_prompt.safetensors``
+holds the empty prompt's embedding for caption dropout, ``DIR/cache_config.yaml`` the settings.
+
+Resumable: each shard is written under a temporary name and renamed when complete, and
+shards already present are skipped, so a killed run continues where it stopped. Passing a
+training config (``--config configs/train_tiny.yaml``) takes its ``data``, ``vae`` and
+``text`` sections, so training on the cache sees what it would have computed itself.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from vdiff.config import ConfigError, describe, is_override, load_config, save_config, to_dict
+from vdiff.data import DataConfig, SampleRef, index_shard, list_shards, load_raw_sample, read_sample
+from vdiff.data.loader import CACHED_EXT, EMPTY_PROMPT_FILE
+from vdiff.encoders import TextEncoderConfig, VAEConfig, build_text_encoder, build_vae
+from vdiff.io.files import atomic_open, atomic_write_bytes, remove_stale_temps
+
+
+@dataclass
+class CacheConfig:
+    """What to encode and with which encoders (``data``/``vae``/``text`` as in training)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    out: str = "runs/cache"
+    """output folder (shards/, empty_prompt.safetensors, cache_config.yaml)"""
+    batch_size: int = 8
+    """clips encoded together"""
+    device: str = "auto"
+    """auto (cuda if available, else cpu), cpu, cuda, ..."""
+
+    def validate(self) -> None:
+        if self.data.random_offset:
+            raise ConfigError(
+                "data.random_offset=true cannot be cached (a cache fixes each clip); set it false"
+            )
+
+
+def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.contiguous().cpu() for k, v in tensors.items()})
+
+
+def _settings(cfg: CacheConfig) -> dict:
+    """What makes two caches interchangeable (not the input path or batch size)."""
+    d = to_dict(cfg)
+    d["data"] = {k: v for k, v in d["data"].items() if k in ("num_frames", "fps", "height", "width")}
+    return {"data": d["data"], "vae": d["vae"], "text": d["text"]}
+
+
+def cache(cfg: CacheConfig) -> Path:
+    """Encode every shard of ``cfg.data.path`` into ``cfg.out``; return the output folder."""
+    import webdataset as wds
+
+    out = Path(cfg.out)
+    shard_dir = out / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(shard_dir)
+    settings_path = out / "cache_settings.json"
+    settings = _settings(cfg)
+    if settings_path.is_file() and json.loads(settings_path.read_text()) != settings:
+        raise ConfigError(
+            f"{out} already holds a cache made with other data/vae/text settings "
+            f"({settings_path}); choose another --out or delete it"
+        )
+    atomic_write_bytes(settings_path, json.dumps(settings, indent=2).encode())
+    save_config(cfg, out / "cache_config.yaml")
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else "cpu")
+    if cfg.device != "auto":
+        device = torch.device(cfg.device)
+
+    # 1. Encoders, and the empty prompt for caption dropout.
+    vae = build_vae(cfg.vae).to(device)
+    text = build_text_encoder(cfg.text).to(device)
+    atomic_write_bytes(out / EMPTY_PROMPT_FILE, _safetensors_bytes({"context": text.encode([""])[0]}))
+
+    # 2. Each input shard -> one output shard of the same name (skipped when already complete).
+    shards = list_shards(cfg.data.path)
+    done = 0
+    for shard in shards:
+        target = shard_dir / shard.name
+        if target.is_file():
+            done += 1
+            continue
+        refs = index_shard(shard)
+        with atomic_open(target, "wb") as f:
+            writer = wds.TarWriter(f)
+            for i in range(0, len(refs), cfg.batch_size):
+                chunk = refs[i : i + cfg.batch_size]
+                samples = [load_raw_sample(ref, cfg.data) for ref in chunk]
+                video = torch.stack([s["video"] for s in samples]).to(device)  # (B, 3, T, H, W)
+                with torch.no_grad():
+                    latents = vae.encode(video).float().cpu()  # (B, C, T', H', W')
+                    context = text.encode([s["caption"] for s in samples]).cpu()  # (B, L, D)
+                for ref, s, z, c in zip(chunk, samples, latents, context):
+                    meta = _source_meta(ref)
+                    meta.update(caption=s["caption"], cache=settings)
+                    writer.write(
+                        {
+                            "__key__": ref.key,
+                            CACHED_EXT: _safetensors_bytes({"latents": z, "context": c}),
+                            "json": json.dumps(meta, sort_keys=True),
+                        }
+                    )
+            writer.close()
+        done += 1
+        print(f"cached {shard.name} ({len(refs)} clips) [{done}/{len(shards)}]", flush=True)
+    return out
+
+
+def _source_meta(ref: SampleRef) -> dict:
+    payload = read_sample(ref, ("json",))
+    return json.loads(payload["json"]) if "json" in payload else {}
+
+
+def _load(argv: list[str]) -> CacheConfig:
+    data, out, config, overrides = None, None, None, []
+    it = iter(argv)
+    for a in it:
+        if a == "--out":
+            out = next(it, None)
+        elif a == "--config":
+            config = next(it, None)
+        elif is_override(a):
+            overrides.append(a)
+        elif data is None and not a.startswith("-"):
+            data = a
+        else:
+            raise ConfigError(f"unexpected argument {a!r}")
+    if data is None or out is None:
+        raise ConfigError(
+            "usage: vdiff cache DATA --out DIR [--config TRAIN_OR_CACHE.yaml] [key.sub=value ...]"
+        )
+    base = ["data.path=" + data, "out=" + out]
+    sections: list[str] = []
+    if config is not None:
+        loaded = yaml.safe_load(Path(config).read_text()) if Path(config).is_file() else None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--config {config}: not a YAML mapping file")
+        # NOTE: a training config has more sections; keep the ones a cache uses (JSON is YAML).
+        keep = ("data", "vae", "text", "batch_size", "device")
+        sections = [f"{k}={json.dumps(v)}" for k, v in loaded.items() if k in keep]
+    return load_config(CacheConfig, None, [*sections, *base, *overrides])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``vdiff cache DATA --out DIR [--config YAML] [key.sub=value ...]``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print("config keys:")
+        print("\n".join("  " + line for line in describe(CacheConfig)))
+        return 0
+    try:
+        cfg = _load(argv)
+    except (ConfigError, ValueError) as e:
+        print(f"vdiff cache: {e}", file=sys.stderr)
+        return 2
+    cache(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

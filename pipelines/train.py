@@ -1,0 +1,351 @@
+"""Train a video DiT with flow matching: ``vdiff train CONFIG [key=value ...]``.
+
+The loop reads top to bottom (DiT / nanoGPT style). Each step: (1) read this rank's slice of
+the global batch, (2) turn clips into latents and captions into text embeddings unless the
+shards are cached, (3) draw σ, noise and caption dropout per sample, (4) regress the velocity
+``noise − x0`` at ``x_t`` with an MSE loss, (5) clip, step AdamW at the scheduled lr, update
+the EMA, (6) log and checkpoint. ``RUN = train.out`` receives ``config.yaml``,
+``metrics.jsonl`` and ``checkpoints/step-N/`` (torch.distributed.checkpoint);
+``train.resume=auto`` continues from the latest checkpoint and reproduces the losses an
+uninterrupted run would have had (all randomness is a function of seed, step and sample).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from collections import OrderedDict
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from vdiff.checkpoint import latest_checkpoint, load_checkpoint, rng_from_json, rng_to_json, save_checkpoint
+from vdiff.config import ConfigError, describe, is_override, load_config, save_config
+from vdiff.data import DataConfig, ShardLoader, load_empty_prompt
+from vdiff.diffusion import (
+    add_noise,
+    draw_training_noise,
+    resolution_shift,
+    sample_seed,
+    sigma_to_timestep,
+    velocity_target,
+)
+from vdiff.encoders import TextEncoderConfig, VAEConfig, build_text_encoder, build_vae
+from vdiff.io.files import atomic_write_text
+from vdiff.models import ModelConfig, build_model
+from vdiff.optim import OptimConfig, build_optimizer, learning_rate
+from vdiff.parallel.config import ParallelConfig
+
+
+@dataclass
+class FlowConfig:
+    """How training draws noise levels and drops captions."""
+
+    logit_mean: float = 0.0
+    """mean of the logit-normal σ distribution"""
+    logit_std: float = 1.0
+    """standard deviation of the logit-normal σ distribution"""
+    shift: float = 0.0
+    """time shift s of σ; <= 0 derives it from the latent token count (SD3 sqrt rule)"""
+    base_tokens: int = 32760
+    """token count at which the derived shift equals base_shift (Wan2.1 480p, 81 frames)"""
+    base_shift: float = 3.0
+    """derived shift at base_tokens (Wan2.1 uses 3 at 480p)"""
+    caption_dropout: float = 0.1
+    """probability of training a sample on the empty prompt (for classifier-free guidance)"""
+
+
+@dataclass
+class EMAConfig:
+    """Exponential moving average of the weights (the model to sample from)."""
+
+    enabled: bool = True
+    """keep an EMA copy of the model"""
+    decay: float = 0.999
+    """ema ← decay·ema + (1 − decay)·weights after every step"""
+
+
+@dataclass
+class LoopConfig:
+    """Length, batch, logging and checkpointing of the run."""
+
+    out: str = "runs/train"
+    """run folder (config.yaml, metrics.jsonl, checkpoints/)"""
+    steps: int = 100
+    """optimizer steps in total (the cosine schedule ends here)"""
+    max_minutes: float = 0.0
+    """stop (with a checkpoint) after this many minutes of wall time; 0 = no limit"""
+    batch_size: int = 4
+    """GLOBAL batch size (split across data-parallel ranks)"""
+    seed: int = 0
+    """seed of model init, data order and every noise draw"""
+    log_every: int = 10
+    """append a metrics.jsonl row every this many steps"""
+    ckpt_every: int = 50
+    """checkpoint every this many steps (and at the end); 0 = only at the end"""
+    resume: str = "auto"
+    """auto: latest checkpoint in out/ if any; none: start fresh; or a step-N folder"""
+    bf16: bool = False
+    """bfloat16 autocast for the forward pass (weights and optimizer stay float32)"""
+    device: str = "auto"
+    """auto (cuda if available, else cpu), cpu, cuda, cuda:1, ..."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; `vdiff train --help` lists each key."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema ← decay·ema + (1 − decay)·model, parameter by parameter."""
+    ema_params = OrderedDict(ema.named_parameters())
+    for name, p in model.named_parameters():
+        ema_params[name].lerp_(p.detach(), 1.0 - decay)
+
+
+def requires_grad(model: torch.nn.Module, flag: bool = True) -> None:
+    """Set ``requires_grad`` on every parameter of ``model``."""
+    for p in model.parameters():
+        p.requires_grad = flag
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def num_tokens(latent_shape: torch.Size | tuple[int, ...], patch: tuple[int, int, int]) -> int:
+    """Tokens of one latent (C, T, H, W) after the model's (t, h, w) patchify."""
+    _, t, h, w = latent_shape
+    return (t // patch[0]) * (h // patch[1]) * (w // patch[2])
+
+
+def check_shapes(cfg: TrainConfig, *, latent_channels: int, text_dim: int) -> None:
+    """The model must take the VAE's latents and the text encoder's embeddings."""
+    m = cfg.model
+    if m.in_channels != latent_channels or m.out_channels != latent_channels:
+        raise ConfigError(
+            f"model.in_channels={m.in_channels}, model.out_channels={m.out_channels} but the latents have "
+            f"{latent_channels} channels; set both to {latent_channels}"
+        )
+    if m.text_dim != text_dim:
+        raise ConfigError(f"model.text_dim={m.text_dim} but the text embeddings have {text_dim} dims; set it")
+
+
+def resolve_resume(cfg: LoopConfig, ckpt_root: Path) -> Path | None:
+    """The checkpoint to resume from, or None to start fresh."""
+    if cfg.resume == "none":
+        return None
+    if cfg.resume == "auto":
+        return latest_checkpoint(ckpt_root)
+    path = Path(cfg.resume)
+    if not (path / ".metadata").is_file():
+        raise ConfigError(f"train.resume={cfg.resume}: not a checkpoint folder (want RUN/checkpoints/step-N)")
+    return path
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics rows after ``step`` (written by the run we resume, after its checkpoint)."""
+    if path.is_file():
+        rows = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        atomic_write_text(path, "".join(r + "\n" for r in rows))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run the training loop of ``cfg``; return the run folder."""
+    run = Path(cfg.train.out)
+    ckpt_root = run / "checkpoints"
+    metrics_path = run / "metrics.jsonl"
+
+    # 1. Devices and ranks. NOTE: one process here; vdiff.parallel builds the mesh for many.
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RuntimeError("pipelines.train does not yet run multi-process; launch it as one process")
+    rank, dp_rank, dp_world = 0, 0, 1
+    device = pick_device(cfg.train.device)
+    if cfg.train.batch_size % dp_world:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by dp degree {dp_world}")
+    local_batch = cfg.train.batch_size // dp_world
+    torch.manual_seed(cfg.train.seed)
+    if rank == 0:
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run / "config.yaml")
+
+    # 2. Data: this dp rank's slice of each global batch (sequence-parallel peers share dp_rank).
+    loader = ShardLoader(cfg.data, batch_size=local_batch, rank=dp_rank, world=dp_world, seed=cfg.train.seed)
+    cached = loader.kind == "cached"
+
+    # 3. Frozen encoders (only what the data needs): latents and text embeddings.
+    vae = None if cached else build_vae(cfg.vae).to(device)
+    text = None if cached else build_text_encoder(cfg.text).to(device)
+    if cached:
+        first = loader.load(0, 0)
+        latent_channels, text_dim = first["latents"].shape[0], first["context"].shape[-1]
+        empty = load_empty_prompt(cfg.data.path) if cfg.flow.caption_dropout > 0 else first["context"] * 0
+    else:
+        latent_channels, text_dim = vae.latent_channels, text.dim
+        empty = text.encode([""])[0]  # (L, D)
+    empty = empty.to(device)
+    check_shapes(cfg, latent_channels=latent_channels, text_dim=text_dim)
+
+    # 4. Model, EMA and optimizer. NOTE: vdiff.parallel.parallelize(model, mesh, cfg.parallel) wraps
+    # the model here for many devices; the EMA copies the (wrapped) model so it shards the same way.
+    model = build_model(cfg.model).to(device)
+    model.train()
+    ema = None
+    if cfg.ema.enabled:
+        ema = copy.deepcopy(model).eval()
+        requires_grad(ema, False)
+    optimizer = build_optimizer(model, cfg.optim)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.train.bf16 else nullcontext()
+
+    # 5. Resume: weights, EMA, optimizer moments, step, data position, RNG.
+    step = 0
+    resume_from = resolve_resume(cfg.train, ckpt_root)
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, model=model, optimizer=optimizer, ema=ema)
+        step = int(state["step"])
+        loader.load_state_dict(state["data"])
+        torch.set_rng_state(rng_from_json(state["rng"]))
+        if rank == 0:
+            truncate_metrics(metrics_path, step)
+            print(f"resumed from {resume_from} at step {step}", flush=True)
+
+    def checkpoint() -> None:
+        trainer_state = {"data": loader.state_dict(), "rng": rng_to_json(torch.get_rng_state())}
+        save_checkpoint(
+            ckpt_root, step=step, model=model, optimizer=optimizer, ema=ema, trainer_state=trainer_state
+        )
+
+    # 6. The loop.
+    t0 = time.time()
+    batches = iter(loader)
+    last_saved = step
+    while step < cfg.train.steps:
+        # 6a. This rank's batch -> latents x0 (B, C, T, H, W) and context (B, L, D).
+        batch = next(batches)
+        with torch.no_grad():
+            if cached:
+                x0 = batch["latents"].to(device)
+                context = batch["context"].to(device)
+            else:
+                x0 = vae.encode(batch["video"].to(device)).float()
+                context = text.encode(batch["caption"])
+
+        # 6b. Per-sample σ, noise and caption dropout, seeded by (seed, step, global sample index).
+        first_index = step * cfg.train.batch_size + dp_rank * local_batch
+        seeds = [sample_seed(seed=cfg.train.seed, step=step, index=first_index + i) for i in range(len(x0))]
+        shift = cfg.flow.shift
+        if shift <= 0:
+            shift = resolution_shift(
+                num_tokens(x0.shape[1:], cfg.model.patch_size),
+                base_tokens=cfg.flow.base_tokens,
+                base_shift=cfg.flow.base_shift,
+            )
+        sigma, noise, drop = draw_training_noise(
+            x0,
+            seeds=seeds,
+            mean=cfg.flow.logit_mean,
+            std=cfg.flow.logit_std,
+            shift=shift,
+            dropout=cfg.flow.caption_dropout,
+        )
+        context = torch.where(drop.view(-1, 1, 1), empty.expand_as(context), context)  # (B, L, D)
+        xt = add_noise(x0, noise, sigma)  # (B, C, T, H, W)
+        target = velocity_target(x0, noise)
+
+        # 6c. Forward and loss. NOTE: the per-rank mean; data-parallel wrappers average gradients.
+        with autocast:
+            pred = model(xt, sigma_to_timestep(sigma), context)
+        loss = F.mse_loss(pred.float(), target)
+
+        # 6d. Backward, clip, step at the scheduled lr, EMA.
+        lr = learning_rate(step, cfg.optim, total_steps=cfg.train.steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        optimizer.step()
+        if ema is not None:
+            update_ema(ema, model, cfg.ema.decay)
+        step += 1
+
+        # 6e. Log (loss reduced over ranks here when distributed) and checkpoint.
+        elapsed = time.time() - t0
+        out_of_time = cfg.train.max_minutes > 0 and elapsed > 60 * cfg.train.max_minutes
+        if rank == 0 and (
+            step % cfg.train.log_every == 0 or step == 1 or step == cfg.train.steps or out_of_time
+        ):
+            row = {
+                "step": step,
+                "loss": loss.item(),
+                "lr": lr,
+                "grad_norm": float(grad_norm),
+                "time": round(elapsed, 3),
+                "shift": round(shift, 4),
+            }
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
+        if cfg.train.ckpt_every > 0 and step % cfg.train.ckpt_every == 0:
+            checkpoint()
+            last_saved = step
+        if out_of_time:
+            break
+
+    # 7. Final checkpoint.
+    if step != last_saved or latest_checkpoint(ckpt_root) is None:
+        checkpoint()
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``vdiff train CONFIG.yaml [key.sub=value ...]``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: vdiff train CONFIG.yaml [key.sub=value ...]\n\nconfig keys:")
+        print("\n".join("  " + line for line in describe(TrainConfig)))
+        return 0
+    path = None if is_override(argv[0]) else argv[0]
+    overrides = argv[1:] if path is not None else argv
+    bad = [a for a in overrides if not is_override(a)]
+    if bad:
+        print(f"vdiff train: {bad[0]!r} is not a key.sub=value override", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(TrainConfig, path, overrides)
+    except (ConfigError, ValueError) as e:
+        print(f"vdiff train: {e}", file=sys.stderr)
+        return 2
+    train(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

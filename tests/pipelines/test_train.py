@@ -1,0 +1,152 @@
+"""End-to-end training on tiny synthetic clips: overfitting, metrics, checkpoints, exact resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import webdataset as wds
+
+from data_prep.synthetic import moving_shapes, shape_caption
+from pipelines.train import TrainConfig, main, train
+from vdiff.checkpoint import latest_checkpoint, load_checkpoint
+from vdiff.config import load_config
+from vdiff.data import ShardLoader
+from vdiff.diffusion import add_noise, draw_training_noise, sigma_to_timestep, velocity_target
+from vdiff.encoders import build_text_encoder, build_vae
+from vdiff.io.video import encode_mp4
+from vdiff.models import build_model
+from vdiff.optim import build_optimizer
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "train_tiny.yaml"
+CLIPS = [
+    ("red", "circle", "left"),
+    ("blue", "square", "right"),
+    ("green", "triangle", "up"),
+    ("white", "circle", "down"),
+]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 captioned moving-shape clips (12 frames, 24x24 at 8 fps) in two WebDataset shards."""
+    root = tmp_path_factory.mktemp("clips")
+    (root / "shards").mkdir()
+    for s in range(2):
+        with wds.TarWriter(str(root / "shards" / f"shard-{s:06d}.tar")) as w:
+            for i in (2 * s, 2 * s + 1):
+                color, shape, direction = CLIPS[i]
+                frames = moving_shapes(
+                    color, shape, direction, num_frames=12, height=24, width=24, fps=8.0, seed=i
+                )
+                meta = {"caption": shape_caption(color, shape, direction), "fps": 8.0, "num_frames": 12,
+                        "width": 24, "height": 24}  # fmt: skip
+                w.write({"__key__": f"clip-{i}", "mp4": encode_mp4(frames, 8.0), "json": json.dumps(meta)})
+    return root
+
+
+def tiny_config(data: Path, out: Path, *overrides: str) -> TrainConfig:
+    base = [
+        f"data.path={data}",
+        f"train.out={out}",
+        "data.num_frames=4",
+        "data.height=16",
+        "data.width=16",
+        "text.max_length=8",
+        "train.batch_size=2",
+        "train.log_every=1",
+        "train.device=cpu",
+    ]
+    return load_config(TrainConfig, CONFIG, [*base, *overrides])
+
+
+def rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def eval_loss(cfg: TrainConfig, model: torch.nn.Module) -> float:
+    """Flow loss on the whole dataset at fixed σ and noise (seeds 0..3): the overfitting measure."""
+    loader = ShardLoader(cfg.data, batch_size=4, seed=0)
+    samples = [loader.load(i, 0) for i in range(4)]
+    video = torch.stack([s["video"] for s in samples])
+    x0 = build_vae(cfg.vae).encode(video)
+    ctx = build_text_encoder(cfg.text).encode([s["caption"] for s in samples])
+    sigma, noise, _ = draw_training_noise(x0, seeds=[0, 1, 2, 3])
+    with torch.no_grad():
+        pred = model(add_noise(x0, noise, sigma), sigma_to_timestep(sigma), ctx)
+    return torch.nn.functional.mse_loss(pred, velocity_target(x0, noise)).item()
+
+
+def test_tiny_model_overfits_the_clips(shards: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(
+        shards,
+        tmp_path / "run",
+        "train.steps=30",
+        "optim.lr=0.003",
+        "optim.warmup_steps=0",
+        "flow.caption_dropout=0",
+    )
+    torch.manual_seed(cfg.train.seed)
+    before = eval_loss(cfg, build_model(cfg.model))
+    run = train(cfg)
+    metrics = rows(run)
+    assert [r["step"] for r in metrics] == list(range(1, 31))
+    assert all(set(r) >= {"step", "loss", "lr", "grad_norm", "time"} for r in metrics)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in metrics)
+    model = build_model(cfg.model)
+    ckpt = latest_checkpoint(run / "checkpoints")
+    assert ckpt is not None and ckpt.name == "step-30"
+    state = load_checkpoint(ckpt, model=model, optimizer=build_optimizer(model, cfg.optim))
+    assert state["step"] == 30 and state["data"] == {"epoch": 14, "step_in_epoch": 2}  # 2 batches per epoch
+    after = eval_loss(cfg, model)
+    # NOTE: the zero-initialised output starts at E|noise − x0|²; 30 steps cut it by ~14 % (measured on
+    # this data, deterministic on CPU); 8 % leaves a margin yet fails a model that learns nothing.
+    assert after < 0.92 * before, (before, after)
+    first, last = sum(r["loss"] for r in metrics[:5]) / 5, sum(r["loss"] for r in metrics[-5:]) / 5
+    assert last < first
+    saved = load_config(TrainConfig, run / "config.yaml")
+    assert saved == cfg
+
+
+def test_resume_reproduces_the_uninterrupted_run(shards: Path, tmp_path: Path) -> None:
+    common = ("train.steps=4", "train.ckpt_every=2", "optim.schedule=cosine", "optim.warmup_steps=1")
+    full = train(tiny_config(shards, tmp_path / "full", *common))
+    # simulate a run killed after step 3: only the step-2 checkpoint and metrics up to step 3 exist
+    cut = tmp_path / "cut"
+    shutil.copytree(full, cut)
+    shutil.rmtree(cut / "checkpoints" / "step-4")
+    (cut / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(full)[:3]))
+    train(tiny_config(shards, cut, *common))
+    a, b = rows(full), rows(cut)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    # CPU, same seeds and data position: bit-identical losses and gradient norms
+    assert [(r["loss"], r["grad_norm"], r["lr"]) for r in a] == [
+        (r["loss"], r["grad_norm"], r["lr"]) for r in b
+    ]
+    cfg = tiny_config(shards, tmp_path / "x")
+    models = []
+    for run in (full, cut):
+        m, e = build_model(cfg.model), build_model(cfg.model)
+        load_checkpoint(
+            run / "checkpoints" / "step-4", model=m, optimizer=build_optimizer(m, cfg.optim), ema=e
+        )
+        models.append((m, e))
+    for (m1, e1), (m2, e2) in [models]:
+        assert all(torch.equal(p, q) for p, q in zip(m1.parameters(), m2.parameters()))
+        assert all(torch.equal(p, q) for p, q in zip(e1.parameters(), e2.parameters()))
+        assert not all(torch.equal(p, q) for p, q in zip(m1.parameters(), e1.parameters()))
+
+
+def test_cli_help_and_bad_keys(shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["--help"]) == 0
+    assert "train.batch_size" in capsys.readouterr().out
+    assert main([str(CONFIG), "train.batchsize=3"]) == 2
+    assert "did you mean train.batch_size" in capsys.readouterr().err
+    cfg = tiny_config(
+        shards, tmp_path / "bad", "model.in_channels=16", "model.out_channels=16", "train.steps=1"
+    )
+    with pytest.raises(ValueError, match="set both to 48"):
+        train(cfg)
