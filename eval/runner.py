@@ -104,6 +104,28 @@ def frame_strip(frames: np.ndarray, count: int, height: int = 72) -> str:
     return base64.b64encode(buf.tobytes()).decode("ascii") if ok else ""
 
 
+def summarise(
+    metric: Metric, entries: list[dict[str, Any]], excluded: list[dict[str, str]], scored: int
+) -> dict[str, Any]:
+    """One dimension's ``eval_info.json`` record: its results key, method, aggregate and exclusions."""
+    aggregate: float | None = None
+    if metric.set_level:
+        try:
+            aggregate = metric.finalize()
+        except UnscorableVideoError as e:
+            excluded.append({"video_path": "", "reason": str(e)})
+    elif entries:
+        aggregate = metric.aggregate(entries)
+    return {
+        "key": results_key(metric),
+        "method": metric.method,
+        "comparable": metric.comparable,
+        "aggregate": aggregate,
+        "num_videos": scored,
+        "excluded": [*excluded, *metric.skipped],
+    }
+
+
 def decode(path: Path) -> tuple[np.ndarray, float]:
     """All frames (T, H, W, 3) uint8 and the fps; raise VideoError for unreadable or empty videos."""
     meta = probe(path)
@@ -151,6 +173,7 @@ def evaluate(
     # 3. Decode each video once; every metric scores the same frames.
     entries: dict[str, list[dict[str, Any]]] = {name: [] for name in metrics}
     excluded: dict[str, list[dict[str, str]]] = {name: [] for name in metrics}
+    scored: dict[str, int] = {name: 0 for name in metrics}
     skipped: list[dict[str, str]] = []
     strips: dict[str, str] = {}
     for item in tqdm(planned, desc="vdiff eval", unit="video", disable=not progress):
@@ -168,6 +191,7 @@ def evaluate(
                     metric.accumulate(video)
                 else:
                     entries[name].append({"video_path": str(item.path), **metric.compute(video)})
+                scored[name] += 1
             except UnscorableVideoError as e:
                 excluded[name].append({"video_path": str(item.path), "reason": str(e)})
 
@@ -175,27 +199,9 @@ def evaluate(
     results: dict[str, Any] = {}
     dims_info: dict[str, Any] = {}
     for name, metric in metrics.items():
-        aggregate: float | None
-        if metric.set_level:
-            try:
-                aggregate = metric.finalize()
-            except UnscorableVideoError as e:
-                aggregate = None
-                excluded[name].append({"video_path": "", "reason": str(e)})
-        else:
-            aggregate = metric.aggregate(entries[name]) if entries[name] else None
-        excluded[name].extend(metric.skipped)
-        key = results_key(metric)
-        if aggregate is not None:
-            results[key] = results_entry(aggregate, entries[name])
-        dims_info[name] = {
-            "key": key,
-            "method": metric.method,
-            "comparable": metric.comparable,
-            "aggregate": aggregate,
-            "num_videos": len(entries[name]),
-            "excluded": excluded[name],
-        }
+        dims_info[name] = summarise(metric, entries[name], excluded[name], scored[name])
+        if dims_info[name]["aggregate"] is not None:
+            results[dims_info[name]["key"]] = results_entry(dims_info[name]["aggregate"], entries[name])
     comparable = {
         n: d["aggregate"] for n, d in dims_info.items() if d["comparable"] and d["aggregate"] is not None
     }
