@@ -24,11 +24,12 @@ DTYPES = {"keep": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "f
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vdiff convert",
+        usage="vdiff convert [wan] SRC DST [--to {vdiff,diffusers}] [--dtype DTYPE] [--overwrite]",
         description="Convert Wan2.1 text-to-video transformers between diffusers and vdiff formats.",
         epilog="examples: `vdiff convert wan Wan2.1-T2V-1.3B-Diffusers/transformer out/wan13b`, "
         "`vdiff convert --to diffusers out/wan13b out/wan13b-diffusers`",
     )
-    p.add_argument("paths", nargs="+", metavar="[wan] SRC DST", help="source and destination folders")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="[wan] SRC DST: source and destination folders")
     p.add_argument("--to", choices=["vdiff", "diffusers"], default="vdiff", help="output format")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="keep", help="cast tensors (default: keep)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model in DST")
