@@ -1,0 +1,320 @@
+"""``vdiff sample``: determinism, the loop against references, guidance, caching, attention, cfg-parallel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from pipelines.sample import (
+    SampleAttentionConfig,
+    StepCache,
+    StepCacheConfig,
+    VideoPipeline,
+    attention_schedule,
+    initial_noise,
+    latent_shape,
+)
+from vdiff.attention import register_backend, sdpa
+from vdiff.diffusion import euler_sample
+from vdiff.encoders import PixelAutoencoder, TextEncoder
+from vdiff.models import videodit_tiny
+
+PROMPTS = ["a red circle moving left", "a blue square moving up"]
+KW = dict(steps=4, frames=4, height=32, width=32, shift=3.0)
+
+
+def tiny_transformer(seed: int = 0) -> torch.nn.Module:
+    """videodit_tiny for 48-channel pixel latents and MiniLM context, with a non-zero output layer."""
+    torch.manual_seed(seed)
+    model = videodit_tiny(in_channels=48, out_channels=48, text_dim=384)
+    # NOTE: the Wan init zeroes the output projection (the model would predict v = 0 and every
+    # sample would be its noise); random weights make the tests see the transformer's output.
+    torch.nn.init.normal_(model.unembed.proj.weight, std=0.5)
+    return model.eval()
+
+
+class ByteTextEncoder:
+    """A weight-free stand-in for the subprocess test: byte i of a prompt -> a fixed random vector."""
+
+    def __init__(self, dim: int = 384, length: int = 16) -> None:
+        self.table = torch.randn(256, dim, generator=torch.Generator().manual_seed(0))
+        self.length = length
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        out = torch.zeros(len(prompts), self.length, self.table.shape[1])
+        for b, p in enumerate(prompts):
+            ids = list(p.encode())[: self.length]
+            out[b, : len(ids)] = self.table[ids]
+        return out  # (B, L, D)
+
+    def to(self, *args: object, **kwargs: object) -> ByteTextEncoder:
+        return self
+
+
+@pytest.fixture(scope="module")
+def minilm() -> TextEncoder:
+    return TextEncoder.from_pretrained("", max_length=16)
+
+
+@pytest.fixture()
+def tiny_parts(minilm):
+    return tiny_transformer(), minilm, PixelAutoencoder(patch=4)
+
+
+def _pipe(parts) -> VideoPipeline:
+    transformer, text, vae = parts
+    return VideoPipeline(transformer=transformer, text_encoder=text, vae=vae)
+
+
+def test_same_seed_same_video_and_batch_invariance(tiny_parts):
+    pipe = _pipe(tiny_parts)
+    a = pipe(PROMPTS, seeds=[5, 6], guidance=3.0, **KW)
+    b = pipe(PROMPTS, seeds=[5, 6], guidance=3.0, **KW)
+    assert a.shape == (2, 3, 4, 32, 32)
+    assert torch.equal(a, b)
+    # NOTE: a video must not depend on its batch; CPU matmuls of batch 1 and 2 may differ in the last bits.
+    single = pipe(PROMPTS[1:], seeds=[6], guidance=3.0, **KW)
+    torch.testing.assert_close(single[0], a[1], atol=1e-5, rtol=0)
+    other = pipe(PROMPTS[1:], seeds=[7], guidance=3.0, **KW)
+    assert (other[0] - a[1]).abs().max() > 0.1
+
+
+def test_euler_loop_matches_reference_integration(tiny_parts):
+    """Guidance 1 and 2: the pipeline equals vdiff.diffusion.euler_sample over diffusers' sigmas (1e-5)."""
+    transformer, text, vae = tiny_parts
+    pipe = _pipe(tiny_parts)
+    for g in (1.0, 2.0):
+        out = pipe(PROMPTS[:1], seeds=[3], guidance=g, **KW)
+        ctx, neg = text.encode(PROMPTS[:1]), text.encode([""])
+        x = initial_noise(latent_shape(vae, frames=4, height=32, width=32), [3])
+
+        def velocity(x, sigma, g=g, ctx=ctx, neg=neg):
+            t = sigma * 1000
+            v_c = transformer(x, t, ctx)
+            return v_c if g == 1 else transformer(x, t, neg) + g * (v_c - transformer(x, t, neg))
+
+        sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+        sched.set_timesteps(4)
+        with torch.no_grad():
+            ref = vae.decode(euler_sample(velocity, x, sched.sigmas)).clamp(-1, 1)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+def test_guidance_and_negative_prompt_change_the_video(tiny_parts):
+    pipe = _pipe(tiny_parts)
+    base = pipe(PROMPTS[:1], seeds=[0], guidance=1.0, **KW)
+    guided = pipe(PROMPTS[:1], seeds=[0], guidance=4.0, **KW)
+    negative = pipe(PROMPTS[:1], seeds=[0], guidance=4.0, negative_prompt="a green triangle", **KW)
+    assert (base - guided).abs().max() > 1e-3
+    assert (guided - negative).abs().max() > 1e-3
+
+
+def test_unipc_sampler_runs_and_differs_from_euler(tiny_parts):
+    pipe = _pipe(tiny_parts)
+    euler = pipe(PROMPTS[:1], seeds=[0], guidance=1.0, sampler="euler", **KW)
+    unipc = pipe(PROMPTS[:1], seeds=[0], guidance=1.0, sampler="unipc", **KW)
+    assert torch.isfinite(unipc).all() and unipc.shape == euler.shape
+    assert (euler - unipc).abs().max() > 1e-3
+
+
+def test_step_cache_threshold_zero_is_exact_and_large_skips_all_middle_steps(tiny_parts):
+    pipe = _pipe(tiny_parts)
+    ref = pipe(PROMPTS[:1], seeds=[1], guidance=2.0, **KW)
+    exact = pipe(
+        PROMPTS[:1], seeds=[1], guidance=2.0, cache=StepCacheConfig(enabled=True, threshold=0.0), **KW
+    )
+    torch.testing.assert_close(exact, ref, atol=1e-5, rtol=0)
+    assert pipe.last_cache_stats == (8, 0)  # 4 steps × 2 branches, all computed
+    skipped = pipe(
+        PROMPTS[:1], seeds=[1], guidance=2.0, cache=StepCacheConfig(enabled=True, threshold=1e9), **KW
+    )
+    # NOTE: the first and last steps are always computed: 2 of 4 steps per branch.
+    assert pipe.last_cache_stats == (4, 4)
+    assert torch.isfinite(skipped).all() and (skipped - ref).abs().max() > 1e-4
+
+
+def test_step_cache_accumulates_relative_change():
+    cache = StepCache(threshold=0.25, num_steps=5)
+    x = torch.ones(1, 4, 8)
+    assert cache.should_compute("cond", 0, x)
+    cache.store("cond", torch.zeros(1, 4, 8))
+    assert not cache.should_compute("cond", 1, x * 1.1)  # change 0.1
+    assert not cache.should_compute("cond", 2, x * 1.21)  # 0.1 + 0.1
+    assert cache.should_compute("cond", 3, x * 1.331)  # 0.3 >= 0.25: recompute, reset
+    assert cache.should_compute("cond", 4, x * 1.331)  # last step always
+
+
+_CALLS: list[int] = []
+
+
+@register_backend("counting_test", supports_lse=False)
+def _counting(q, k, v, *, scale, return_lse=False):
+    _CALLS.append(q.shape[2])
+    return sdpa(q, k, v, scale=scale)
+
+
+def test_sparse_backend_is_used_only_between_dense_first_and_last_steps(tiny_parts):
+    sched = attention_schedule(
+        SampleAttentionConfig(backend="sparse_sage", dense_first=1, dense_last=2), num_steps=6
+    )
+    assert [sched(i) for i in range(6)] == [
+        "sdpa",
+        "sparse_sage",
+        "sparse_sage",
+        "sparse_sage",
+        "sdpa",
+        "sdpa",
+    ]
+    assert attention_schedule(SampleAttentionConfig(), num_steps=3)(1) is None
+    pipe = _pipe(tiny_parts)
+    _CALLS.clear()
+    att = SampleAttentionConfig(backend="counting_test", dense_first=1, dense_last=1)
+    out = pipe(PROMPTS[:1], seeds=[0], guidance=1.0, attention=att, **KW)
+    ref = pipe(PROMPTS[:1], seeds=[0], guidance=1.0, **KW)
+    # 2 middle steps × 2 layers × 1 branch; the ops are restored afterwards
+    assert len(_CALLS) == 4
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    pipe(PROMPTS[:1], seeds=[0], guidance=1.0, **KW)
+    assert len(_CALLS) == 4
+
+
+def test_bad_sizes_are_clear_errors(tiny_parts):
+    pipe = _pipe(tiny_parts)
+    with pytest.raises(Exception, match="multiples"):
+        pipe(PROMPTS[:1], seeds=[0], steps=2, frames=4, height=30, width=32)
+    with pytest.raises(ValueError, match="seeds"):
+        pipe(PROMPTS, seeds=[0], steps=2)
+
+
+_DIST_SCRIPT = """
+import sys
+from pathlib import Path
+
+import importlib.util
+
+spec = importlib.util.spec_from_file_location("sample_test_helpers", {test_file!r})
+helpers = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(helpers)
+ByteTextEncoder, tiny_transformer = helpers.ByteTextEncoder, helpers.tiny_transformer
+from pipelines.sample import SampleConfig, VideoPipeline, sample_to_folder, setup_distributed
+from vdiff.config import load_config
+from vdiff.encoders import PixelAutoencoder, TextEncoder
+from vdiff.models import videodit_tiny
+
+cfg = load_config(SampleConfig, None, sys.argv[2:])
+rank, groups = setup_distributed(cfg.parallel)
+pipe = VideoPipeline(
+    transformer=tiny_transformer(), text_encoder=ByteTextEncoder(), vae=PixelAutoencoder(4), groups=groups
+)
+sample_to_folder(pipe, {prompts!r}, cfg, Path(sys.argv[1]), rank=rank)
+"""
+DIST_ARGS = ["save_arrays=true", "progress=false", "steps=3", "frames=4", "guidance=3.0"]
+
+
+@pytest.mark.dist
+def test_cfg_parallel_two_ranks_equals_one_rank(tmp_path):
+    """2 gloo ranks (cond on rank 0, uncond on rank 1) write the 1-process videos within 1e-5."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from pipelines.sample import SampleConfig, sample_to_folder
+    from vdiff.config import load_config
+
+    cfg = load_config(SampleConfig, None, DIST_ARGS)
+    pipe = VideoPipeline(
+        transformer=tiny_transformer(), text_encoder=ByteTextEncoder(), vae=PixelAutoencoder(4)
+    )
+    sample_to_folder(pipe, PROMPTS, cfg, tmp_path / "one")
+
+    script = tmp_path / "run_sample.py"
+    script.write_text(_DIST_SCRIPT.format(test_file=str(Path(__file__).resolve()), prompts=PROMPTS))
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    res = subprocess.run(
+        [*cmd, str(tmp_path / "two"), *DIST_ARGS, "parallel.cfg=2"],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    for prompt in PROMPTS:
+        one = np.load(tmp_path / "one" / f"{prompt}-0.npy")
+        two = np.load(tmp_path / "two" / f"{prompt}-0.npy")
+        assert (tmp_path / "two" / f"{prompt}-0.mp4").is_file()
+        np.testing.assert_allclose(two, one, atol=1e-5, rtol=0)
+
+
+def _fake_run(root, tiny_parts):
+    """A vdiff training-run folder whose EMA weights differ from its raw weights."""
+    from pipelines.train import TrainConfig
+    from vdiff.checkpoint import save_checkpoint
+    from vdiff.config import load_config, save_config
+
+    model = tiny_parts[0]
+    ema = tiny_transformer_copy(model)
+    overrides = [
+        "model.in_channels=48",
+        "model.out_channels=48",
+        "model.num_heads=2",
+        "model.head_dim=16",
+        "model.ffn_dim=64",
+        "model.num_layers=2",
+        "model.text_dim=384",
+        "model.freq_dim=32",
+        "text.max_length=16",
+        "vae.kind=pixel",
+        "vae.patch=4",
+    ]
+    save_config(load_config(TrainConfig, None, overrides), root / "config.yaml")
+    opt = torch.optim.AdamW(model.parameters())
+    save_checkpoint(root / "checkpoints", step=3, model=model, optimizer=opt, ema=ema)
+    return model, ema
+
+
+def tiny_transformer_copy(model):
+    import copy
+
+    ema = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.mul_(0.9)
+    return ema
+
+
+def test_cli_samples_a_training_run_with_ema_weights_and_vbench_names(tmp_path, tiny_parts):
+    from pipelines.sample import main
+
+    _, ema = _fake_run(tmp_path / "run", tiny_parts)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle moving left\n\na blue square moving up\n")
+    args = ["--model", str(tmp_path / "run"), "--prompts", str(prompts), "--out", str(tmp_path / "out")]
+    keys = ["steps=2", "frames=4", "videos_per_prompt=2", "save_arrays=true", "progress=false"]
+    assert main([*args, *keys]) == 0
+    names = sorted(p.name for p in (tmp_path / "out").glob("*.mp4"))
+    assert names == [f"{p}-{i}.mp4" for p in sorted(PROMPTS) for i in range(2)]
+    assert (tmp_path / "out" / "sample_config.yaml").is_file()
+    # the EMA weights were used: video 1 of prompt 0 (seed 1) equals the in-process EMA pipeline's
+    import numpy as np
+
+    _, text, vae = tiny_parts
+    pipe = VideoPipeline(transformer=ema, text_encoder=text, vae=vae)
+    ref = pipe(PROMPTS[:1], seeds=[1], steps=2, frames=4)
+    got = np.load(tmp_path / "out" / f"{PROMPTS[0]}-1.npy")  # (T, H, W, 3)
+    np.testing.assert_allclose(got, ref[0].permute(1, 2, 3, 0).numpy(), atol=1e-5, rtol=0)
+
+
+def test_cli_errors_name_the_problem(tmp_path, capsys):
+    from pipelines.sample import main
+
+    assert main(["--model", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "o")]) == 2
+    assert "not a vdiff training run" in capsys.readouterr().err
+    assert main(["--model", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "o"), "stepz=3"]) == 2
+    assert "did you mean steps" in capsys.readouterr().err
