@@ -40,6 +40,8 @@ class MotionConfig:
     """the two frames of a pair are about 1/pair_fps seconds apart (at least one frame)"""
     flow_short_side: int = 64
     """flow is computed on frames resized to this shorter side (pixels)"""
+    global_align: bool = True
+    """remove the global shift (phase correlation) before dense flow, so whip pans are measured"""
     min_motion: float = 0.002
     """too_static below this score (frame diagonals per second)"""
     min_moving_fraction: float = 0.02
@@ -76,18 +78,42 @@ class MotionResult:
     """frame pairs the flow was computed on"""
 
 
-@functools.lru_cache(maxsize=4)
-def _dis(preset: int):
-    return cv2.DISOpticalFlow_create(preset)
-
-
 def _flow(a: np.ndarray, b: np.ndarray, method: str) -> np.ndarray:
     """(h, w, 2) float32 flow from grey ``a`` to grey ``b``."""
     if method == "dis":
-        return _dis(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST).calc(a, b, None)
+        # NOTE: a fresh DIS object per pair: a reused one keeps state sized by earlier
+        # frames, which made scores depend on what the process had scored before.
+        return cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST).calc(a, b, None)
     if method == "farneback":
         return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 9, 3, 5, 1.1, 0)
     raise ValueError(f"motion.method={method!r}: choose dis or farneback")
+
+
+def _aligned_flow(a: np.ndarray, b: np.ndarray, method: str) -> np.ndarray:
+    """Flow from ``a`` to ``b`` (h, w, 2): global shift by phase correlation, then dense residual.
+
+    Dense flow on a small frame only recovers displacements of a few pixels; a whip pan at
+    10-15 fps moves the content by a quarter of the frame between frames. Phase correlation
+    finds such a global shift; flow then only has to explain what is left.
+    """
+    h, w = a.shape
+    window = _hann(h, w)
+    (dx, dy), response = cv2.phaseCorrelate(a.astype(np.float32), b.astype(np.float32), window)
+    if response < 0.05 or np.hypot(dx, dy) < 1.0:
+        return _flow(a, b, method)
+    shift = np.array([[1, 0, dx], [0, 1, dy]], np.float32)  # b_aligned(x) = b(x + shift)
+    b_aligned = cv2.warpAffine(
+        b, shift, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
+    )
+    flow = _flow(a, b_aligned, method)  # (h, w, 2) residual
+    flow[..., 0] += dx
+    flow[..., 1] += dy
+    return flow
+
+
+@functools.lru_cache(maxsize=8)
+def _hann(h: int, w: int) -> np.ndarray:
+    return cv2.createHanningWindow((w, h), cv2.CV_32F)
 
 
 def _grey_small(frame: np.ndarray, short_side: int) -> np.ndarray:
@@ -140,7 +166,7 @@ def motion_score(frames: np.ndarray, *, fps: float, cfg: MotionConfig | None = N
     for i, j in pairs:
         a, b = grey(i), grey(j)
         diag = float(np.hypot(*a.shape))
-        flow = _flow(a, b, cfg.method)  # (h, w, 2) pixels per gap
+        flow = _aligned_flow(a, b, cfg.method) if cfg.global_align else _flow(a, b, cfg.method)  # (h, w, 2)
         per_sec = flow * (fps / (j - i) / diag)  # (h, w, 2) diagonals per second
         speed = np.hypot(per_sec[..., 0], per_sec[..., 1])  # (h, w)
         # NOTE: flow on flat, noisy regions is random; a pixel only counts as moving where the

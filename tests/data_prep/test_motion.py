@@ -94,3 +94,19 @@ def test_shaky_camera_has_high_jitter_and_can_be_filtered():
     cfg = MotionConfig(max_jitter=0.1)
     assert classify_motion(shaky, cfg) == "too_fast"
     assert classify_motion(smooth, cfg) is None
+
+
+@pytest.mark.parametrize("fps", [10.0, 60.0])
+def test_whip_pan_measured_at_low_and_high_frame_rates(fps):
+    # 3 frame widths per second: at 10 fps the content jumps a quarter of the frame per frame.
+    frames = S.camera_move(speed=3.0, num_frames=int(1.5 * fps), fps=fps)
+    r = motion_score(frames, fps=fps)
+    assert r.score == pytest.approx(3.0 * 128 / math.hypot(128, 96), rel=0.1)
+    assert classify_motion(r) == "too_fast"
+
+
+def test_score_does_not_depend_on_what_was_scored_before(bikes_video):
+    clip = bikes_video.frames[30:76]
+    first = motion_score(clip, fps=25.0)
+    motion_score(S.pan(height=72, width=96), fps=24.0)  # another frame size in between
+    assert motion_score(clip, fps=25.0) == first
