@@ -168,11 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join("  " + line for line in describe(CacheConfig)))
         return 0
     try:
-        cfg = _load(argv)
-    except (ConfigError, ValueError) as e:
+        cache(_load(argv))
+    except (ConfigError, FileNotFoundError) as e:
         print(f"vdiff cache: {e}", file=sys.stderr)
         return 2
-    cache(cfg)
     return 0
 
 
