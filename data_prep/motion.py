@@ -69,7 +69,7 @@ class MotionResult:
     score: float
     """mean flow magnitude"""
     moving_fraction: float
-    """share of pixels faster than MotionConfig.moving_speed"""
+    """share of pixels faster than MotionConfig.moving_speed near a real brightness change"""
     p90: float
     """90th percentile of per-pixel speed"""
     jitter: float
