@@ -94,3 +94,10 @@ def test_no_cut_inside_whip_pan(make_video):
 def test_cuts_to_scenes_covers_and_ignores_edges():
     assert cuts_to_scenes([0, 10, 10, 25, 30], 30) == [(0, 10), (10, 25), (25, 30)]
     assert cuts_to_scenes([], 7) == [(0, 7)]
+
+
+@pytest.mark.parametrize("num_frames", [1, 2, 5])
+def test_tiny_videos_are_one_scene(make_video, num_frames):
+    video = make_video(S.pan(num_frames=num_frames))
+    for detector in ("adaptive", "content"):
+        assert detect_scenes(video, SceneConfig(detector=detector)) == [(0, num_frames)]
