@@ -49,7 +49,7 @@ from data_prep.scenes import SceneConfig, detect_scenes
 from data_prep.shards import (
     OutputConfig,
     ShardSample,
-    encode_clip,
+    encode_clips,
     output_frame_indices,
     output_geometry,
     sample_mp4_frames,
@@ -59,7 +59,7 @@ from vdiff.config import to_dict
 from vdiff.io.files import atomic_open, atomic_write_json, file_sha256, remove_stale_temps
 from vdiff.io.video import VideoError, VideoMeta
 
-WORK_VERSION = 1
+WORK_VERSION = 2
 """Bump when the work-file layout or the meaning of a per-video stage changes."""
 
 STAGES = ("decode", "scenes", "motion", "quality", "dedup", "caption", "encode", "shard")
@@ -175,14 +175,16 @@ def analyze_and_encode(path: Path, *, sha: str, cfg: CurateConfig) -> tuple[dict
             t0 = time.perf_counter()
             row["fingerprint"] = [int(x) for x in clip_fingerprint(frames, num_frames=cfg.dedup.num_frames)]
             times["dedup"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            mp4s[row["clip_id"]], _ = encode_clip(
-                path, meta=meta, start=row["start_frame"], end=row["end_frame"], cfg=cfg.output
-            )
-            times["encode"] += time.perf_counter() - t0
         row["status"] = status
         rows.append(row)
     rows.sort(key=lambda r: (r["start_frame"], r["end_frame"]))
+
+    t0 = time.perf_counter()
+    passing = [r for r in rows if r["status"] is None]
+    spans = [(r["start_frame"], r["end_frame"]) for r in passing]
+    for r, (mp4, _) in zip(passing, encode_clips(path, meta=meta, spans=spans, cfg=cfg.output)):
+        mp4s[r["clip_id"]] = mp4
+    times["encode"] = time.perf_counter() - t0
     result = {
         "sha256": sha,
         "error": None,

@@ -13,7 +13,7 @@ import contextlib
 import io
 import json
 import tarfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,20 +77,77 @@ def output_frame_indices(*, start: int, end: int, src_fps: float, out_fps: float
     return [min(i, end - 1) for i in idx]
 
 
+def _decode_in_order(source: Path, wanted: set[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(index, (H, W, 3) uint8 RGB)`` for the ``wanted`` frames, decoding once from the start.
+
+    Indices count frames in presentation order, as decord's do; only wanted frames are
+    converted to RGB, and decoding stops after the last one.
+    """
+    import av
+
+    last = max(wanted)
+    try:
+        with av.open(str(source)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for i, frame in enumerate(container.decode(stream)):
+                if i in wanted:
+                    yield i, frame.to_ndarray(format="rgb24")
+                if i >= last:
+                    return
+    except av.error.FFmpegError:
+        return  # NOTE: the caller falls back to decord for the frames it did not get
+
+
+def encode_clips(
+    source: Path, *, meta: VideoMeta, spans: Sequence[tuple[int, int]], cfg: OutputConfig
+) -> list[tuple[bytes, int]]:
+    """Re-encode each ``[start, end)`` span of ``source`` at full size; return (mp4, frames) per span.
+
+    The source is decoded once, in order (PyAV), up to the last frame needed, and each clip is
+    encoded (:func:`vdiff.io.video.encode_mp4`) as soon as its frames are in, so memory holds
+    one clip at a time. Spans must not overlap. A frame the sequential pass cannot produce
+    (a damaged stream) is read with decord instead.
+    """
+    import cv2
+
+    out_fps, w, h = output_geometry(meta, cfg)
+    plans = [output_frame_indices(start=s, end=e, src_fps=meta.fps, out_fps=out_fps) for s, e in spans]
+    order = sorted(range(len(spans)), key=lambda k: spans[k][0])
+    results: list[tuple[bytes, int]] = [(b"", 0)] * len(spans)
+
+    def finish(k: int, frames: dict[int, np.ndarray]) -> None:
+        missing = [i for i in plans[k] if i not in frames]
+        if missing:
+            frames.update(zip(missing, read_frames(source, missing)))
+        clip = np.stack([frames[i] for i in plans[k]])  # (T, H, W, 3)
+        # NOTE: without short_side the odd pixel (if any) is cropped by encode_mp4, not resized.
+        if cfg.short_side > 0 and (clip.shape[2], clip.shape[1]) != (w, h):
+            interp = cv2.INTER_AREA if w < clip.shape[2] else cv2.INTER_LINEAR
+            clip = np.stack([cv2.resize(f, (w, h), interpolation=interp) for f in clip])
+        results[k] = (encode_mp4(clip, out_fps, crf=cfg.crf, preset=cfg.preset), len(plans[k]))
+
+    if not spans:
+        return results
+    buffer: dict[int, np.ndarray] = {}
+    pos = 0
+    for i, frame in _decode_in_order(source, {i for p in plans for i in p}):
+        buffer[i] = frame
+        while pos < len(order) and i >= plans[order[pos]][-1]:
+            finish(order[pos], buffer)
+            pos += 1
+            nxt = plans[order[pos]][0] if pos < len(order) else i + 1
+            buffer = {j: f for j, f in buffer.items() if j >= nxt}
+    for k in order[pos:]:
+        finish(k, buffer)
+    return results
+
+
 def encode_clip(
     source: Path, *, meta: VideoMeta, start: int, end: int, cfg: OutputConfig
 ) -> tuple[bytes, int]:
     """Decode ``[start, end)`` of ``source`` at full size and re-encode it; return (mp4, frames)."""
-    import cv2
-
-    out_fps, w, h = output_geometry(meta, cfg)
-    idx = output_frame_indices(start=start, end=end, src_fps=meta.fps, out_fps=out_fps)
-    frames = read_frames(source, idx)  # (T, H, W, 3)
-    # NOTE: without short_side the odd pixel (if any) is cropped by encode_mp4, not resized.
-    if cfg.short_side > 0 and (frames.shape[2], frames.shape[1]) != (w, h):
-        interp = cv2.INTER_AREA if w < frames.shape[2] else cv2.INTER_LINEAR
-        frames = np.stack([cv2.resize(f, (w, h), interpolation=interp) for f in frames])
-    return encode_mp4(frames, out_fps, crf=cfg.crf, preset=cfg.preset), len(idx)
+    return encode_clips(source, meta=meta, spans=[(start, end)], cfg=cfg)[0]
 
 
 @dataclass(frozen=True)

