@@ -118,7 +118,8 @@ def decode_for_analysis(path: str | Path, cfg: DecodeConfig | None = None) -> De
     try:
         vr = reader(resized=False)
     except Exception as e:
-        raise VideoError(f"{path}: not a readable video ({type(e).__name__})") from e
+        reason = (str(e).splitlines() or [""])[0][:200]
+        raise VideoError(f"{path}: not a readable video ({type(e).__name__}: {reason})") from e
     resize_after = False  # True once decord's scaler refused the size (decode full, resize here)
     chunks: list[np.ndarray] = []
     for start in range(0, n_promised, cfg.chunk_frames):
