@@ -41,3 +41,15 @@ def test_unreadable_and_empty_files_raise_video_error(tmp_path: Path) -> None:
         probe(tmp_path / "empty.mp4")
     with pytest.raises(VideoError, match="not a readable video"):
         probe(tmp_path / "junk.mp4")
+
+
+@pytest.mark.parametrize("width", [8, 24, 48])
+def test_widths_decord_mis_sizes_still_decode(tmp_path: Path, width: int) -> None:
+    # decord raises "size must exactly match" on these widths; read_frames falls back to PyAV.
+    frames = np.zeros((5, 32, width, 3), np.uint8)
+    frames[:, :, : width // 2] = 200  # left half bright
+    write_mp4(tmp_path / "a.mp4", frames, fps=8)
+    back = read_frames(tmp_path / "a.mp4", [0, 3])
+    assert back.shape == (2, 32, width, 3)
+    assert back[:, :, : width // 2 - 2].mean() > 150 and back[:, :, width // 2 + 2 :].mean() < 50
+    assert read_frames(tmp_path / "a.mp4", [1], width=16, height=16).shape == (1, 16, 16, 3)

@@ -71,14 +71,38 @@ def read_frames(
     try:
         return vr.get_batch(idx.tolist()).asnumpy()  # (T, H, W, 3)
     except Exception as e:
-        if "must exactly match" in str(e) and (width > 0 or height > 0):
-            # NOTE: decord's scaler mis-sizes some small targets (e.g. 48 px wide); decode at
-            # full size and resize with OpenCV instead.
-            import cv2
-
-            full = read_frames(path, idx)
-            return np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in full])
+        if "must exactly match" in str(e):
+            # NOTE: decord's frame copy mis-sizes some widths (e.g. 8, 24, 48 px, at full size too);
+            # decode those files with PyAV instead and resize with OpenCV where asked.
+            return _read_frames_pyav(path, idx, width=width, height=height)
         raise VideoError(f"{path}: decoding failed ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+
+
+def _read_frames_pyav(path: str | Path, idx: np.ndarray, *, width: int, height: int) -> np.ndarray:
+    """Decode frames ``idx`` with PyAV (all frames in order), optionally resized; (T, H, W, 3)."""
+    import av
+    import cv2
+
+    wanted = set(idx.tolist())
+    got: dict[int, np.ndarray] = {}
+    try:
+        with av.open(str(path)) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i in wanted:
+                    got[i] = frame.to_ndarray(format="rgb24")
+                if i >= idx.max():
+                    break
+    except Exception as e:
+        raise VideoError(f"{path}: decoding failed ({type(e).__name__}: {e})") from e
+    missing = wanted - got.keys()
+    if missing:
+        raise VideoError(f"{path}: frames {sorted(missing)[:5]} could not be decoded")
+    frames = [got[i] for i in idx.tolist()]
+    if width > 0 or height > 0:
+        h0, w0 = frames[0].shape[:2]
+        size = (width if width > 0 else w0, height if height > 0 else h0)
+        frames = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames]
+    return np.stack(frames)  # (T, H, W, 3)
 
 
 def encode_mp4(frames: np.ndarray, fps: float, *, crf: int = 18, preset: str = "veryfast") -> bytes:
