@@ -43,7 +43,8 @@ def open_reader(path: str | Path, *, width: int = -1, height: int = -1):  # -> d
     try:
         return decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height, num_threads=1)
     except Exception as e:  # decord raises its own DECORDError and RuntimeError
-        raise VideoError(f"{path}: not a readable video ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+        raise VideoError(f"{path}: not a readable video ({reason})") from e
 
 
 def probe(path: str | Path) -> VideoMeta:
@@ -126,7 +127,8 @@ def encode_mp4(frames: np.ndarray, fps: float, *, crf: int = 18, preset: str = "
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": str(crf), "preset": preset}
         for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+            image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            for packet in stream.encode(image):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
