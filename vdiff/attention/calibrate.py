@@ -1,0 +1,220 @@
+"""Calibrate per-layer, per-head sparse-attention thresholds against dense attention.
+
+For each head, the smallest ``cdf_threshold`` of a grid whose output stays within a relative-L1
+budget of fp32 dense attention (SpargeAttn's calibration, a grid search per head), then,
+optionally, the most aggressive λ (``pv_threshold``) that still meets it. The result is a
+:class:`~vdiff.attention.sparse.SparseThresholds` saved as JSON next to the checkpoint
+(``sparse_attention.json``; format in docs/attention.md).
+
+Use :class:`ThresholdCalibrator` as the model's attention op during a few sampling runs: it
+returns dense attention (so the run is unchanged) and records, per layer and head, the most
+conservative thresholds any call needed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from vdiff.attention.metrics import dense_reference, relative_l1
+from vdiff.attention.sparse import (
+    LayerThresholds,
+    SparseThresholds,
+    block_sparse_attention,
+    predict_block_mask,
+)
+
+DEFAULT_CDF_GRID = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
+"""candidate cdf thresholds, tried from the smallest (sparsest); 1.0 is dense and always meets a budget"""
+NO_SKIP = -1e4
+"""λ stored for a head where no candidate met the budget: never skips a block"""
+
+
+def _head_l1(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    ref: torch.Tensor,
+    *,
+    scale: float,
+    quantize: bool,
+    q_block: int,
+    k_block: int,
+    sim_threshold: float,
+    cdf: torch.Tensor,
+    pv_threshold: torch.Tensor | None,
+) -> torch.Tensor:
+    """Relative L1 per head (H,) of sparse attention with per-head thresholds against ``ref``."""
+    mask = predict_block_mask(
+        q, k, scale=scale, q_block=q_block, k_block=k_block, cdf_threshold=cdf, sim_threshold=sim_threshold
+    )
+    out, _ = block_sparse_attention(
+        q,
+        k,
+        v,
+        mask,
+        scale=scale,
+        q_block=q_block,
+        k_block=k_block,
+        pv_threshold=pv_threshold,
+        quantize=quantize,
+        need_lse=False,
+    )
+    return relative_l1(out, ref, dims=(0, 2, 3)).float()  # (H,)
+
+
+@torch.no_grad()
+def calibrate_layer(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    l1_budget: float,
+    scale: float | None = None,
+    backend: str = "sparse_sage",
+    q_block: int = 128,
+    k_block: int = 64,
+    sim_threshold: float = 0.3,
+    cdf_grid: Sequence[float] = DEFAULT_CDF_GRID,
+    pv_grid: Sequence[float] | None = None,
+) -> LayerThresholds:
+    """Per-head thresholds for one layer's (B, H, N, D) q, k, v under ``l1_budget``.
+
+    ``pv_grid``: candidate λ values (< 0); the one closest to 0 that keeps a head within budget
+    (with its chosen cdf threshold) is kept, :data:`NO_SKIP` when none does. None: no λ.
+    """
+    if backend not in ("sparse", "sparse_sage"):
+        raise ValueError(f"calibrate: backend must be 'sparse' or 'sparse_sage', got {backend!r}")
+    if not l1_budget > 0:
+        raise ValueError(f"calibrate: l1_budget must be > 0, got {l1_budget}")
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    heads = q.shape[1]
+    ref = dense_reference(q, k, v, scale=scale)
+    common = dict(
+        scale=scale,
+        quantize=backend == "sparse_sage",
+        q_block=q_block,
+        k_block=k_block,
+        sim_threshold=sim_threshold,
+    )
+    grid = sorted({float(t) for t in cdf_grid} | {1.0})
+    chosen = torch.ones(heads, dtype=torch.float64)
+    err = torch.full((heads,), math.inf)
+    done = torch.zeros(heads, dtype=torch.bool)
+    for tau in grid:
+        l1 = _head_l1(q, k, v, ref, cdf=torch.full((heads,), tau), pv_threshold=None, **common)
+        ok = ~done & ((l1 <= l1_budget) | (tau >= 1.0))
+        chosen[ok] = tau
+        err[ok] = l1[ok]
+        done |= ok
+        if bool(done.all()):
+            break
+    lam = None
+    if pv_grid:
+        lam = torch.full((heads,), NO_SKIP, dtype=torch.float64)
+        lam_done = torch.zeros(heads, dtype=torch.bool)
+        for cand in sorted((float(x) for x in pv_grid), reverse=True):  # closest to 0 first
+            l1 = _head_l1(q, k, v, ref, cdf=chosen, pv_threshold=torch.where(lam_done, lam, cand), **common)
+            ok = ~lam_done & (l1 <= l1_budget)
+            lam[ok] = cand
+            err[ok] = l1[ok]
+            lam_done |= ok
+            if bool(lam_done.all()):
+                break
+    return LayerThresholds(
+        cdf_threshold=chosen.tolist(),
+        pv_threshold=None if lam is None else lam.tolist(),
+        rel_l1=err.tolist(),
+    )
+
+
+class ThresholdCalibrator:
+    """An attention op that returns dense attention and records per-layer, per-head thresholds.
+
+    Call it as ``calib(q, k, v, layer_index=i, head_offset=0)`` from each self-attention layer
+    during a few representative sampling runs, then :meth:`result` or :meth:`save`.
+    """
+
+    def __init__(
+        self,
+        *,
+        l1_budget: float,
+        backend: str = "sparse_sage",
+        q_block: int = 128,
+        k_block: int = 64,
+        sim_threshold: float = 0.3,
+        cdf_grid: Sequence[float] = DEFAULT_CDF_GRID,
+        pv_grid: Sequence[float] | None = None,
+    ) -> None:
+        self.settings = dict(
+            l1_budget=l1_budget,
+            backend=backend,
+            q_block=q_block,
+            k_block=k_block,
+            sim_threshold=sim_threshold,
+            cdf_grid=tuple(cdf_grid),
+            pv_grid=None if pv_grid is None else tuple(pv_grid),
+        )
+        self.layers: dict[int, dict[int, tuple[float, float | None, float]]] = {}
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        layer_index: int,
+        head_offset: int = 0,
+        scale: float | None = None,
+    ) -> torch.Tensor:
+        """Record thresholds for this call's heads; return dense attention (B, H, N, D)."""
+        t = calibrate_layer(q, k, v, scale=scale, **self.settings)  # type: ignore[arg-type]
+        per_head = self.layers.setdefault(layer_index, {})
+        for i, cdf in enumerate(t.cdf_threshold):
+            lam = None if t.pv_threshold is None else t.pv_threshold[i]
+            l1 = t.rel_l1[i] if t.rel_l1 is not None else math.nan
+            g = head_offset + i
+            if g in per_head:
+                # NOTE: across calls keep the most conservative: the larger cdf, the more negative λ.
+                old_cdf, old_lam, old_l1 = per_head[g]
+                cdf = max(cdf, old_cdf)
+                lam = None if lam is None or old_lam is None else min(lam, old_lam)
+                l1 = max(l1, old_l1)
+            per_head[g] = (cdf, lam, l1)
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+
+    def result(self) -> SparseThresholds:
+        """The thresholds recorded so far; every layer must have seen all of its heads."""
+        if not self.layers:
+            raise ValueError(
+                "ThresholdCalibrator saw no attention call; run the model with it as attn op first"
+            )
+        layers = {}
+        for li, per_head in self.layers.items():
+            heads = sorted(per_head)
+            if heads != list(range(len(heads))):
+                raise ValueError(f"layer {li}: calibrated heads {heads} are not 0..H-1 (check head_offset)")
+            vals = [per_head[h] for h in heads]
+            lams = [x[1] for x in vals]
+            layers[li] = LayerThresholds(
+                cdf_threshold=[x[0] for x in vals],
+                pv_threshold=None if any(x is None for x in lams) else lams,  # type: ignore[misc]
+                rel_l1=[x[2] for x in vals],
+            )
+        s = self.settings
+        return SparseThresholds(
+            backend=str(s["backend"]),
+            l1_budget=float(s["l1_budget"]),  # type: ignore[arg-type]
+            q_block=int(s["q_block"]),  # type: ignore[call-overload]
+            k_block=int(s["k_block"]),  # type: ignore[call-overload]
+            sim_threshold=float(s["sim_threshold"]),  # type: ignore[arg-type]
+            layers=layers,
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write :meth:`result` as JSON (a folder gets ``sparse_attention.json``); return the path."""
+        return self.result().save(path)
