@@ -7,10 +7,10 @@ the package) on the frames resized to its 48x27 input.
 
 Camera flashes: a short brightness spike that returns to the same content looks like a cut to
 the stock detectors (AdaptiveDetector cuts on a two-frame flash over a static or panning
-shot). Every detected cut is checked against the frames just before it and up to
-``flash_max_frames`` after it; when the shot after the spike matches the shot before it
-(pixelwise, or by colour histogram when the camera moved meanwhile), the cut is dropped
-(see :func:`suppress_flashes`).
+shot). Every detected cut is checked against the frames around it; when the shot after a spike of
+at most ``flash_max_frames`` frames matches the shot before it (pixelwise, or by colour
+histogram when the camera moved meanwhile), the cut is a flash edge and is dropped, and the
+detector is re-run with the flash frames mended (see :func:`_cuts_without_flashes`).
 
 Scenes are ``(start, end)`` frame ranges, 0-based, end exclusive, covering the whole video.
 """
@@ -54,6 +54,8 @@ class SceneConfig:
     """longest flash, in frames, that suppression looks across"""
     flash_match_ratio: float = 0.5
     """a cut is a flash when before/after differ by less than this fraction of the cut's score"""
+    flash_min_rise: float = 20.0
+    """a mean-brightness rise (0-255) between two frames that is checked as a possible flash"""
 
     def validate(self) -> None:
         if self.window < 1:
@@ -68,11 +70,50 @@ def detect_scenes(video: DecodedVideo, cfg: SceneConfig | None = None) -> list[t
     frames = video.frames  # (T, h, w, 3) RGB
     if cfg.detector == "transnetv2":
         cuts = transnetv2_cuts(frames, threshold=cfg.transnetv2_threshold)
+        if cfg.flash_suppression:
+            cuts = [c for c in cuts if _flash_span(frames, c, cfg) is None]
+    elif cfg.flash_suppression:
+        cuts = _cuts_without_flashes(frames, fps=video.meta.fps, cfg=cfg)
     else:
         cuts = pyscenedetect_cuts(frames, fps=video.meta.fps, cfg=cfg)
-    if cfg.flash_suppression:
-        cuts = suppress_flashes(frames, cuts, max_frames=cfg.flash_max_frames, ratio=cfg.flash_match_ratio)
     return cuts_to_scenes(cuts, len(frames))
+
+
+def _cuts_without_flashes(frames: np.ndarray, *, fps: float, cfg: SceneConfig) -> list[int]:
+    """PySceneDetect cuts with flashes removed before the detector's memory can be affected.
+
+    NOTE: a flash disturbs a detector beyond its own frames: it uses up the minimum scene
+    length and inflates AdaptiveDetector's rolling average, either of which can hide a real
+    cut a few frames later. So: detect without a minimum length, find the flash spans, mend
+    them with a cross-fade between the frames around each flash, detect again, drop any remaining
+    flash edges, and only then enforce the minimum scene length.
+    """
+    cuts = pyscenedetect_cuts(frames, fps=fps, cfg=cfg, min_scene_len=1)
+    # NOTE: a flash next to a real cut may hide both from the detector; brightness jumps
+    # find such flashes independently.
+    luma = frames.reshape(len(frames), -1).mean(axis=1)  # (T,)
+    rises = (np.flatnonzero(np.diff(luma) > cfg.flash_min_rise) + 1).tolist()
+    candidates = sorted(set(cuts) | set(rises))
+    spans = [sp for c in candidates if (sp := _flash_span(frames, c, cfg)) is not None]
+    if spans:
+        mended = frames.copy()
+        for a, b in set(spans):
+            # NOTE: a cross-fade from the frame before the flash to the one after it; holding
+            # a frame instead would pile the flash's motion onto one frame, a spike of its own.
+            w = np.linspace(0.0, 1.0, b - a + 1)[1:-1, None, None, None]  # (b-a-1, 1, 1, 1)
+            mended[a + 1 : b] = np.round(frames[a] * (1 - w) + frames[b] * w).astype(np.uint8)
+        cuts = pyscenedetect_cuts(mended, fps=fps, cfg=cfg, min_scene_len=1)
+        cuts = [c for c in cuts if _flash_span(mended, c, cfg) is None]
+    return enforce_min_scene_len(cuts, cfg.min_scene_len)
+
+
+def enforce_min_scene_len(cuts: list[int], min_scene_len: int) -> list[int]:
+    """Keep cuts in order, dropping any closer than ``min_scene_len`` frames to the last kept one."""
+    kept: list[int] = []
+    for c in sorted(cuts):
+        if c - (kept[-1] if kept else 0) >= min_scene_len:
+            kept.append(c)
+    return kept
 
 
 def cuts_to_scenes(cuts: list[int], num_frames: int) -> list[tuple[int, int]]:
@@ -81,29 +122,34 @@ def cuts_to_scenes(cuts: list[int], num_frames: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
 
-def _make_detector(cfg: SceneConfig):
+def _make_detector(cfg: SceneConfig, min_scene_len: int):
     from scenedetect.detectors import AdaptiveDetector, ContentDetector
 
     if cfg.detector == "adaptive":
         return AdaptiveDetector(
             adaptive_threshold=cfg.adaptive_threshold,
-            min_scene_len=cfg.min_scene_len,
+            min_scene_len=min_scene_len,
             window_width=cfg.window,
             min_content_val=cfg.min_content_val,
             luma_only=cfg.luma_only,
         )
     if cfg.detector == "content":
         return ContentDetector(
-            threshold=cfg.content_threshold, min_scene_len=cfg.min_scene_len, luma_only=cfg.luma_only
+            threshold=cfg.content_threshold, min_scene_len=min_scene_len, luma_only=cfg.luma_only
         )
     raise ValueError(f"scenes.detector={cfg.detector!r}: choose adaptive, content or transnetv2")
 
 
-def pyscenedetect_cuts(frames: np.ndarray, *, fps: float, cfg: SceneConfig) -> list[int]:
-    """Cut frames found by a PySceneDetect detector fed ``frames`` (T, h, w, 3) RGB in order."""
+def pyscenedetect_cuts(
+    frames: np.ndarray, *, fps: float, cfg: SceneConfig, min_scene_len: int | None = None
+) -> list[int]:
+    """Cut frames found by a PySceneDetect detector fed ``frames`` (T, h, w, 3) RGB in order.
+
+    ``min_scene_len`` overrides ``cfg.min_scene_len`` (frames).
+    """
     from scenedetect import FrameTimecode
 
-    det = _make_detector(cfg)
+    det = _make_detector(cfg, cfg.min_scene_len if min_scene_len is None else min_scene_len)
     cuts: list[int] = []
     tc = None
     for i, frame in enumerate(frames):
@@ -137,32 +183,40 @@ def _hist_distance(a: np.ndarray, b: np.ndarray) -> float:
     return 0.5 * float(np.abs(a - b).sum())
 
 
-def suppress_flashes(frames: np.ndarray, cuts: list[int], *, max_frames: int, ratio: float) -> list[int]:
-    """Drop cuts where the shot before the cut resumes within ``max_frames`` frames.
+def _flash_span(frames: np.ndarray, c: int, cfg: SceneConfig) -> tuple[int, int] | None:
+    """``(a, b)`` when the cut at ``c`` is an edge of a flash (frames a+1 .. b-1), else None.
 
-    For a cut at ``c`` the frame ``c - 1`` is compared with frames ``c + k`` (k = 1 ..
-    max_frames). A real cut changes content for good: every later frame stays as far from
-    ``c - 1`` as frame ``c`` is. A flash returns: some ``c + k`` is within ``ratio`` × the
-    cut's own jump of ``c - 1``, measured two ways — pixelwise (HSV, as the detectors score)
-    and by colour histogram, which ignores where things are and so still matches when the
-    camera kept panning during the flash.
+    Every frame pair ``(a, b)`` with ``a < c <= b`` and at most ``flash_max_frames`` frames
+    strictly between them is compared. A real cut changes content for good: every ``b``
+    stays as far from every ``a`` as the cut's own jump (``c - 1`` to ``c``). At a flash's
+    start (``a = c - 1``) or end (``a`` = the frame before the flash) some ``b`` comes back
+    within ``flash_match_ratio`` × that jump of ``a``, measured two ways — pixelwise (HSV, as
+    the detectors score) and by colour histogram, which ignores where things are and so still
+    matches when the camera kept panning during the flash.
     """
-    kept = []
-    n = len(frames)
-    for c in cuts:
-        if c <= 0 or c >= n:
-            continue
-        later = range(c + 1, min(n, c + max_frames + 1))
-        before = _hsv_small(frames[c - 1])
-        jump = _content_distance(before, _hsv_small(frames[c]))
-        resumed = any(_content_distance(before, _hsv_small(frames[j])) < ratio * jump for j in later)
-        if not resumed:
-            hb = _colour_hist(frames[c - 1])
-            hjump = _hist_distance(hb, _colour_hist(frames[c]))
-            resumed = any(_hist_distance(hb, _colour_hist(frames[j])) < ratio * hjump for j in later)
-        if not resumed:
-            kept.append(c)
-    return kept
+    n, m, ratio = len(frames), cfg.flash_max_frames, cfg.flash_match_ratio
+    if not 0 < c < n:
+        return None
+    hsv = {i: _hsv_small(frames[i]) for i in range(max(0, c - 1 - m), min(n, c + m + 1))}
+    hist = {i: _colour_hist(frames[i]) for i in hsv}
+    jump = _content_distance(hsv[c - 1], hsv[c])
+    hjump = _hist_distance(hist[c - 1], hist[c])
+    for a in range(max(0, c - 1 - m), c):
+        for b in range(c, min(n, a + m + 2)):
+            if (a, b) == (c - 1, c):
+                continue
+            if (
+                _content_distance(hsv[a], hsv[b]) < ratio * jump
+                or _hist_distance(hist[a], hist[b]) < ratio * hjump
+            ):
+                return a, b
+    return None
+
+
+def suppress_flashes(frames: np.ndarray, cuts: list[int], cfg: SceneConfig | None = None) -> list[int]:
+    """The cuts that are not an edge of a flash (see :func:`_flash_span`)."""
+    cfg = cfg or SceneConfig()
+    return [c for c in cuts if _flash_span(frames, c, cfg) is None]
 
 
 @functools.lru_cache(maxsize=1)
