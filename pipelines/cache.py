@@ -26,7 +26,7 @@ import yaml
 from vdiff.config import ConfigError, describe, is_override, load_config, save_config, to_dict
 from vdiff.data import DataConfig, SampleRef, index_shard, list_shards, load_raw_sample, read_sample
 from vdiff.data.loader import CACHED_EXT, EMPTY_PROMPT_FILE
-from vdiff.encoders import TextEncoderConfig, VAEConfig, build_text_encoder, build_vae
+from vdiff.encoders import TextEncoderConfig, VAEConfig, VideoAutoencoder, build_text_encoder, build_vae
 from vdiff.io.files import atomic_open, atomic_write_bytes, remove_stale_temps
 
 
@@ -104,9 +104,8 @@ def cache(cfg: CacheConfig) -> Path:
             for i in range(0, len(refs), cfg.batch_size):
                 chunk = refs[i : i + cfg.batch_size]
                 samples = [load_raw_sample(ref, cfg.data) for ref in chunk]
-                video = torch.stack([s["video"] for s in samples]).to(device)  # (B, 3, T, H, W)
                 with torch.no_grad():
-                    latents = vae.encode(video).float().cpu()  # (B, C, T', H', W')
+                    latents = encode_videos(vae, [s["video"] for s in samples], device=device)
                     context = text.encode([s["caption"] for s in samples]).cpu()  # (B, L, D)
                 for ref, s, z, c in zip(chunk, samples, latents, context):
                     meta = _source_meta(ref)
@@ -122,6 +121,21 @@ def cache(cfg: CacheConfig) -> Path:
         done += 1
         print(f"cached {shard.name} ({len(refs)} clips) [{done}/{len(shards)}]", flush=True)
     return out
+
+
+def encode_videos(
+    vae: VideoAutoencoder, videos: list[torch.Tensor], *, device: torch.device
+) -> list[torch.Tensor]:
+    """Latents (C, T', H', W') of each (3, T, H, W) video; same-size videos are encoded together."""
+    out: list[torch.Tensor | None] = [None] * len(videos)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, v in enumerate(videos):
+        by_shape.setdefault(tuple(v.shape), []).append(i)
+    for idx in by_shape.values():
+        z = vae.encode(torch.stack([videos[i] for i in idx]).to(device)).float().cpu()  # (b, C, T', H', W')
+        for i, zi in zip(idx, z):
+            out[i] = zi
+    return out  # type: ignore[return-value]
 
 
 def _source_meta(ref: SampleRef) -> dict:

@@ -6,13 +6,18 @@ data-parallel rank ``r`` reads the r-th per-rank slice. So the samples of a glob
 not depend on how many ranks share it, ranks of one sequence-parallel group (same dp rank)
 read the same samples, and the position ``(epoch, step)`` is all a checkpoint needs to
 resume. Iteration never ends; the last incomplete global batch of an epoch is dropped.
+
+Aspect-ratio buckets (``data.buckets``, sizes ``HxW``): each clip goes to the bucket whose
+aspect ratio is closest to its own (in log ratio), and an epoch's global batches are filled
+in permutation order, one bucket at a time, so every batch holds clips of one size.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +54,8 @@ class DataConfig:
     """start each clip at a random frame (seeded per epoch and sample) instead of the first"""
     shuffle: bool = True
     """permute samples every epoch (seeded); false keeps shard order"""
+    buckets: list[str] = field(default_factory=list)
+    """aspect-ratio buckets as HxW sizes, e.g. [32x32, 32x48, 48x32]; empty = height x width only"""
 
     def validate(self) -> None:
         for name in ("num_frames", "height", "width"):
@@ -56,6 +63,31 @@ class DataConfig:
                 raise ValueError(f"data.{name} must be > 0, got {getattr(self, name)}")
         if self.fps <= 0:
             raise ValueError(f"data.fps must be > 0, got {self.fps}")
+        self.sizes()
+
+    def sizes(self) -> list[tuple[int, int]]:
+        """Clip sizes (height, width): the buckets, or the one ``height x width``."""
+        if not self.buckets:
+            return [(self.height, self.width)]
+        out = []
+        for text in self.buckets:
+            h, _, w = str(text).lower().partition("x")
+            if not (h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
+                raise ValueError(f"data.buckets: {text!r} is not a size HxW such as 32x48")
+            out.append((int(h), int(w)))
+        return out
+
+
+def bucket_index(meta: dict[str, Any], sizes: list[tuple[int, int]], *, name: str = "clip") -> int:
+    """The bucket whose aspect ratio is closest to the clip's ``width``/``height`` (log ratio)."""
+    if len(sizes) == 1:
+        return 0
+    if not meta.get("width") or not meta.get("height"):
+        raise ValueError(
+            f"{name}: bucketing needs width and height in its json; re-curate or drop data.buckets"
+        )
+    ratio = math.log(float(meta["width"]) / float(meta["height"]))
+    return min(range(len(sizes)), key=lambda i: abs(math.log(sizes[i][1] / sizes[i][0]) - ratio))
 
 
 def detect_kind(ref: SampleRef) -> Literal["raw", "cached"]:
@@ -107,17 +139,18 @@ def load_raw_sample(
     ext = next((e for e in VIDEO_EXTS if e in payload), None)
     if ext is None:
         raise ValueError(f"{ref.shard}: sample {ref.key!r} holds no video member")
-    for field in ("num_frames", "fps"):
-        if field not in meta:
+    for key in ("num_frames", "fps"):
+        if key not in meta:
             raise ValueError(
-                f"{ref.shard}: {ref.key}.json lacks {field!r} (curate writes it); re-curate the data"
+                f"{ref.shard}: {ref.key}.json lacks {key!r} (curate writes it); re-curate the data"
             )
+    height, width = cfg.sizes()[bucket_index(meta, cfg.sizes(), name=f"{ref.shard}:{ref.key}")]
     start = clip_start(ref, meta, cfg, generator=generator)
     idx = clip_frame_indices(
         int(meta["num_frames"]), float(meta["fps"]), num_frames=cfg.num_frames, fps=cfg.fps, start=start
     )
     frames = decode_mp4_frames(payload[ext], idx, name=f"{ref.shard}:{ref.key}.{ext}")  # (T, H, W, 3)
-    video = frames_to_video(frames, height=cfg.height, width=cfg.width)  # (3, T, H, W)
+    video = frames_to_video(frames, height=height, width=width)  # (3, T, H, W)
     return {"video": video, "caption": _caption(meta, payload), "key": ref.key}
 
 
@@ -184,31 +217,52 @@ class ShardLoader:
             raise ValueError(f"data.path={cfg.path}: the shards hold no samples")
         self.kind = detect_kind(self.refs[0]) if cfg.kind == "auto" else cfg.kind
         self.global_batch = batch_size * world
-        self.steps_per_epoch = len(self.refs) // self.global_batch
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"data.path={cfg.path} has {len(self.refs)} samples, fewer than one global batch of "
-                f"{self.global_batch}; lower train.batch_size or add data"
-            )
+        sizes = cfg.sizes()
+        self.bucket = [0] * len(self.refs)
+        if len(sizes) > 1:
+            self.bucket = [
+                bucket_index(_meta(r, read_sample(r, ("json",))), sizes, name=f"{r.shard}:{r.key}")
+                for r in self.refs
+            ]
         self.epoch = 0
         self.step_in_epoch = 0
-        self._order: tuple[int, list[int]] = (-1, [])
+        self._plan: tuple[int, list[list[int]]] = (-1, [])
+        if not self.plan(0):
+            raise ValueError(
+                f"data.path={cfg.path} has {len(self.refs)} samples, fewer than one global batch of "
+                f"{self.global_batch} (in any one bucket); lower train.batch_size or add data"
+            )
 
     def order(self, epoch: int) -> list[int]:
         """Sample indices of an epoch (the same on every rank)."""
-        if self._order[0] != epoch:
-            if self.cfg.shuffle:
-                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-                perm = torch.randperm(len(self.refs), generator=g).tolist()
-            else:
-                perm = list(range(len(self.refs)))
-            self._order = (epoch, perm)
-        return self._order[1]
+        if not self.cfg.shuffle:
+            return list(range(len(self.refs)))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.refs), generator=g).tolist()
+
+    def plan(self, epoch: int) -> list[list[int]]:
+        """The global batches of an epoch: filled in permutation order, one bucket at a time."""
+        if self._plan[0] != epoch:
+            pending: dict[int, list[int]] = {}
+            batches = []
+            for i in self.order(epoch):
+                group = pending.setdefault(self.bucket[i], [])
+                group.append(i)
+                if len(group) == self.global_batch:
+                    batches.append(group)
+                    pending[self.bucket[i]] = []
+            self._plan = (epoch, batches)
+        return self._plan[1]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Global batches in the current epoch (constant without buckets)."""
+        return len(self.plan(self.epoch))
 
     def batch_indices(self, epoch: int, step: int) -> list[int]:
         """This rank's sample indices of global batch ``step`` of ``epoch``."""
-        lo = step * self.global_batch + self.rank * self.batch_size
-        return self.order(epoch)[lo : lo + self.batch_size]
+        lo = self.rank * self.batch_size
+        return self.plan(epoch)[step][lo : lo + self.batch_size]
 
     def load(self, index: int, epoch: int) -> dict[str, Any]:
         """One sample; a raw clip's random start is seeded by (seed, epoch, index), not by rank."""

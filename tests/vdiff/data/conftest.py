@@ -32,3 +32,17 @@ def clip_shards(tmp_path: Path) -> Path:
                     {"__key__": f"clip-{i:03d}", "mp4": encode_mp4(frames, 12.0), "json": json.dumps(meta)}
                 )
     return root
+
+
+@pytest.fixture
+def mixed_shards(tmp_path: Path) -> Path:
+    """9 clips in one shard: 4 landscape (24x32), 3 portrait (32x24) and 2 square (24x24)."""
+    root = tmp_path / "mixed"
+    root.mkdir()
+    sizes = [(24, 32)] * 4 + [(32, 24)] * 3 + [(24, 24)] * 2
+    with wds.TarWriter(str(root / "shard-000000.tar")) as w:
+        for i, (h, wd) in enumerate(sizes):
+            meta = {"caption": f"clip {i}", "fps": 12.0, "num_frames": 6, "width": wd, "height": h}
+            mp4 = encode_mp4(clip_frames(i, num_frames=6, height=h, width=wd), 12.0)
+            w.write({"__key__": f"clip-{i:03d}", "mp4": mp4, "json": json.dumps(meta)})
+    return root

@@ -117,3 +117,27 @@ def test_random_offset_stays_inside_the_clip(clip_shards: Path) -> None:
         assert np.all(np.abs(np.diff(levels, axis=1) - 15) < 4)  # consecutive source frames
         starts.extend(np.round(t0).tolist())
     assert min(starts) >= 0 and max(starts) <= 8 and len(set(starts)) > 1
+
+
+def test_aspect_ratio_buckets_group_batches_by_size(mixed_shards: Path) -> None:
+    cfg = DataConfig(path=str(mixed_shards), num_frames=2, fps=12.0, buckets=["12x16", "16x12", "16x16"])
+    assert cfg.sizes() == [(12, 16), (16, 12), (16, 16)]
+    loader = ShardLoader(cfg, batch_size=2, seed=0)
+    sizes = [(12, 16)] * 4 + [(16, 12)] * 3 + [(16, 16)] * 2
+    want = {f"clip-{i:03d}": size for i, size in enumerate(sizes)}
+    seen = 0
+    for _ in range(2 * loader.steps_per_epoch):
+        batch = next(iter(loader))
+        size = tuple(batch["video"].shape[-2:])
+        assert all(want[k] == size for k in batch["key"]), (batch["key"], size)
+        seen += 1
+    # per epoch: 2 landscape, 1 portrait (one left over) and 1 square batch of 2
+    assert loader.steps_per_epoch == 4 and seen == 8
+    # ranks still split each global batch
+    r0 = ShardLoader(cfg, batch_size=1, rank=0, world=2, seed=0)
+    r1 = ShardLoader(cfg, batch_size=1, rank=1, world=2, seed=0)
+    one = ShardLoader(cfg, batch_size=2, seed=0)
+    for step in range(4):
+        assert r0.batch_indices(0, step) + r1.batch_indices(0, step) == one.batch_indices(0, step)
+    with pytest.raises(ValueError, match="HxW"):
+        DataConfig(buckets=["32"]).validate()
