@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import sys
 import time
 from collections import OrderedDict
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from vdiff.checkpoint import latest_checkpoint, load_checkpoint, rng_from_json, rng_to_json, save_checkpoint
@@ -40,7 +40,10 @@ from vdiff.encoders import TextEncoderConfig, VAEConfig, build_text_encoder, bui
 from vdiff.io.files import atomic_write_text
 from vdiff.models import ModelConfig, build_model
 from vdiff.optim import OptimConfig, build_optimizer, learning_rate
+from vdiff.parallel import MeshError, build_mesh
 from vdiff.parallel.config import ParallelConfig
+from vdiff.parallel.distributed import any_rank, destroy_distributed, full_value, init_distributed, mean_over
+from vdiff.parallel.parallelize import parallelize, shard_like_model, unwrap
 
 
 @dataclass
@@ -182,14 +185,14 @@ def train(cfg: TrainConfig) -> Path:
     ckpt_root = run / "checkpoints"
     metrics_path = run / "metrics.jsonl"
 
-    # 1. Devices and ranks. NOTE: one process here; vdiff.parallel builds the mesh for many.
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise RuntimeError("pipelines.train does not yet run multi-process; launch it as one process")
-    rank, dp_rank, dp_world = 0, 0, 1
-    device = pick_device(cfg.train.device)
-    if cfg.train.batch_size % dp_world:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by dp degree {dp_world}")
-    local_batch = cfg.train.batch_size // dp_world
+    # 1. Devices, ranks and the mesh: torchrun's processes join one group (gloo on CPU, NCCL on
+    # CUDA); the mesh splits them into data-parallel and sequence-parallel ranks (vdiff.parallel).
+    device = init_distributed(pick_device(cfg.train.device))
+    mesh = build_mesh(cfg.parallel, device_type=device.type)
+    mesh.dims.check_training()
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    dp_rank, dp_world = mesh.dp_rank, mesh.dims.dp
+    local_batch = mesh.dims.local_batch_size(cfg.train.batch_size)
     torch.manual_seed(cfg.train.seed)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
@@ -212,22 +215,25 @@ def train(cfg: TrainConfig) -> Path:
     empty = empty.to(device)
     check_shapes(cfg, latent_channels=latent_channels, text_dim=text_dim)
 
-    # 4. Model, EMA and optimizer. NOTE: vdiff.parallel.parallelize(model, mesh, cfg.parallel) wraps
-    # the model here for many devices; the EMA copies the (wrapped) model so it shards the same way.
+    # 4. Model, EMA and optimizer. Every rank builds the same weights (same seed); parallelize
+    # applies sequence parallelism, activation checkpointing, compile and FSDP2/HSDP/DDP, and the
+    # EMA is sharded like the model. The optimizer is built on the (sharded) parameters.
     model = build_model(cfg.model).to(device)
     model.train()
     ema = None
     if cfg.ema.enabled:
         ema = copy.deepcopy(model).eval()
         requires_grad(ema, False)
-    optimizer = build_optimizer(model, cfg.optim)
+        ema = shard_like_model(ema, mesh, cfg.parallel)
+    model = parallelize(model, mesh, cfg.parallel)  # the module to call (DDP wraps it)
+    optimizer = build_optimizer(unwrap(model), cfg.optim)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.train.bf16 else nullcontext()
 
     # 5. Resume: weights, EMA, optimizer moments, step, data position, RNG.
     step = 0
     resume_from = resolve_resume(cfg.train, ckpt_root)
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model=model, optimizer=optimizer, ema=ema)
+        state = load_checkpoint(resume_from, model=unwrap(model), optimizer=optimizer, ema=ema)
         step = int(state["step"])
         loader.load_state_dict(state["data"])
         torch.set_rng_state(rng_from_json(state["rng"]))
@@ -238,7 +244,12 @@ def train(cfg: TrainConfig) -> Path:
     def checkpoint() -> None:
         trainer_state = {"data": loader.state_dict(), "rng": rng_to_json(torch.get_rng_state())}
         save_checkpoint(
-            ckpt_root, step=step, model=model, optimizer=optimizer, ema=ema, trainer_state=trainer_state
+            ckpt_root,
+            step=step,
+            model=unwrap(model),
+            optimizer=optimizer,
+            ema=ema,
+            trainer_state=trainer_state,
         )
 
     # 6. The loop.
@@ -278,7 +289,8 @@ def train(cfg: TrainConfig) -> Path:
         xt = add_noise(x0, noise, sigma)  # (B, C, T, H, W)
         target = velocity_target(x0, noise)
 
-        # 6c. Forward and loss. NOTE: the per-rank mean; data-parallel wrappers average gradients.
+        # 6c. Forward and loss. NOTE: the per-rank mean; FSDP/DDP average gradients over the
+        # dp x sp ranks, and every rank of a sequence-parallel group computes the same loss.
         with autocast:
             pred = model(xt, sigma_to_timestep(sigma), context)
         loss = F.mse_loss(pred.float(), target)
@@ -290,21 +302,23 @@ def train(cfg: TrainConfig) -> Path:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        grad_norm = full_value(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
         optimizer.step()
         if ema is not None:
-            update_ema(ema, model, cfg.ema.decay)
+            update_ema(ema, unwrap(model), cfg.ema.decay)
         step += 1
 
         # 6e. Log (loss reduced over ranks here when distributed) and checkpoint.
         elapsed = time.time() - t0
-        out_of_time = cfg.train.max_minutes > 0 and elapsed > 60 * cfg.train.max_minutes
-        if rank == 0 and (
-            step % cfg.train.log_every == 0 or step == 1 or step == cfg.train.steps or out_of_time
-        ):
+        # NOTE: all ranks must agree to stop, or the others would wait in a collective forever.
+        out_of_time = cfg.train.max_minutes > 0 and any_rank(elapsed > 60 * cfg.train.max_minutes)
+        log_now = step % cfg.train.log_every == 0 or step == 1 or step == cfg.train.steps or out_of_time
+        if log_now:
+            loss_mean = mean_over(loss, mesh.group("dp"))  # the global batch's loss; every rank calls it
+        if rank == 0 and log_now:
             row = {
                 "step": step,
-                "loss": loss.item(),
+                "loss": loss_mean.item(),
                 "lr": lr,
                 "grad_norm": float(grad_norm),
                 "time": round(elapsed, 3),
@@ -343,7 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as e:
         print(f"vdiff train: {e}", file=sys.stderr)
         return 2
-    train(cfg)
+    try:
+        train(cfg)
+    except MeshError as e:
+        print(f"vdiff train: {e}", file=sys.stderr)
+        return 2
+    finally:
+        destroy_distributed()
     return 0
 
 

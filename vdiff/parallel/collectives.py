@@ -21,6 +21,11 @@ import torch.distributed as dist
 
 ProcessGroup = dist.ProcessGroup
 
+# NOTE: torch 2.13 renamed all_gather_into_tensor / reduce_scatter_tensor to *_single and
+# deprecated the old names; pyproject allows torch >= 2.5, which has only the old ones.
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
 
 def _all_to_all(x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
     """Equal-split all-to-all along dim 0: chunk i goes to rank i; out chunk i came from rank i."""
@@ -85,7 +90,7 @@ class _GatherSequence(torch.autograd.Function):
         n = dist.get_world_size(group)
         local = x.movedim(dim, 0).contiguous()  # (Ls, ...)
         out = local.new_empty((n * local.shape[0], *local.shape[1:]))  # (S*Ls, ...)
-        dist.all_gather_into_tensor(out, local, group=group)
+        _all_gather_single(out, local, group=group)
         return out.movedim(0, dim)
 
     @staticmethod
@@ -93,7 +98,7 @@ class _GatherSequence(torch.autograd.Function):
         n = dist.get_world_size(ctx.group)
         full = grad.movedim(ctx.dim, 0).contiguous()  # (S*Ls, ...)
         out = full.new_empty((full.shape[0] // n, *full.shape[1:]))  # (Ls, ...)
-        dist.reduce_scatter_tensor(out, full, op=dist.ReduceOp.SUM, group=ctx.group)
+        _reduce_scatter_single(out, full, op=dist.ReduceOp.SUM, group=ctx.group)
         return out.movedim(0, ctx.dim), None, None
 
 

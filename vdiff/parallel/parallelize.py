@@ -104,6 +104,18 @@ def parallelize(model: nn.Module, mesh: ParallelMesh, cfg: ParallelConfig) -> nn
     return model
 
 
+def shard_like_model(copy: nn.Module, mesh: ParallelMesh, cfg: ParallelConfig) -> nn.Module:
+    """Shard a copy of the model (e.g. the EMA) as :func:`parallelize` shards the model.
+
+    Under FSDP/HSDP its parameters become DTensors with the model's placements, so an update
+    such as ``ema.lerp_(param)`` runs shard by shard and DCP saves and reshards it the same way;
+    under DDP or on one process the copy stays whole.
+    """
+    if mesh.dims.data_parallel in ("fsdp", "hsdp"):
+        apply_fsdp(copy, mesh, cfg)
+    return copy
+
+
 def unwrap(module: nn.Module) -> nn.Module:
     """The model inside a DDP wrapper (or the module itself): use it for checkpoints."""
     return module.module if isinstance(module, DistributedDataParallel) else module
