@@ -117,3 +117,16 @@ def test_config_validation_names_the_key():
 
     with pytest.raises((ValueError, ConfigError), match="short_side"):
         load_config(DecodeConfig, None, ["short_side=4"])
+
+
+def test_audio_only_file_raises(tmp_path):
+    import wave
+
+    p = tmp_path / "sound.wav"
+    with wave.open(str(p), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(np.zeros(8000, np.int16).tobytes())
+    with pytest.raises(VideoError, match=r"sound\.wav"):
+        decode_for_analysis(p)
