@@ -146,6 +146,22 @@ def test_two_rank_layouts_match_one_process(cached: Path, reference: Path, tmp_p
 
 
 @pytest.mark.dist
+@pytest.mark.parametrize(
+    "layout",
+    [
+        ["parallel.dp_shard=2", "parallel.ulysses=2"],  # 2 data shards x 2 sequence shards
+        ["parallel.dp_replicate=2", "parallel.dp_shard=2"],  # HSDP
+    ],
+    ids=["fsdp2_x_ulysses2", "hsdp2x2"],
+)
+def test_four_rank_layouts_match_one_process(
+    cached: Path, reference: Path, tmp_path: Path, layout: list[str]
+):
+    launch(4, argv(cached, tmp_path, *layout))
+    assert_same_losses(losses(tmp_path), losses(reference))
+
+
+@pytest.mark.dist
 def test_fsdp_checkpoint_resumes_on_one_rank(cached: Path, reference: Path, fsdp2: Path, tmp_path: Path):
     launch(1, argv(cached, tmp_path, f"train.resume={fsdp2 / 'checkpoints' / 'step-3'}"))
     got = losses(tmp_path)
