@@ -218,6 +218,7 @@ def train(cfg: TrainConfig) -> Path:
     # 4. Model, EMA and optimizer. Every rank builds the same weights (same seed); parallelize
     # applies sequence parallelism, activation checkpointing, compile and FSDP2/HSDP/DDP, and the
     # EMA is sharded like the model. The optimizer is built on the (sharded) parameters.
+    torch.manual_seed(cfg.train.seed)  # NOTE: again right before init, so loading encoders cannot shift it
     model = build_model(cfg.model).to(device)
     model.train()
     ema = None

@@ -150,3 +150,13 @@ def test_cli_help_and_bad_keys(shards: Path, tmp_path: Path, capsys: pytest.Capt
     )
     with pytest.raises(ValueError, match="set both to 48"):
         train(cfg)
+
+
+def test_bf16_autocast_and_time_budget(shards: Path, tmp_path: Path) -> None:
+    # a budget of ~0 minutes stops after the first step, with a checkpoint to resume from
+    overrides = ("train.bf16=true", "train.steps=50", "train.max_minutes=0.000001")
+    cfg = tiny_config(shards, tmp_path / "bf16", *overrides)
+    run = train(cfg)
+    metrics = rows(run)
+    assert [r["step"] for r in metrics] == [1] and torch.isfinite(torch.tensor(metrics[0]["loss"]))
+    assert latest_checkpoint(run / "checkpoints") == run / "checkpoints" / "step-1"
