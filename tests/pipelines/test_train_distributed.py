@@ -162,6 +162,17 @@ def test_four_rank_layouts_match_one_process(
 
 
 @pytest.mark.dist
+def test_bf16_parameters_train_close_to_float32(cached: Path, reference: Path, tmp_path: Path):
+    """FSDP2 with bf16 compute parameters and fp32 reduction (the GPU default) runs and stays close."""
+    args = [a for a in argv(cached, tmp_path, "parallel.ulysses=2") if a != "parallel.param_dtype=float32"]
+    launch(2, [*args, "parallel.param_dtype=bfloat16"])
+    got, want = losses(tmp_path), losses(reference)
+    assert sorted(got) == sorted(want)
+    for step in want:
+        assert abs(got[step][0] - want[step][0]) < 0.02 * want[step][0], (step, got, want)
+
+
+@pytest.mark.dist
 def test_fsdp_checkpoint_resumes_on_one_rank(cached: Path, reference: Path, fsdp2: Path, tmp_path: Path):
     launch(1, argv(cached, tmp_path, f"train.resume={fsdp2 / 'checkpoints' / 'step-3'}"))
     got = losses(tmp_path)

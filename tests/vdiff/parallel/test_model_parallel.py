@@ -113,3 +113,11 @@ def test_checkpointed_blocks():
     assert checkpointed_blocks(4, ParallelConfig(activation_checkpoint="full")) == [0, 1, 2, 3]
     assert checkpointed_blocks(6, ParallelConfig(activation_checkpoint="selective", ac_every=3)) == [2, 5]
     assert checkpointed_blocks(4, ParallelConfig()) == []
+
+
+@pytest.mark.slow
+def test_compiled_checkpointed_blocks_match_eager():
+    """parallel.compile=true (inductor on CPU: about a minute to compile) with full recomputation."""
+    cfg = ParallelConfig(compile=True, activation_checkpoint="full", param_dtype="float32")
+    plain, compiled = _model(), parallelize(_model(), build_mesh(cfg), cfg)
+    torch.testing.assert_close(_loss_and_grads(compiled), _loss_and_grads(plain), rtol=1e-4, atol=1e-5)
