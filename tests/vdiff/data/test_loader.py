@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import json
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import webdataset as wds
 
 from vdiff.data import (
     DataConfig,
@@ -20,6 +22,7 @@ from vdiff.data import (
     resize_crop,
     split_member_name,
 )
+from vdiff.io.video import VideoError
 
 
 def test_member_names_split_like_webdataset() -> None:
@@ -141,3 +144,13 @@ def test_aspect_ratio_buckets_group_batches_by_size(mixed_shards: Path) -> None:
         assert r0.batch_indices(0, step) + r1.batch_indices(0, step) == one.batch_indices(0, step)
     with pytest.raises(ValueError, match="HxW"):
         DataConfig(buckets=["32"]).validate()
+
+
+def test_a_corrupt_clip_is_an_error_naming_it(tmp_path: Path) -> None:
+    with wds.TarWriter(str(tmp_path / "bad.tar")) as w:
+        meta = json.dumps({"caption": "x", "fps": 8.0, "num_frames": 4, "width": 8, "height": 8})
+        w.write({"__key__": "broken", "mp4": b"\x00not a video" * 10, "json": meta})
+    cfg = DataConfig(path=str(tmp_path / "bad.tar"), num_frames=2, height=8, width=8)
+    loader = ShardLoader(cfg, batch_size=1)
+    with pytest.raises(VideoError, match=r"bad\.tar:broken\.mp4"):
+        next(iter(loader))
