@@ -20,14 +20,15 @@ from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from vdiff.checkpoint import latest_checkpoint, load_checkpoint, rng_from_json, rng_to_json, save_checkpoint
-from vdiff.config import ConfigError, describe, is_override, load_config, save_config
-from vdiff.data import DataConfig, ShardLoader, load_empty_prompt
+from vdiff.config import ConfigError, describe, is_override, load_config, save_config, to_dict
+from vdiff.data import DataConfig, ShardLoader, cached_settings, load_empty_prompt
 from vdiff.diffusion import (
     add_noise,
     draw_training_noise,
@@ -157,6 +158,17 @@ def check_shapes(cfg: TrainConfig, *, latent_channels: int, text_dim: int) -> No
         raise ConfigError(f"model.text_dim={m.text_dim} but the text embeddings have {text_dim} dims; set it")
 
 
+def check_cache(cfg: TrainConfig, made_with: dict[str, Any]) -> None:
+    """Cached latents must come from the configured VAE and text encoder (sampling decodes with them)."""
+    for section in ("vae", "text"):
+        want = to_dict(getattr(cfg, section))
+        if section in made_with and made_with[section] != want:
+            raise ConfigError(
+                f"data.path={cfg.data.path} was cached with {section}={made_with[section]} but this run "
+                f"configures {section}={want}; train with the cache's settings or re-run `vdiff cache`"
+            )
+
+
 def resolve_resume(cfg: LoopConfig, ckpt_root: Path) -> Path | None:
     """The checkpoint to resume from, or None to start fresh."""
     if cfg.resume == "none":
@@ -206,6 +218,7 @@ def train(cfg: TrainConfig) -> Path:
     vae = None if cached else build_vae(cfg.vae).to(device)
     text = None if cached else build_text_encoder(cfg.text).to(device)
     if cached:
+        check_cache(cfg, cached_settings(loader.refs[0]))
         first = loader.load(0, 0)
         latent_channels, text_dim = first["latents"].shape[0], first["context"].shape[-1]
         empty = load_empty_prompt(cfg.data.path) if cfg.flow.caption_dropout > 0 else first["context"] * 0
@@ -361,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(cfg)
     except MeshError as e:
-        print(f"vdiff train: {e}", file=sys.stderr)
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            print(f"vdiff train: {e}", file=sys.stderr)
         return 2
     finally:
         destroy_distributed()

@@ -198,3 +198,10 @@ def test_torchrun_command_line(cached: Path, reference: Path, tmp_path: Path):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_losses(losses(tmp_path), losses(reference))
+
+
+def test_a_layout_that_does_not_fit_the_world_is_a_clear_error(cached: Path, tmp_path: Path, capsys):
+    assert main(argv(cached, tmp_path, "parallel.ulysses=2")) == 2
+    err = capsys.readouterr().err
+    assert "ulysses=2" in err and "does not divide the world size 1" in err
+    assert not (tmp_path / "checkpoints").exists()
