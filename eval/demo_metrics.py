@@ -117,7 +117,9 @@ def analyse_video(
         raise ValueError(f"expected (T, H, W, 3) frames, got shape {frames.shape}")
     masks = foreground_masks(frames, min_contrast=min_contrast)
     h, w = frames.shape[1:3]
-    colors, shape_scores, times, centers = [], {s: [] for s in SHAPES}, [], []
+    colors, times, centers = [], [], []
+    shape_scores: dict[str, list[float]] = {s: [] for s in SHAPES}
+    edge_scores: dict[str, list[float]] = {s: [] for s in SHAPES}
     for t, mask in enumerate(masks):
         blob = _largest_blob(mask)
         if blob is None or blob.sum() < min_area:
@@ -126,17 +128,18 @@ def analyse_video(
         times.append(t)
         centers.append((xs.mean(), ys.mean()))
         colors.append(frames[t][blob].astype(np.float32).mean(axis=0))
-        # NOTE: a blob cut by the frame edge has the wrong outline; it still counts for
-        # colour and motion but not for shape.
-        if ys.min() > 0 and xs.min() > 0 and ys.max() < h - 1 and xs.max() < w - 1:
-            crop = blob[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
-            for shape, iou in shape_ious(crop).items():
-                shape_scores[shape].append(iou)
+        crop = blob[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+        # NOTE: a blob cut by the frame edge has the wrong outline; such frames vote for the
+        # shape only when no frame shows the whole blob (often so for blurry generated videos).
+        inside = ys.min() > 0 and xs.min() > 0 and ys.max() < h - 1 and xs.max() < w - 1
+        for shape, iou in shape_ious(crop).items():
+            (shape_scores if inside else edge_scores)[shape].append(iou)
     if not times:
         return Prediction(None, None, None, 0)
     hue = _hue(np.mean(colors, axis=0))
     color = min(palette, key=lambda c: _hue_distance(hue, _hue(palette[c])))
-    shape = max(SHAPES, key=lambda s: np.mean(shape_scores[s])) if shape_scores[SHAPES[0]] else None
+    votes = shape_scores if shape_scores[SHAPES[0]] else edge_scores
+    shape = max(SHAPES, key=lambda s: np.mean(votes[s])) if votes[SHAPES[0]] else None
     direction = None
     if len(times) >= 2:
         c = np.asarray(centers)  # (N, 2) x, y
