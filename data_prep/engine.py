@@ -59,7 +59,7 @@ from vdiff.config import to_dict
 from vdiff.io.files import atomic_open, atomic_write_json, file_sha256, remove_stale_temps
 from vdiff.io.video import VideoError, VideoMeta
 
-WORK_VERSION = 2
+WORK_VERSION = 3
 """Bump when the work-file layout or the meaning of a per-video stage changes."""
 
 STAGES = ("decode", "scenes", "motion", "quality", "dedup", "caption", "encode", "shard")

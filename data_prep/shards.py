@@ -13,8 +13,9 @@ import contextlib
 import io
 import json
 import tarfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +78,11 @@ def output_frame_indices(*, start: int, end: int, src_fps: float, out_fps: float
     return [min(i, end - 1) for i in idx]
 
 
-def _decode_in_order(source: Path, wanted: set[int]) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(index, (H, W, 3) uint8 RGB)`` for the ``wanted`` frames, decoding once from the start.
+def _decode_in_order(source: Path, wanted: set[int]):  # -> Iterator[tuple[int, av.VideoFrame]]
+    """Yield ``(index, frame)`` for the ``wanted`` frames, decoding once from the start (PyAV).
 
-    Indices count frames in presentation order, as decord's do; only wanted frames are
-    converted to RGB, and decoding stops after the last one.
+    Indices count frames in presentation order, as decord's do; decoding stops after the last
+    wanted frame, or quietly at a decoding error (the caller checks what it got).
     """
     import av
 
@@ -92,11 +93,58 @@ def _decode_in_order(source: Path, wanted: set[int]) -> Iterator[tuple[int, np.n
             stream.thread_type = "AUTO"
             for i, frame in enumerate(container.decode(stream)):
                 if i in wanted:
-                    yield i, frame.to_ndarray(format="rgb24")
+                    yield i, frame
                 if i >= last:
                     return
     except av.error.FFmpegError:
-        return  # NOTE: the caller falls back to decord for the frames it did not get
+        return
+
+
+class _ClipWriter:
+    """An H.264 mp4 in memory fed decoded frames directly, with no RGB round trip.
+
+    Same settings as :func:`vdiff.io.video.encode_mp4` (libx264, yuv420p, crf, preset); frames
+    are converted (and resized) by one swscale call only when their size or format differ.
+    """
+
+    def __init__(self, *, fps: float, width: int, height: int, cfg: OutputConfig):
+        import av
+
+        self.buf = io.BytesIO()
+        self.container = av.open(self.buf, mode="w", format="mp4")
+        rate = Fraction(fps).limit_denominator(1001)
+        self.stream = self.container.add_stream("libx264", rate=rate)
+        self.time_base, self.n = 1 / rate, 0
+        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
+        self.stream.options = {"crf": str(cfg.crf), "preset": cfg.preset}
+
+    def add(self, frame) -> None:
+        w, h = self.stream.width, self.stream.height
+        if (frame.width, frame.height, frame.format.name) != (w, h, "yuv420p"):
+            interp = "AREA" if w < frame.width else "BILINEAR"
+            frame = frame.reformat(width=w, height=h, format="yuv420p", interpolation=interp)
+        # NOTE: re-time the frame as the n-th frame at the output rate (source timestamps and
+        # time bases would otherwise leak into the clip).
+        frame.pts, frame.time_base = self.n, self.time_base
+        self.n += 1
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+
+    def close(self) -> bytes:
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()
+        return self.buf.getvalue()
+
+
+def _encode_rgb(frames: np.ndarray, *, fps: float, width: int, height: int, cfg: OutputConfig) -> bytes:
+    import cv2
+
+    # NOTE: without short_side the odd pixel (if any) is cropped by encode_mp4, not resized.
+    if cfg.short_side > 0 and (frames.shape[2], frames.shape[1]) != (width, height):
+        interp = cv2.INTER_AREA if width < frames.shape[2] else cv2.INTER_LINEAR
+        frames = np.stack([cv2.resize(f, (width, height), interpolation=interp) for f in frames])
+    return encode_mp4(frames, fps, crf=cfg.crf, preset=cfg.preset)
 
 
 def encode_clips(
@@ -104,43 +152,37 @@ def encode_clips(
 ) -> list[tuple[bytes, int]]:
     """Re-encode each ``[start, end)`` span of ``source`` at full size; return (mp4, frames) per span.
 
-    The source is decoded once, in order (PyAV), up to the last frame needed, and each clip is
-    encoded (:func:`vdiff.io.video.encode_mp4`) as soon as its frames are in, so memory holds
-    one clip at a time. Spans must not overlap. A frame the sequential pass cannot produce
-    (a damaged stream) is read with decord instead.
+    The source is decoded once, in order, up to the last frame needed, and each decoded frame
+    goes straight into its clip's encoder (no RGB round trip, one clip's encoder open at a
+    time). Spans must not overlap. A clip the sequential pass cannot complete (a damaged
+    stream), or a source with an odd size and no resize, is read with decord and encoded with
+    :func:`vdiff.io.video.encode_mp4`, which crops the odd pixel.
     """
-    import cv2
-
     out_fps, w, h = output_geometry(meta, cfg)
     plans = [output_frame_indices(start=s, end=e, src_fps=meta.fps, out_fps=out_fps) for s, e in spans]
-    order = sorted(range(len(spans)), key=lambda k: spans[k][0])
-    results: list[tuple[bytes, int]] = [(b"", 0)] * len(spans)
-
-    def finish(k: int, frames: dict[int, np.ndarray]) -> None:
-        missing = [i for i in plans[k] if i not in frames]
-        if missing:
-            frames.update(zip(missing, read_frames(source, missing)))
-        clip = np.stack([frames[i] for i in plans[k]])  # (T, H, W, 3)
-        # NOTE: without short_side the odd pixel (if any) is cropped by encode_mp4, not resized.
-        if cfg.short_side > 0 and (clip.shape[2], clip.shape[1]) != (w, h):
-            interp = cv2.INTER_AREA if w < clip.shape[2] else cv2.INTER_LINEAR
-            clip = np.stack([cv2.resize(f, (w, h), interpolation=interp) for f in clip])
-        results[k] = (encode_mp4(clip, out_fps, crf=cfg.crf, preset=cfg.preset), len(plans[k]))
-
-    if not spans:
-        return results
-    buffer: dict[int, np.ndarray] = {}
-    pos = 0
-    for i, frame in _decode_in_order(source, {i for p in plans for i in p}):
-        buffer[i] = frame
-        while pos < len(order) and i >= plans[order[pos]][-1]:
-            finish(order[pos], buffer)
-            pos += 1
-            nxt = plans[order[pos]][0] if pos < len(order) else i + 1
-            buffer = {j: f for j, f in buffer.items() if j >= nxt}
-    for k in order[pos:]:
-        finish(k, buffer)
-    return results
+    owner = {i: k for k, plan in enumerate(plans) for i in plan}
+    if len(owner) != sum(len(p) for p in plans):
+        raise ValueError(f"encode_clips: spans {list(spans)} overlap")
+    results: list[tuple[bytes, int] | None] = [None] * len(spans)
+    direct = cfg.short_side > 0 or (meta.width % 2 == 0 and meta.height % 2 == 0)
+    if direct and owner:
+        writers: dict[int, _ClipWriter] = {}
+        counts = [0] * len(spans)
+        for i, frame in _decode_in_order(source, set(owner)):
+            k = owner[i]
+            if k not in writers:
+                writers[k] = _ClipWriter(fps=out_fps, width=w, height=h, cfg=cfg)
+            writers[k].add(frame)
+            counts[k] += 1
+            if counts[k] == len(plans[k]):
+                results[k] = (writers.pop(k).close(), counts[k])
+        for writer in writers.values():  # incomplete clips: redone below
+            writer.container.close()
+    for k, plan in enumerate(plans):
+        if results[k] is None:
+            frames = read_frames(source, plan)  # (T, H, W, 3)
+            results[k] = (_encode_rgb(frames, fps=out_fps, width=w, height=h, cfg=cfg), len(plan))
+    return results  # type: ignore[return-value]
 
 
 def encode_clip(
