@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -37,14 +38,21 @@ def bench_inputs(folder: Path) -> list[Path]:
     return real + write_synthetic_samples(folder)
 
 
-def time_command(commands: list[list[str]]) -> float:
-    """Wall seconds to run ``commands`` one after the other; fail loudly on a non-zero exit."""
+def time_command(commands: list[list[str]]) -> tuple[float, float]:
+    """(wall, CPU) seconds to run ``commands`` one after the other; fail loudly on a non-zero exit.
+
+    CPU is user + system time of the commands and all their children (less sensitive than
+    wall time to other load on a shared machine).
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     for cmd in commands:
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-2000:]}")
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,29 +71,36 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_str)
         files = bench_inputs(tmp / "inputs")
         print(f"inputs ({len(files)}): " + ", ".join(f.name for f in files))
-        vdiff_times, anchor_times = [], []
+        vdiff_times, anchor_times, vdiff_cpu, anchor_cpu = [], [], [], []
         for r in range(args.repeat):
             out = tmp / f"vdiff_{r}"
             cmd = [sys.executable, "-m", "pipelines.curate", *map(str, files), "--out", str(out)]
             cmd += ["--no-progress", "caption.method=none", f"output.crf={args.crf}"]
             if args.workers:
                 cmd += ["--workers", str(args.workers)]
-            vdiff_times.append(time_command([cmd]))
+            wall, cpu = time_command([cmd])
+            vdiff_times.append(wall)
+            vdiff_cpu.append(cpu)
             clips = tmp / f"scenedetect_{r}"
             anchor = [
                 ["scenedetect", "-q", "-i", str(f), "-o", str(clips / f.stem), *ANCHOR_COMMANDS]
                 for f in files
             ]
-            anchor_times.append(time_command(anchor))
+            wall, cpu = time_command(anchor)
+            anchor_times.append(wall)
+            anchor_cpu.append(cpu)
             n_clips = sum(1 for _ in clips.rglob("*.mp4"))
             print(
-                f"run {r}: vdiff curate {vdiff_times[-1]:.1f} s, "
-                f"scenedetect detect-adaptive split-video {anchor_times[-1]:.1f} s ({n_clips} clips)"
+                f"run {r}: vdiff curate {vdiff_times[-1]:.1f} s (CPU {vdiff_cpu[-1]:.1f} s), scenedetect "
+                f"detect-adaptive split-video {anchor_times[-1]:.1f} s "
+                f"(CPU {anchor_cpu[-1]:.1f} s, {n_clips} clips)"
             )
         v, a = statistics.median(vdiff_times), statistics.median(anchor_times)
         cores = len(os.sched_getaffinity(0))
         print(f"machine: {cores} cores; median of {args.repeat} run(s); vdiff output.crf={args.crf}")
         print(f"vdiff curate: {v:.1f} s   scenedetect: {a:.1f} s   ratio vdiff/scenedetect: {v / a:.2f}x")
+        vc, ac = statistics.median(vdiff_cpu), statistics.median(anchor_cpu)
+        print(f"CPU time: vdiff {vc:.1f} s   scenedetect {ac:.1f} s   ratio {vc / ac:.2f}x")
     return 0
 
 
