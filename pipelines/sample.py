@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from vdiff.attention.policy import AttentionPolicy
 from vdiff.config import ConfigError, describe, is_override, load_config, save_config
 from vdiff.encoders import TextEncoderConfig, VAEConfig, VideoAutoencoder
 from vdiff.parallel.config import ParallelConfig
@@ -42,18 +43,9 @@ class StepCacheConfig:
     """recompute once the accumulated relative L1 change of the modulated input reaches this"""
 
 
-@dataclass
-class SampleAttentionConfig:
-    """Self-attention backend used while sampling."""
-
-    backend: str = "sdpa"
-    """self-attention backend of the denoising steps (e.g. sparse_sage)"""
-    dense_first: int = 1
-    """with a non-dense backend, the first this-many steps use dense sdpa"""
-    dense_last: int = 1
-    """with a non-dense backend, the last this-many steps use dense sdpa"""
-    options: dict[str, Any] = field(default_factory=dict)
-    """extra keyword options passed to the backend (e.g. sparsity settings)"""
+def dense_policy() -> AttentionPolicy:
+    """The default sampling attention: dense sdpa on every step."""
+    return AttentionPolicy(backend="sdpa", dense_first_steps=1, dense_last_steps=1)
 
 
 @dataclass
@@ -92,8 +84,6 @@ class SampleConfig:
     """compute dtype of the transformer"""
     device: str = "auto"
     """torch device; auto picks cuda:LOCAL_RANK when available, else cpu"""
-    vae_tiling: bool = True
-    """decode with the VAE in spatial tiles (Wan VAE; the pixel autoencoder needs no tiling)"""
     save_arrays: bool = False
     """also write each decoded video as float32 .npy (T, H, W, 3) in [-1, 1] for exact comparisons"""
     progress: bool = True
@@ -101,11 +91,11 @@ class SampleConfig:
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     """text encoder, for a --model folder holding only a transformer (runs and Wan folders bring theirs)"""
     vae: VAEConfig = field(default_factory=VAEConfig)
-    """autoencoder, for a --model folder holding only a transformer (runs and Wan folders bring theirs)"""
+    """autoencoder of a bare model folder; vae.tiling / vae.slicing also apply to a Wan2.1 folder's VAE"""
     cache: StepCacheConfig = field(default_factory=StepCacheConfig)
     """TeaCache-style step caching"""
-    attention: SampleAttentionConfig = field(default_factory=SampleAttentionConfig)
-    """self-attention backend and its dense-steps policy"""
+    attention: AttentionPolicy = field(default_factory=dense_policy)
+    """self-attention backend of the middle steps (e.g. sparse_sage) and the dense first/last steps"""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     """ulysses, ring and cfg degrees (their product must equal the number of processes)"""
 
@@ -313,7 +303,7 @@ class VideoPipeline:
         sampler: str = "euler",
         shift: float = 3.0,
         cache: StepCacheConfig | None = None,
-        attention: SampleAttentionConfig | None = None,
+        attention: AttentionPolicy | None = None,
         progress: bool = False,
     ) -> torch.Tensor:
         """Sample one video per prompt (prompt b from ``seeds[b]``); returns (B, 3, T, H, W) in [-1, 1]."""
@@ -342,8 +332,7 @@ class VideoPipeline:
             step_cache = StepCache(
                 threshold=cache.threshold, num_steps=len(timesteps), group=self.groups.sequence
             )
-        backend_at = attention_schedule(attention, num_steps=len(timesteps))
-        options = dict(attention.options) if attention is not None else {}
+        policy = attention if attention is not None and attention.backend != attention.dense_backend else None
 
         # 5. The denoising loop.
         try:
@@ -351,7 +340,8 @@ class VideoPipeline:
                 # 5a. Every video of the batch is at the same timestep.
                 timestep = t.expand(b).to(device=device, dtype=torch.float32)  # (B,)
                 # 5b. This step's attention backend (dense on the first and last steps).
-                set_attention_backend(self.transformer, backend_at(i), options=options)
+                if policy is not None:
+                    set_step_attention(self.transformer, policy, step=i, num_steps=len(timesteps))
                 # 5c. The guided velocity: cond and uncond branches (on one rank or two).
                 v = self.guided_velocity(
                     latents.to(dtype),
@@ -364,7 +354,7 @@ class VideoPipeline:
                 # 5d. One solver step from σ_i to σ_{i+1}, on float32 latents.
                 latents = scheduler.step(v, t, latents, return_dict=False)[0]
         finally:
-            set_attention_backend(self.transformer, None)
+            restore_attention(self.transformer)
         self.last_cache_stats = (step_cache.computed, step_cache.skipped) if step_cache else None
 
         # 6. Decode the latents to pixels.
@@ -381,42 +371,41 @@ class VideoPipeline:
         return run
 
 
-def attention_schedule(cfg: SampleAttentionConfig | None, *, num_steps: int) -> Callable[[int], str | None]:
-    """step -> backend for that step (None: the model's own ops); dense sdpa on the first/last steps."""
-    if cfg is None or cfg.backend == "sdpa":
-        return lambda i: None
-
-    def backend(i: int) -> str:
-        if i < cfg.dense_first or i >= num_steps - cfg.dense_last:
-            return "sdpa"
-        return cfg.backend
-
-    return backend
+def _ulysses_head_offset(op: Any, num_heads: int) -> int:
+    """First head this rank's attention sees after the Ulysses all-to-all (0 without Ulysses)."""
+    group = getattr(getattr(op, "layout", None), "ulysses_group", None)
+    if group is None:
+        return 0
+    return dist.get_rank(group) * (num_heads // dist.get_world_size(group))
 
 
-def set_attention_backend(
-    model: torch.nn.Module, backend: str | None, *, options: dict | None = None
-) -> None:
-    """Point every self-attention's ``attn_op`` at ``backend``; None restores the ops it had before."""
+def set_step_attention(model: Any, policy: AttentionPolicy, *, step: int, num_steps: int) -> None:
+    """Point every self-attention's ``attn_op`` at ``policy``'s backend for ``step``.
+
+    The model's own op (possibly a sequence-parallel wrapper) is kept and restored by
+    :func:`restore_attention`; under sequence parallelism the backend runs inside the wrapper.
+    """
     import functools
 
     from vdiff.attention import attention as attention_fn
 
+    backend = policy.backend_for(step, num_steps)
     for m in model.self_attentions():
-        if backend is None and "_base_attn_op" not in m.__dict__:
-            continue
-        # NOTE: the op the model had (possibly a sequence-parallel wrapper) is kept to be restored.
-        if "_base_attn_op" not in m.__dict__:
-            m.__dict__["_base_attn_op"] = m.attn_op
-        base = m.__dict__["_base_attn_op"]
-        if backend is None:
-            m.attn_op = m.__dict__.pop("_base_attn_op")
-            continue
-        op = functools.partial(attention_fn, backend=backend, **(options or {}))
+        base = m.__dict__.setdefault("_base_attn_op", m.attn_op)
+        opts = policy.options_for(
+            backend, layer_index=m.layer_index, head_offset=_ulysses_head_offset(base, m.num_heads)
+        )
+        op = functools.partial(attention_fn, backend=backend, **opts)
         if hasattr(base, "inner") and hasattr(base, "layout"):
-            # NOTE: under sequence parallelism the backend runs inside the Ulysses/ring wrapper.
             op = type(base)(inner=op, layout=base.layout, ring_backend=base.ring_backend)
         m.attn_op = op
+
+
+def restore_attention(model: Any) -> None:
+    """Undo :func:`set_step_attention`: every self-attention gets back the op it had."""
+    for m in model.self_attentions():
+        if "_base_attn_op" in m.__dict__:
+            m.attn_op = m.__dict__.pop("_base_attn_op")
 
 
 def cached_forward(
@@ -481,7 +470,8 @@ def load_components(path: str | Path, cfg: SampleConfig) -> tuple[torch.nn.Modul
         transformer = load_model(path / "transformer" if (path / "transformer").is_dir() else path)
         # NOTE: Wan2.1 conditions on 512 UMT5 tokens; its tokenizer lives in tokenizer/.
         text = TextEncoder.from_pretrained(path / "text_encoder", max_length=512)
-        vae = WanVAE.from_pretrained(path, tiling=cfg.vae_tiling)
+        # NOTE: vae.tiling decodes in spatial tiles (diffusers' AutoencoderKLWan tiling): less memory.
+        vae = WanVAE.from_pretrained(path, tiling=cfg.vae.tiling, slicing=cfg.vae.slicing)
         return transformer, text, vae
     return load_model(path), build_text_encoder(cfg.text), build_vae(cfg.vae)
 
