@@ -14,6 +14,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import itertools
 import textwrap
 import types
 import typing
@@ -37,7 +38,7 @@ def field_docs(cls: type) -> dict[str, str]:
         return {}
     body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
-    for prev, node in zip(body, body[1:]):
+    for prev, node in itertools.pairwise(body):
         if (
             isinstance(prev, ast.AnnAssign)
             and isinstance(prev.target, ast.Name)
@@ -135,7 +136,7 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             known = ", ".join(sorted(fields))
             raise ConfigError(f"unknown config key {prefix}{name}{hint} (known keys here: {known})")
     kwargs = {}
-    for name, f in fields.items():
+    for name, _f in fields.items():
         if name in data:
             kwargs[name] = _coerce(data[name], hints[name], prefix + name)
         elif dataclasses.is_dataclass(hints[name]):

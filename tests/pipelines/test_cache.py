@@ -109,3 +109,11 @@ def test_cache_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
     assert main([str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert os.path.isdir(tmp_path / "o")
+
+
+def test_training_refuses_a_cache_made_with_other_encoders(cached: Path, tmp_path: Path) -> None:
+    cfg = load_config(
+        TrainConfig, CONFIG, [*SIZES, f"data.path={cached}", f"train.out={tmp_path}", "text.max_length=12"]
+    )
+    with pytest.raises(ValueError, match="was cached with text="):
+        train(cfg)

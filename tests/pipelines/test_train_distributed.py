@@ -151,8 +151,12 @@ def test_two_rank_layouts_match_one_process(cached: Path, reference: Path, tmp_p
     [
         ["parallel.dp_shard=2", "parallel.ulysses=2"],  # 2 data shards x 2 sequence shards
         ["parallel.dp_replicate=2", "parallel.dp_shard=2"],  # HSDP
+        pytest.param(
+            ["parallel.dp_replicate=2", "parallel.dp_shard=1", "parallel.ring=2"], marks=pytest.mark.slow
+        ),
+        pytest.param(["parallel.ulysses=2", "parallel.ring=2"], marks=pytest.mark.slow),
     ],
-    ids=["fsdp2_x_ulysses2", "hsdp2x2"],
+    ids=["fsdp2_x_ulysses2", "hsdp2x2", "ddp2_x_ring2", "ulysses2_x_ring2"],
 )
 def test_four_rank_layouts_match_one_process(
     cached: Path, reference: Path, tmp_path: Path, layout: list[str]

@@ -4,6 +4,7 @@ from vdiff.data.clips import clip_frame_indices, decode_mp4_frames, frames_to_vi
 from vdiff.data.loader import (
     DataConfig,
     ShardLoader,
+    cached_settings,
     collate,
     detect_kind,
     load_cached_sample,
@@ -16,6 +17,7 @@ __all__ = [
     "DataConfig",
     "SampleRef",
     "ShardLoader",
+    "cached_settings",
     "clip_frame_indices",
     "collate",
     "decode_mp4_frames",

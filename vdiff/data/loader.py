@@ -172,6 +172,11 @@ def load_cached_sample(ref: SampleRef) -> dict[str, Any]:
     }
 
 
+def cached_settings(ref: SampleRef) -> dict[str, Any]:
+    """The ``cache`` block (data/vae/text settings) `vdiff cache` stored in a sample's json."""
+    return dict(_meta(ref, read_sample(ref, ("json",))).get("cache", {}))
+
+
 def load_empty_prompt(data_path: str | Path) -> torch.Tensor:
     """The empty-prompt embedding (L, D) stored with cached shards (for caption dropout)."""
     from safetensors.torch import load_file

@@ -132,8 +132,10 @@ def test_load_model_from_sharded_diffusers_dir(wan, wan_sharded_dir):
 def test_round_trip_is_bit_exact(wan, source, request, tmp_path):
     src = request.getfixturevalue(source)
     vd, back = tmp_path / "vdiff", tmp_path / "back"
-    convert_checkpoint(src, vd, to="vdiff")
+    summary = convert_checkpoint(src, vd, to="vdiff")
     assert read_config(vd)[1] == "vdiff"
+    # streamed: one output shard per input shard, never the whole model in one file
+    assert summary["files"] == len(list(src.glob("*.safetensors"))) == len(list(vd.glob("*.safetensors")))
     assert _max_diff(wan, load_model(vd)) < 1e-5
     convert_checkpoint(vd, back, to="diffusers")
     again = WanTransformer3DModel.from_pretrained(back)

@@ -1,0 +1,21 @@
+"""Shared inputs of the attention-backend tests (random and video-like)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vdiff.attention.metrics import video_like_qkv
+
+
+@pytest.fixture
+def random_qkv() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(1, 2, 300, 64) Gaussian q, k, v; 300 tokens leaves partial Q and K blocks."""
+    g = torch.Generator().manual_seed(0)
+    return tuple(torch.randn(1, 2, 300, 64, generator=g) for _ in range(3))  # type: ignore[return-value]
+
+
+@pytest.fixture
+def video_qkv() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(1, 2, 1536, 64) video-like q, k, v: 4 frames of 16x24 tokens with local correlation."""
+    return video_like_qkv(batch=1, heads=2, frames=4, height=16, width=24, head_dim=64, seed=1)

@@ -1,0 +1,77 @@
+"""Calibration: per-head thresholds that meet the requested relative-L1 budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vdiff.attention import attention
+from vdiff.attention.calibrate import NO_SKIP, ThresholdCalibrator, calibrate_layer
+from vdiff.attention.metrics import dense_reference, relative_l1
+from vdiff.attention.sparse import load_thresholds
+
+GRID = (0.3, 0.7, 0.9, 0.99, 0.999)  # a short grid keeps the tests fast
+
+
+@pytest.mark.parametrize("backend", ["sparse", "sparse_sage"])
+@pytest.mark.parametrize("budget", [0.005, 0.02])
+def test_calibration_meets_budget(video_qkv, backend: str, budget: float) -> None:
+    q, k, v = video_qkv
+    t = calibrate_layer(q, k, v, l1_budget=budget, backend=backend, cdf_grid=GRID, pv_grid=[-4.0, -8.0])
+    assert len(t.cdf_threshold) == 2 and len(t.pv_threshold) == 2
+    out = attention(
+        q,
+        k,
+        v,
+        backend=backend,
+        cdf_threshold=torch.tensor(t.cdf_threshold),
+        pv_threshold=torch.tensor(t.pv_threshold),
+    )
+    l1 = relative_l1(out, dense_reference(q, k, v), dims=(0, 2, 3))  # (H,)
+    assert (l1 <= budget).all(), (l1, t)
+    torch.testing.assert_close(l1.float(), torch.tensor(t.rel_l1), rtol=1e-4, atol=1e-7)
+
+
+def test_looser_budget_is_sparser(video_qkv) -> None:
+    q, k, v = video_qkv
+    tight = calibrate_layer(q, k, v, l1_budget=0.002, backend="sparse", cdf_grid=GRID)
+    loose = calibrate_layer(q, k, v, l1_budget=0.05, backend="sparse", cdf_grid=GRID)
+    assert all(lo <= ti for lo, ti in zip(loose.cdf_threshold, tight.cdf_threshold))
+    assert min(loose.cdf_threshold) < 1.0  # the structured input does allow sparsity
+
+
+def test_calibrator_as_attention_op_saves_a_usable_file(tmp_path, video_qkv) -> None:
+    q, k, v = (t[:, :, :768] for t in video_qkv)
+    calib = ThresholdCalibrator(
+        l1_budget=0.01, backend="sparse_sage", cdf_grid=(0.5, 0.9, 0.99), pv_grid=[-6.0]
+    )
+    out = calib(q, k, v, layer_index=0)
+    torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v))
+    # Ulysses: two ranks each see one head of layer 1.
+    calib(q[:, :1], k[:, :1], v[:, :1], layer_index=1, head_offset=0)
+    calib(q[:, 1:], k[:, 1:], v[:, 1:], layer_index=1, head_offset=1)
+    # A second call on other inputs can only make layer 0 more conservative.
+    first = list(calib.result().layers[0].cdf_threshold)
+    calib(q.flip(2), k.flip(2), v.flip(2), layer_index=0)
+    th = calib.result()
+    assert all(b >= a for a, b in zip(first, th.layers[0].cdf_threshold))
+    assert all(lam == NO_SKIP or lam == -6.0 for lam in th.layers[0].pv_threshold)
+    path = calib.save(tmp_path)
+    assert load_thresholds(path) == th
+    for layer in (0, 1):
+        out = attention(q, k, v, backend="sparse_sage", thresholds_file=str(path), layer_index=layer)
+        assert (relative_l1(out, dense_reference(q, k, v), dims=(0, 2, 3)) <= 0.01).all()
+
+
+def test_calibration_errors(video_qkv) -> None:
+    q, k, v = video_qkv
+    with pytest.raises(ValueError, match="backend"):
+        calibrate_layer(q, k, v, l1_budget=0.01, backend="sage")
+    with pytest.raises(ValueError, match="l1_budget"):
+        calibrate_layer(q, k, v, l1_budget=0.0)
+    with pytest.raises(ValueError, match="saw no attention call"):
+        ThresholdCalibrator(l1_budget=0.01).result()
+    calib = ThresholdCalibrator(l1_budget=0.01)
+    calib(q[:, 1:], k[:, 1:], v[:, 1:], layer_index=0, head_offset=1)
+    with pytest.raises(ValueError, match="head_offset"):
+        calib.result()

@@ -1,0 +1,47 @@
+"""Accuracy metrics against closed forms, and the fp32 reference against torch SDPA."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vdiff.attention.metrics import attention_error, dense_reference, relative_l1, video_like_qkv
+
+
+def test_metrics_closed_form() -> None:
+    ref = torch.randn(2, 3, 50, 8, dtype=torch.float64)
+    same = attention_error(ref.clone(), ref)
+    assert same.cos_sim == pytest.approx(1.0, abs=1e-12) and same.rel_l1 == 0.0 and same.rmse == 0.0
+    scaled = attention_error(ref * 1.1, ref)
+    assert scaled.cos_sim == pytest.approx(1.0, abs=1e-12)
+    assert scaled.rel_l1 == pytest.approx(0.1, rel=1e-9)
+    assert scaled.rmse == pytest.approx(0.1 * math.sqrt(float(ref.double().pow(2).mean())), rel=1e-9)
+    assert attention_error(-ref, ref).cos_sim == pytest.approx(-1.0, abs=1e-12)
+    per_head = relative_l1(
+        ref * torch.tensor([1.0, 1.5, 2.0], dtype=torch.float64).view(1, 3, 1, 1), ref, dims=(0, 2, 3)
+    )
+    assert torch.allclose(per_head, torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64))
+
+
+def test_metrics_shape_mismatch_is_an_error() -> None:
+    with pytest.raises(ValueError, match="shapes differ"):
+        attention_error(torch.zeros(1, 2), torch.zeros(2, 1))
+
+
+def test_dense_reference_matches_sdpa() -> None:
+    q, k, v = (torch.randn(1, 2, 70, 16) for _ in range(3))
+    torch.testing.assert_close(
+        dense_reference(q, k, v, scale=0.3), F.scaled_dot_product_attention(q, k, v, scale=0.3)
+    )
+
+
+def test_video_like_inputs_are_locally_correlated() -> None:
+    q, k, v = video_like_qkv(batch=1, heads=1, frames=2, height=16, width=16, head_dim=32)
+    assert q.shape == k.shape == v.shape == (1, 1, 512, 32)
+    qn = F.normalize(q[0, 0], dim=-1)
+    neighbours = (qn[:-1] * qn[1:]).sum(-1).mean()
+    far = (qn[:256] * qn[256:].flip(0)).sum(-1).mean()
+    assert neighbours > 0.8 and neighbours > far + 0.2

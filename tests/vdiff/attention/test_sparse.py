@@ -1,0 +1,205 @@
+"""``sparse`` / ``sparse_sage``: mask prediction, accuracy bounds, LSE, gradients, thresholds."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+
+from vdiff.attention import attention
+from vdiff.attention.metrics import attention_error, dense_reference
+from vdiff.attention.sparse import (
+    LayerThresholds,
+    SparseThresholds,
+    block_sparse_attention,
+    load_thresholds,
+    pool_blocks,
+    predict_block_mask,
+)
+
+# Bounds documented in docs/attention.md for the video-like inputs at cdf_threshold=0.999 or
+# topk=0.5; an uncalibrated cdf_threshold carries no guarantee (calibration gives one).
+COS_MIN, L1_MAX = 0.999, 0.01
+
+
+def test_pool_blocks_self_similarity_closed_form() -> None:
+    x = torch.zeros(1, 1, 6, 2)
+    x[0, 0, :3] = torch.tensor([1.0, 0.0])  # block 0: identical tokens -> 1
+    x[0, 0, 3:] = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])  # cos pairs -1, 0, 0 -> -1/3
+    pooled, sim, counts = pool_blocks(x, block=3)
+    torch.testing.assert_close(sim[0, 0], torch.tensor([1.0, -1.0 / 3.0]))
+    torch.testing.assert_close(pooled[0, 0, 1], torch.tensor([0.0, 1.0 / 3.0]))
+    assert counts.tolist() == [3.0, 3.0]
+    _, _, counts = pool_blocks(torch.randn(1, 1, 7, 2), block=3)
+    assert counts.tolist() == [3.0, 3.0, 1.0]
+
+
+@pytest.mark.parametrize("backend", ["sparse", "sparse_sage"])
+def test_random_inputs_are_computed_densely(random_qkv, backend: str) -> None:
+    # NOTE: Gaussian tokens are not self-similar, so every block is always computed.
+    q, k, v = random_qkv
+    mask = predict_block_mask(q, k, scale=0.125, cdf_threshold=0.5)
+    assert bool(mask.all())
+    err = attention_error(attention(q, k, v, backend=backend, cdf_threshold=0.5), dense_reference(q, k, v))
+    bound = 1e-6 if backend == "sparse" else 0.03
+    assert err.rel_l1 <= bound and err.cos_sim >= 0.999, err
+
+
+@pytest.mark.parametrize("backend", ["sparse", "sparse_sage"])
+@pytest.mark.parametrize(
+    "opts", [{"cdf_threshold": 0.999}, {"topk": 0.5}, {"cdf_threshold": 0.999, "pv_threshold": -8.0}]
+)
+def test_video_inputs_within_bounds_and_sparse(video_qkv, backend: str, opts: dict) -> None:
+    q, k, v = video_qkv
+    mask = predict_block_mask(
+        q, k, scale=0.125, **{k_: v_ for k_, v_ in opts.items() if k_ != "pv_threshold"}
+    )
+    assert mask.float().mean() < 0.8  # real sparsity on structured tokens
+    err = attention_error(attention(q, k, v, backend=backend, **opts), dense_reference(q, k, v))
+    assert err.cos_sim >= COS_MIN and err.rel_l1 <= L1_MAX, err
+
+
+def test_cdf_one_is_exact_and_lse_matches(random_qkv) -> None:
+    q, k, v = random_qkv
+    out, lse = attention(q, k, v, backend="sparse", cdf_threshold=1.0, sim_threshold=-2.0, return_lse=True)
+    ref, ref_lse = attention(q, k, v, backend="sdpa", return_lse=True)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-5)
+
+
+def test_mask_monotone_in_cdf_threshold(video_qkv) -> None:
+    q, k, _ = video_qkv
+    masks = [predict_block_mask(q, k, scale=0.125, cdf_threshold=t) for t in (0.3, 0.6, 0.9, 1.0)]
+    for a, b in itertools.pairwise(masks):
+        assert bool((a <= b).all())
+    assert bool(masks[-1].all())
+
+
+def _planted(seed: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Self-similar blocks (one random direction each) and Q block i that attends to K block j."""
+    g = torch.Generator().manual_seed(seed)
+    nq, nk, bq, bk, d = 6, 12, 32, 16, 32
+    qd = torch.nn.functional.normalize(torch.randn(nq, d, generator=g), dim=-1) * 3
+    kd = torch.nn.functional.normalize(torch.randn(nk, d, generator=g), dim=-1) * 3
+    i, j = int(torch.randint(nq, (1,), generator=g)), int(torch.randint(nk, (1,), generator=g))
+    kd[j] = qd[i] * 4  # rows of Q block i put most of their attention on K block j
+    q = qd.repeat_interleave(bq, 0) + 0.3 * torch.randn(nq * bq, d, generator=g)
+    k = kd.repeat_interleave(bk, 0) + 0.3 * torch.randn(nk * bk, d, generator=g)
+    return q[None, None], k[None, None], i, j
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_mask_never_drops_planted_block(seed: int) -> None:
+    q, k, i, j = _planted(seed)
+    scale = q.shape[-1] ** -0.5
+    p = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)[0, 0, i * 32 : (i + 1) * 32]  # (32, Nk)
+    assert p[:, j * 16 : (j + 1) * 16].sum(-1).min() > 0.5  # the planted block holds most of each row
+    for opts in ({"cdf_threshold": 0.3}, {"cdf_threshold": 0.9}, {"topk": 1e-3}):
+        mask = predict_block_mask(q, k, scale=scale, q_block=32, k_block=16, **opts)
+        assert bool(mask[0, 0, i, j]), opts
+    assert predict_block_mask(q, k, scale=scale, q_block=32, k_block=16, topk=1e-3).float().mean() < 0.2
+
+
+def test_pv_threshold_skips_blocks() -> None:
+    q, k, _, _ = _planted(0)
+    v = torch.randn_like(k)
+    full = torch.ones(1, 1, 6, 12, dtype=torch.bool)
+    kw = dict(scale=q.shape[-1] ** -0.5, q_block=32, k_block=16)
+    base, _ = block_sparse_attention(q, k, v, full, **kw)
+    never, _ = block_sparse_attention(q, k, v, full, pv_threshold=-1e4, **kw)
+    skip, _ = block_sparse_attention(q, k, v, full, pv_threshold=-2.0, **kw)
+    assert torch.equal(base, never)
+    assert not torch.allclose(skip, base, atol=1e-7)
+    assert attention_error(skip, base).rel_l1 < 0.05
+
+
+def test_sparse_gradients_match_masked_dense(video_qkv) -> None:
+    q, k, v = (t[:, :, :512].clone().requires_grad_() for t in video_qkv)
+    mask = predict_block_mask(q.detach(), k.detach(), scale=0.125, cdf_threshold=0.6)
+    assert not bool(mask.all())
+    out, _ = block_sparse_attention(q, k, v, mask, scale=0.125)
+    dense_mask = mask.repeat_interleave(128, 2).repeat_interleave(64, 3)  # (B, H, N, N)
+    s = (q @ k.transpose(-1, -2) * 0.125).masked_fill(~dense_mask, float("-inf"))
+    ref = torch.softmax(s, dim=-1) @ v
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), g)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+    # through the registry as well
+    attention(q, k, v, backend="sparse").sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+    with pytest.raises(ValueError, match="inference-only"):
+        attention(q, k, v, backend="sparse_sage")
+
+
+def _thresholds(heads: int) -> SparseThresholds:
+    return SparseThresholds(
+        backend="sparse",
+        l1_budget=0.05,
+        q_block=128,
+        k_block=64,
+        sim_threshold=0.3,
+        layers={3: LayerThresholds(cdf_threshold=[0.5 + 0.1 * h for h in range(heads)], pv_threshold=None)},
+    )
+
+
+def test_thresholds_file_roundtrip_and_head_offset(tmp_path, video_qkv) -> None:
+    q, k, v = (torch.cat([t, t.flip(2)], dim=1) for t in video_qkv)  # 4 heads
+    path = _thresholds(4).save(tmp_path)
+    assert path.name == "sparse_attention.json" and json.loads(path.read_text())["layers"]["3"]
+    assert load_thresholds(tmp_path) == _thresholds(4)
+    full = attention(q, k, v, backend="sparse", thresholds_file=str(path), layer_index=3)
+    # Ulysses: a rank holding global heads 2..3 passes head_offset=2 and gets the same result.
+    part = attention(
+        q[:, 2:],
+        k[:, 2:],
+        v[:, 2:],
+        backend="sparse",
+        thresholds_file=str(path),
+        layer_index=3,
+        head_offset=2,
+    )
+    torch.testing.assert_close(part, full[:, 2:])
+    wrong = attention(
+        q[:, 2:], k[:, 2:], v[:, 2:], backend="sparse", thresholds_file=str(path), layer_index=3
+    )
+    assert not torch.allclose(wrong, full[:, 2:])
+
+
+def test_thresholds_errors(tmp_path, video_qkv) -> None:
+    q, k, v = video_qkv
+    th = _thresholds(2)
+    with pytest.raises(ValueError, match="layer_index"):
+        attention(q, k, v, backend="sparse", thresholds=th)
+    with pytest.raises(ValueError, match="no entry for layer 0"):
+        attention(q, k, v, backend="sparse", thresholds=th, layer_index=0)
+    with pytest.raises(ValueError, match="calibrated with blocks"):
+        attention(q, k, v, backend="sparse", thresholds=th, layer_index=3, k_block=32)
+    with pytest.raises(ValueError, match="head_offset"):
+        attention(q, k, v, backend="sparse", thresholds=th, layer_index=3, head_offset=1)
+    with pytest.raises(FileNotFoundError, match="calibrate"):
+        load_thresholds(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ValueError, match="not a vdiff sparse-attention thresholds file"):
+        load_thresholds(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="topk"):
+        attention(q, k, v, backend="sparse", topk=1.5)
+
+
+def test_ring_merge_of_two_k_shards(video_qkv) -> None:
+    q, k, v = video_qkv
+    half = k.shape[2] // 2
+    parts = [
+        attention(q, k[:, :, sl], v[:, :, sl], backend="sparse_sage", return_lse=True, cdf_threshold=0.999)
+        for sl in (slice(0, half), slice(half, None))
+    ]
+    lse = torch.logaddexp(parts[0][1], parts[1][1])
+    out = sum(o.float() * torch.exp(part_lse - lse).unsqueeze(-1) for o, part_lse in parts)
+    err = attention_error(out, dense_reference(q, k, v))
+    assert err.cos_sim >= COS_MIN and err.rel_l1 <= L1_MAX, err
+    assert math.isfinite(float(lse.sum()))
