@@ -23,7 +23,7 @@ import numpy as np
 
 from vdiff.config import ConfigError
 from vdiff.io.files import atomic_open, remove_stale_temps
-from vdiff.io.video import VideoMeta, encode_mp4, read_frames
+from vdiff.io.video import VideoMeta, encode_mp4, read_frames, set_encoder_threads
 
 SHARD_PATTERN = "shard-{:06d}.tar"
 
@@ -40,6 +40,9 @@ class OutputConfig:
     """libx264 constant rate factor (lower = better quality, bigger files)"""
     preset: str = "veryfast"
     """libx264 preset"""
+    threads: int = 0
+    """libx264 threads per clip (frame threading); 0 = one per CPU core (clip bytes then depend on
+    the core count; set 1 for byte-identical shards across machines)"""
     samples_per_shard: int = 100
     """clips per WebDataset tar shard"""
 
@@ -48,6 +51,8 @@ class OutputConfig:
             raise ConfigError("output.fps and output.short_side must be >= 0 (0 keeps the source value)")
         if self.samples_per_shard < 1:
             raise ConfigError(f"output.samples_per_shard must be >= 1, got {self.samples_per_shard}")
+        if self.threads < 0:
+            raise ConfigError(f"output.threads must be >= 0 (0 = one per CPU core), got {self.threads}")
         if not 0 <= self.crf <= 51:
             raise ConfigError(f"output.crf must be in [0, 51], got {self.crf}")
 
@@ -117,6 +122,7 @@ class _ClipWriter:
         self.time_base, self.n = 1 / rate, 0
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
         self.stream.options = {"crf": str(cfg.crf), "preset": cfg.preset}
+        set_encoder_threads(self.stream, cfg.threads)
 
     def add(self, frame) -> None:
         w, h = self.stream.width, self.stream.height
@@ -144,7 +150,7 @@ def _encode_rgb(frames: np.ndarray, *, fps: float, width: int, height: int, cfg:
     if cfg.short_side > 0 and (frames.shape[2], frames.shape[1]) != (width, height):
         interp = cv2.INTER_AREA if width < frames.shape[2] else cv2.INTER_LINEAR
         frames = np.stack([cv2.resize(f, (width, height), interpolation=interp) for f in frames])
-    return encode_mp4(frames, fps, crf=cfg.crf, preset=cfg.preset)
+    return encode_mp4(frames, fps, crf=cfg.crf, preset=cfg.preset, threads=cfg.threads)
 
 
 def encode_clips(
