@@ -9,7 +9,7 @@ holds the empty prompt's embedding for caption dropout, ``DIR/cache_config.yaml`
 
 Resumable: each shard is written under a temporary name and renamed when complete, and
 shards already present are skipped, so a killed run continues where it stopped. Passing a
-training config (``--config configs/train_tiny.yaml``) takes its ``data``, ``vae`` and
+training config (``--config configs/tiny.yaml``) takes its ``data``, ``vae`` and
 ``text`` sections, so training on the cache sees what it would have computed itself.
 """
 

@@ -192,9 +192,9 @@ def train_args(cfg: DemoConfig, out: Path) -> list[str]:
         str(resolve_train_config(cfg.train_config)),
         f"data.path={out / 'cache'}",
         *_data_overrides(cfg),
-        f"train.out={out / 'train'}",
+        f"run_dir={out / 'train'}",
         f"train.max_minutes={cfg.train_minutes}",
-        f"train.seed={cfg.seed}",
+        f"seed={cfg.seed}",
         *cfg.train_overrides,
     ]
 

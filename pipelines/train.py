@@ -4,9 +4,9 @@ The loop reads top to bottom (DiT / nanoGPT style). Each step: (1) read this ran
 the global batch, (2) turn clips into latents and captions into text embeddings unless the
 shards are cached, (3) draw σ, noise and caption dropout per sample, (4) regress the velocity
 ``noise − x0`` at ``x_t`` with an MSE loss, (5) clip, step AdamW at the scheduled lr, update
-the EMA, (6) log and checkpoint. ``RUN = train.out`` receives ``config.yaml``,
+the EMA, (6) log and checkpoint. ``RUN = run_dir`` receives ``config.yaml``,
 ``metrics.jsonl`` and ``checkpoints/step-N/`` (torch.distributed.checkpoint);
-``train.resume=auto`` continues from the latest checkpoint and reproduces the losses an
+``resume=auto`` continues from the latest checkpoint and reproduces the losses an
 uninterrupted run would have had (all randomness is a function of seed, step and sample).
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import sys
 import time
 from collections import OrderedDict
@@ -77,24 +78,16 @@ class EMAConfig:
 
 @dataclass
 class LoopConfig:
-    """Length, batch, logging and checkpointing of the run."""
+    """Length, batch and logging of the run."""
 
-    out: str = "runs/train"
-    """run folder (config.yaml, metrics.jsonl, checkpoints/)"""
     steps: int = 100
     """optimizer steps in total (the cosine schedule ends here)"""
     max_minutes: float = 0.0
     """stop (with a checkpoint) after this many minutes of wall time; 0 = no limit"""
     batch_size: int = 4
     """GLOBAL batch size (split across data-parallel ranks)"""
-    seed: int = 0
-    """seed of model init, data order and every noise draw"""
     log_every: int = 10
     """append a metrics.jsonl row every this many steps"""
-    ckpt_every: int = 50
-    """checkpoint every this many steps (and at the end); 0 = only at the end"""
-    resume: str = "auto"
-    """auto: latest checkpoint in out/ if any; none: start fresh; or a step-N folder"""
     bf16: bool = False
     """bfloat16 autocast for the forward pass (weights and optimizer stay float32)"""
     device: str = "auto"
@@ -102,9 +95,23 @@ class LoopConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """When checkpoints are written (to RUN/checkpoints/step-N/)."""
+
+    every: int = 50
+    """checkpoint every this many steps (and at the end); 0 = only at the end"""
+
+
+@dataclass
 class TrainConfig:
     """Everything a training run needs; `vdiff train --help` lists each key."""
 
+    run_dir: str = "runs/train"
+    """run folder (config.yaml, metrics.jsonl, checkpoints/)"""
+    resume: str = "auto"
+    """auto: latest complete checkpoint in run_dir if any; none: start fresh; or a step-N folder"""
+    seed: int = 0
+    """seed of model init, data order and every noise draw"""
     model: ModelConfig = field(default_factory=ModelConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -113,7 +120,18 @@ class TrainConfig:
     flow: FlowConfig = field(default_factory=FlowConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+
+# NOTE: keys renamed when the config followed the issue's names; an old key gets a pointer, not
+# only "unknown key".
+RENAMED_KEYS = {
+    "train.out": "run_dir",
+    "train.resume": "resume",
+    "train.seed": "seed",
+    "train.ckpt_every": "checkpoint.every",
+}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -169,15 +187,15 @@ def check_cache(cfg: TrainConfig, made_with: dict[str, Any]) -> None:
             )
 
 
-def resolve_resume(cfg: LoopConfig, ckpt_root: Path) -> Path | None:
-    """The checkpoint to resume from, or None to start fresh."""
-    if cfg.resume == "none":
+def resolve_resume(resume: str, ckpt_root: Path) -> Path | None:
+    """The checkpoint to resume from (``resume`` = auto, none or a folder), or None to start fresh."""
+    if resume == "none":
         return None
-    if cfg.resume == "auto":
+    if resume == "auto":
         return latest_checkpoint(ckpt_root)
-    path = Path(cfg.resume)
+    path = Path(resume)
     if not (path / ".metadata").is_file():
-        raise ConfigError(f"train.resume={cfg.resume}: not a checkpoint folder (want RUN/checkpoints/step-N)")
+        raise ConfigError(f"resume={resume}: not a checkpoint folder (want RUN/checkpoints/step-N)")
     return path
 
 
@@ -193,7 +211,7 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 def train(cfg: TrainConfig) -> Path:
     """Run the training loop of ``cfg``; return the run folder."""
-    run = Path(cfg.train.out)
+    run = Path(cfg.run_dir)
     ckpt_root = run / "checkpoints"
     metrics_path = run / "metrics.jsonl"
 
@@ -205,13 +223,13 @@ def train(cfg: TrainConfig) -> Path:
     rank = dist.get_rank() if dist.is_initialized() else 0
     dp_rank, dp_world = mesh.dp_rank, mesh.dims.dp
     local_batch = mesh.dims.local_batch_size(cfg.train.batch_size)
-    torch.manual_seed(cfg.train.seed)
+    torch.manual_seed(cfg.seed)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run / "config.yaml")
 
     # 2. Data: this dp rank's slice of each global batch (sequence-parallel peers share dp_rank).
-    loader = ShardLoader(cfg.data, batch_size=local_batch, rank=dp_rank, world=dp_world, seed=cfg.train.seed)
+    loader = ShardLoader(cfg.data, batch_size=local_batch, rank=dp_rank, world=dp_world, seed=cfg.seed)
     cached = loader.kind == "cached"
 
     # 3. Frozen encoders (only what the data needs): latents and text embeddings.
@@ -231,7 +249,7 @@ def train(cfg: TrainConfig) -> Path:
     # 4. Model, EMA and optimizer. Every rank builds the same weights (same seed); parallelize
     # applies sequence parallelism, activation checkpointing, compile and FSDP2/HSDP/DDP, and the
     # EMA is sharded like the model. The optimizer is built on the (sharded) parameters.
-    torch.manual_seed(cfg.train.seed)  # NOTE: again right before init, so loading encoders cannot shift it
+    torch.manual_seed(cfg.seed)  # NOTE: again right before init, so loading encoders cannot shift it
     model = build_model(cfg.model).to(device)
     model.train()
     ema = None
@@ -245,7 +263,7 @@ def train(cfg: TrainConfig) -> Path:
 
     # 5. Resume: weights, EMA, optimizer moments, step, data position, RNG.
     step = 0
-    resume_from = resolve_resume(cfg.train, ckpt_root)
+    resume_from = resolve_resume(cfg.resume, ckpt_root)
     if resume_from is not None:
         state = load_checkpoint(resume_from, model=unwrap(model), optimizer=optimizer, ema=ema)
         step = int(state["step"])
@@ -283,7 +301,7 @@ def train(cfg: TrainConfig) -> Path:
 
         # 6b. Per-sample σ, noise and caption dropout, seeded by (seed, step, global sample index).
         first_index = step * cfg.train.batch_size + dp_rank * local_batch
-        seeds = [sample_seed(seed=cfg.train.seed, step=step, index=first_index + i) for i in range(len(x0))]
+        seeds = [sample_seed(seed=cfg.seed, step=step, index=first_index + i) for i in range(len(x0))]
         shift = cfg.flow.shift
         if shift <= 0:
             shift = resolution_shift(
@@ -341,7 +359,7 @@ def train(cfg: TrainConfig) -> Path:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
-        if cfg.train.ckpt_every > 0 and step % cfg.train.ckpt_every == 0:
+        if cfg.checkpoint.every > 0 and step % cfg.checkpoint.every == 0:
             checkpoint()
             last_saved = step
         if out_of_time:
@@ -351,6 +369,14 @@ def train(cfg: TrainConfig) -> Path:
     if step != last_saved or latest_checkpoint(ckpt_root) is None:
         checkpoint()
     return run
+
+
+def renamed_hint(message: str) -> str:
+    """`` (KEY is now NEW)`` when a config error names a key in :data:`RENAMED_KEYS`."""
+    m = re.match(r"unknown config key ([\w.]+)", message)
+    if m and m.group(1) in RENAMED_KEYS:
+        return f" ({m.group(1)} is now {RENAMED_KEYS[m.group(1)]})"
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(TrainConfig, path, overrides)
     except (ConfigError, ValueError) as e:
-        print(f"vdiff train: {e}", file=sys.stderr)
+        print(f"vdiff train: {e}{renamed_hint(str(e))}", file=sys.stderr)
         return 2
     try:
         train(cfg)

@@ -19,7 +19,7 @@ from vdiff.data import DataConfig, ShardLoader, index_shard, list_shards, load_r
 from vdiff.encoders import TextEncoderConfig, build_text_encoder, build_vae
 from vdiff.io.video import encode_mp4
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "train_tiny.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 SIZES = ["data.num_frames=4", "data.height=16", "data.width=16", "text.max_length=8"]
 
 
@@ -95,7 +95,7 @@ def test_training_on_cache_matches_raw_training(raw: Path, cached: Path, tmp_pat
               "flow.caption_dropout=0.5", "data.shuffle=true"]  # fmt: skip
     losses = []
     for name, data in (("raw", raw), ("cached", cached)):
-        cfg = load_config(TrainConfig, CONFIG, [*common, f"data.path={data}", f"train.out={tmp_path / name}"])
+        cfg = load_config(TrainConfig, CONFIG, [*common, f"data.path={data}", f"run_dir={tmp_path / name}"])
         run = train(cfg)
         losses.append([json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()])
     # NOTE: identical maths on identical inputs; only the text encoder's batching differs (≤ 1e-5 relative)
@@ -113,7 +113,7 @@ def test_cache_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
 
 def test_training_refuses_a_cache_made_with_other_encoders(cached: Path, tmp_path: Path) -> None:
     cfg = load_config(
-        TrainConfig, CONFIG, [*SIZES, f"data.path={cached}", f"train.out={tmp_path}", "text.max_length=12"]
+        TrainConfig, CONFIG, [*SIZES, f"data.path={cached}", f"run_dir={tmp_path}", "text.max_length=12"]
     )
     with pytest.raises(ValueError, match="was cached with text="):
         train(cfg)

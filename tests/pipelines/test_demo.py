@@ -10,7 +10,7 @@ from pipelines.demo import DemoConfig, main, render_html, train_args
 from vdiff.config import ConfigError, load_config
 
 TINY = [
-    "train_config=configs/train_tiny.yaml",
+    "train_config=configs/tiny.yaml",
     "train_minutes=0.02",
     "videos_per_combo=1",
     "held_out=2",
@@ -18,7 +18,7 @@ TINY = [
     "steps=2",
     "real_footage=false",
     "workers=1",
-    "train_overrides=[train.batch_size=2,train.ckpt_every=0]",
+    "train_overrides=[train.batch_size=2,checkpoint.every=0]",
 ]
 
 

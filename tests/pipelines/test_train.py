@@ -21,7 +21,7 @@ from vdiff.io.video import encode_mp4
 from vdiff.models import build_model
 from vdiff.optim import build_optimizer
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "train_tiny.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 CLIPS = [
     ("red", "circle", "left"),
     ("blue", "square", "right"),
@@ -51,7 +51,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_config(data: Path, out: Path, *overrides: str) -> TrainConfig:
     base = [
         f"data.path={data}",
-        f"train.out={out}",
+        f"run_dir={out}",
         "data.num_frames=4",
         "data.height=16",
         "data.width=16",
@@ -89,7 +89,7 @@ def test_tiny_model_overfits_the_clips(shards: Path, tmp_path: Path) -> None:
         "optim.warmup_steps=0",
         "flow.caption_dropout=0",
     )
-    torch.manual_seed(cfg.train.seed)
+    torch.manual_seed(cfg.seed)
     before = eval_loss(cfg, build_model(cfg.model))
     run = train(cfg)
     metrics = rows(run)
@@ -112,7 +112,7 @@ def test_tiny_model_overfits_the_clips(shards: Path, tmp_path: Path) -> None:
 
 
 def test_resume_reproduces_the_uninterrupted_run(shards: Path, tmp_path: Path) -> None:
-    common = ("train.steps=4", "train.ckpt_every=2", "optim.schedule=cosine", "optim.warmup_steps=1")
+    common = ("train.steps=4", "checkpoint.every=2", "optim.schedule=cosine", "optim.warmup_steps=1")
     full = train(tiny_config(shards, tmp_path / "full", *common))
     # simulate a run killed after step 3: only the step-2 checkpoint and metrics up to step 3 exist
     cut = tmp_path / "cut"
@@ -145,6 +145,8 @@ def test_cli_help_and_bad_keys(shards: Path, tmp_path: Path, capsys: pytest.Capt
     assert "train.batch_size" in capsys.readouterr().out
     assert main([str(CONFIG), "train.batchsize=3"]) == 2
     assert "did you mean train.batch_size" in capsys.readouterr().err
+    assert main([str(CONFIG), "train.out=x"]) == 2
+    assert "train.out is now run_dir" in capsys.readouterr().err
     cfg = tiny_config(
         shards, tmp_path / "bad", "model.in_channels=16", "model.out_channels=16", "train.steps=1"
     )

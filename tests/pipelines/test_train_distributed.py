@@ -29,7 +29,7 @@ from safetensors.torch import save, save_file
 from pipelines.train import main
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "configs" / "train_tiny.yaml"
+CONFIG = ROOT / "configs" / "tiny.yaml"
 STEPS = 5
 
 
@@ -51,14 +51,14 @@ def cached(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def argv(data: Path, out: Path, *overrides: str) -> list[str]:
     base = [
         f"data.path={data}",
-        f"train.out={out}",
+        f"run_dir={out}",
         "model.in_channels=4",
         "model.out_channels=4",
         "model.text_dim=32",
         "train.batch_size=4",
         f"train.steps={STEPS}",
         "train.log_every=1",
-        "train.ckpt_every=3",
+        "checkpoint.every=3",
         "train.device=cpu",
         "optim.lr=0.02",
         "optim.warmup_steps=0",
@@ -178,14 +178,14 @@ def test_bf16_parameters_train_close_to_float32(cached: Path, reference: Path, t
 
 @pytest.mark.dist
 def test_fsdp_checkpoint_resumes_on_one_rank(cached: Path, reference: Path, fsdp2: Path, tmp_path: Path):
-    launch(1, argv(cached, tmp_path, f"train.resume={fsdp2 / 'checkpoints' / 'step-3'}"))
+    launch(1, argv(cached, tmp_path, f"resume={fsdp2 / 'checkpoints' / 'step-3'}"))
     got = losses(tmp_path)
     assert_same_losses(got, {s: v for s, v in losses(reference).items() if s > 3})
 
 
 @pytest.mark.dist
 def test_one_rank_checkpoint_resumes_on_two_ulysses_ranks(cached: Path, reference: Path, tmp_path: Path):
-    resume = f"train.resume={reference / 'checkpoints' / 'step-3'}"
+    resume = f"resume={reference / 'checkpoints' / 'step-3'}"
     launch(2, argv(cached, tmp_path, resume, "parallel.ulysses=2"))
     assert_same_losses(losses(tmp_path), {s: v for s, v in losses(reference).items() if s > 3})
 
