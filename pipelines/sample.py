@@ -366,7 +366,9 @@ class VideoPipeline:
         def run(x: torch.Tensor, timestep: torch.Tensor, ctx: torch.Tensor, *, branch: str) -> torch.Tensor:
             if step_cache is None:
                 return model(x, timestep, ctx)
-            return cached_forward(model, x, timestep, ctx, cache=step_cache, branch=branch, step=step)
+            return cached_forward(
+                model, x, timestep, ctx, cache=step_cache, branch=branch, step=step, layout=self.groups.layout
+            )
 
         return run
 
@@ -408,6 +410,14 @@ def restore_attention(model: Any) -> None:
             m.attn_op = m.__dict__.pop("_base_attn_op")
 
 
+def local_valid_tokens(layout: Any, local_len: int) -> int:
+    """How many of this rank's ``local_len`` sequence-parallel tokens are real (not padding)."""
+    if layout is None:
+        return local_len
+    rank = dist.get_rank(layout.sp_group)
+    return min(max(layout.valid_len - rank * local_len, 0), local_len)
+
+
 def cached_forward(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -417,8 +427,12 @@ def cached_forward(
     cache: StepCache,
     branch: str,
     step: int,
+    layout: Any = None,
 ) -> torch.Tensor:
-    """``model(x, timestep, context)`` with TeaCache-style skipping of the blocks (see :class:`StepCache`)."""
+    """``model(x, timestep, context)`` with TeaCache-style skipping of the blocks (see :class:`StepCache`).
+
+    ``layout`` is the model's ``SequenceLayout`` under sequence parallelism (None otherwise).
+    """
     from vdiff.models.layers import layer_norm_fp32
 
     e = model.embed(x, timestep, context)
@@ -427,6 +441,9 @@ def cached_forward(
     # both the latents and the timestep embedding, and costs one LayerNorm.
     mod = first.modulation.float() + e.temb_mod.float()  # (B, 6, dim)
     modulated = layer_norm_fp32(e.tokens, first.norm1) * (1 + mod[:, 1:2]) + mod[:, 0:1]  # (B, N, dim)
+    # NOTE: sequence-parallel padding tokens would add to the change; the decision must be the
+    # one a single process takes on the real tokens.
+    modulated = modulated[:, : local_valid_tokens(layout, modulated.shape[1])]  # (B, N_real, dim)
     if cache.should_compute(branch, step, modulated):
         tokens = e.tokens
         for block in model.blocks:
@@ -599,25 +616,52 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+@dataclass
+class VideoJob:
+    """One video to write: sample ``index`` of ``prompt``, from noise seeded ``seed``."""
+
+    prompt: str
+    index: int
+    seed: int
+    name: str
+    """VBench file name ``{prompt}-{index}.mp4``"""
+
+
+def video_jobs(prompts: Sequence[str], cfg: SampleConfig) -> list[VideoJob]:
+    """Every video of a run in order; a prompt that cannot be a file name fails here, before sampling."""
+    from eval.vbench import vbench_video_name
+
+    jobs = []
+    for k, prompt in enumerate(prompts):
+        for i in range(cfg.videos_per_prompt):
+            try:
+                name = vbench_video_name(prompt, i)
+            except ValueError as e:
+                raise ConfigError(f"{e}; rephrase that prompt") from e
+            # NOTE: most file systems cap a name at 255 bytes; VBench names are the whole prompt.
+            if len(name.encode()) > 255:
+                raise ConfigError(
+                    f"prompt {prompt[:60]!r}... is {len(prompt.encode())} bytes; its VBench file name "
+                    f"{prompt[:20]!r}...-{i}.mp4 exceeds the 255-byte file-name limit: shorten the prompt"
+                )
+            jobs.append(VideoJob(prompt, i, cfg.seed + k * cfg.videos_per_prompt + i, name))
+    return jobs
+
+
 def sample_to_folder(
     pipe: VideoPipeline, prompts: Sequence[str], cfg: SampleConfig, out: Path, *, rank: int = 0
 ) -> list[Path]:
     """Sample ``cfg.videos_per_prompt`` videos of each prompt into ``out`` (rank 0 writes); return paths."""
-    from eval.vbench import vbench_video_name
     from vdiff.io.video import write_mp4
 
-    jobs = [
-        (p, i, cfg.seed + k * cfg.videos_per_prompt + i)
-        for k, p in enumerate(prompts)
-        for i in range(cfg.videos_per_prompt)
-    ]
+    jobs = video_jobs(prompts, cfg)
     written = []
     bar = tqdm(total=len(jobs), desc="videos", disable=not (cfg.progress and rank == 0))
     for start in range(0, len(jobs), cfg.batch_size):
         batch = jobs[start : start + cfg.batch_size]
         videos = pipe(
-            [p for p, _, _ in batch],
-            seeds=[s for _, _, s in batch],
+            [j.prompt for j in batch],
+            seeds=[j.seed for j in batch],
             negative_prompt=cfg.negative_prompt,
             steps=cfg.steps,
             guidance=cfg.guidance,
@@ -630,8 +674,8 @@ def sample_to_folder(
             attention=cfg.attention,
             progress=cfg.progress and rank == 0,
         )  # (B, 3, T, H, W)
-        for (prompt, i, _), video in zip(batch, videos):
-            path = out / vbench_video_name(prompt, i)
+        for job, video in zip(batch, videos):
+            path = out / job.name
             if rank == 0:
                 write_mp4(path, to_uint8(video), cfg.fps)
                 if cfg.save_arrays:
@@ -640,6 +684,28 @@ def sample_to_folder(
         bar.update(len(batch))
     bar.close()
     return written
+
+
+def make_pipeline(
+    transformer: torch.nn.Module,
+    text_encoder: Any,
+    vae: VideoAutoencoder,
+    *,
+    cfg: SampleConfig,
+    groups: ParallelGroups,
+) -> VideoPipeline:
+    """Move the components to ``cfg.device`` (transformer in ``cfg.dtype``), shard the transformer's
+    tokens over ``groups.layout`` when sequence-parallel, and assemble the pipeline."""
+    device = pick_device(cfg.device)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
+    transformer = transformer.to(device, dtype)
+    if groups.layout is not None:
+        from vdiff.parallel.sequence import apply_sequence_parallel
+
+        apply_sequence_parallel(transformer, groups.layout)
+    return VideoPipeline(
+        transformer=transformer, text_encoder=text_encoder.to(device), vae=vae.to(device), groups=groups
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -669,21 +735,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(SampleConfig, args.config, overrides)
         prompts = read_prompts(args.prompt, args.prompts)
+        video_jobs(prompts, cfg)
         rank, groups = setup_distributed(cfg.parallel)
-        device = pick_device(cfg.device)
         transformer, text, vae = load_components(args.model, cfg)
+        pipe = make_pipeline(transformer, text, vae, cfg=cfg, groups=groups)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"vdiff sample: {e}", file=sys.stderr)
         return 2
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
-    transformer = transformer.to(device, dtype)
-    if groups.layout is not None:
-        from vdiff.parallel.sequence import apply_sequence_parallel
-
-        apply_sequence_parallel(transformer, groups.layout)
-    pipe = VideoPipeline(
-        transformer=transformer, text_encoder=text.to(device), vae=vae.to(device), groups=groups
-    )
     out = Path(args.out)
     t0 = time.perf_counter()
     paths = sample_to_folder(pipe, prompts, cfg, out, rank=rank)

@@ -185,6 +185,7 @@ def test_bad_sizes_are_clear_errors(tiny_parts):
 
 
 _DIST_SCRIPT = """
+import json
 import sys
 from pathlib import Path
 
@@ -193,60 +194,141 @@ import importlib.util
 spec = importlib.util.spec_from_file_location("sample_test_helpers", {test_file!r})
 helpers = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(helpers)
-ByteTextEncoder, tiny_transformer = helpers.ByteTextEncoder, helpers.tiny_transformer
-from pipelines.sample import SampleConfig, VideoPipeline, sample_to_folder, setup_distributed
+from pipelines.sample import SampleConfig, make_pipeline, sample_to_folder, setup_distributed
 from vdiff.config import load_config
-from vdiff.encoders import PixelAutoencoder, TextEncoder
-from vdiff.models import videodit_tiny
+from vdiff.encoders import PixelAutoencoder
 
-cfg = load_config(SampleConfig, None, sys.argv[2:])
-rank, groups = setup_distributed(cfg.parallel)
-pipe = VideoPipeline(
-    transformer=tiny_transformer(), text_encoder=ByteTextEncoder(), vae=PixelAutoencoder(4), groups=groups
-)
-sample_to_folder(pipe, {prompts!r}, cfg, Path(sys.argv[1]), rank=rank)
+# NOTE: one launch samples every layout (process start-up dominates the cost); each rank
+# writes into its own folder, so the test sees which ranks wrote files.
+for name, overrides in json.loads(sys.argv[2]).items():
+    cfg = load_config(SampleConfig, None, overrides)
+    rank, groups = setup_distributed(cfg.parallel)
+    pipe = make_pipeline(
+        helpers.tiny_transformer(), helpers.ByteTextEncoder(), PixelAutoencoder(4), cfg=cfg, groups=groups
+    )
+    sample_to_folder(pipe, {prompts!r}, cfg, Path(sys.argv[1]) / name / f"rank{{rank}}", rank=rank)
+    stats = Path(sys.argv[1]) / "cache_stats" / f"{{name}}-rank{{rank}}.json"
+    stats.parent.mkdir(exist_ok=True)
+    stats.write_text(json.dumps(pipe.last_cache_stats))
 """
-DIST_ARGS = ["save_arrays=true", "progress=false", "steps=3", "frames=4", "guidance=3.0"]
+# NOTE: 3 × 40 × 40 pixels -> 3 × 5 × 5 = 75 tokens: odd, so 2-way sequence parallelism pads.
+DIST_ARGS = [
+    "save_arrays=true",
+    "progress=false",
+    "steps=3",
+    "frames=3",
+    "height=40",
+    "width=40",
+    "guidance=3.0",
+]
+# NOTE: relative changes are ~0.3 a step here: threshold 0.5 skips some middle steps, not all.
+CACHE_ARGS = ["steps=5", "cache.enabled=true", "cache.threshold=0.5"]
 
 
-@pytest.mark.dist
-def test_cfg_parallel_two_ranks_equals_one_rank(tmp_path):
-    """2 gloo ranks (cond on rank 0, uncond on rank 1) write the 1-process videos within 1e-5."""
+def _one_process(out, overrides: list[str]) -> tuple[int, int] | None:
+    from pipelines.sample import SampleConfig, sample_to_folder
+    from vdiff.config import load_config
+
+    cfg = load_config(SampleConfig, None, overrides)
+    pipe = VideoPipeline(
+        transformer=tiny_transformer(), text_encoder=ByteTextEncoder(), vae=PixelAutoencoder(4)
+    )
+    sample_to_folder(pipe, PROMPTS, cfg, out)
+    return pipe.last_cache_stats
+
+
+def _torchrun(out, *, nproc: int, layouts: dict[str, list[str]]) -> None:
+    import json
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    import numpy as np
-
-    from pipelines.sample import SampleConfig, sample_to_folder
-    from vdiff.config import load_config
-
-    cfg = load_config(SampleConfig, None, DIST_ARGS)
-    pipe = VideoPipeline(
-        transformer=tiny_transformer(), text_encoder=ByteTextEncoder(), vae=PixelAutoencoder(4)
-    )
-    sample_to_folder(pipe, PROMPTS, cfg, tmp_path / "one")
-
-    script = tmp_path / "run_sample.py"
+    script = out / "run_sample.py"
+    out.mkdir(parents=True, exist_ok=True)
     script.write_text(_DIST_SCRIPT.format(test_file=str(Path(__file__).resolve()), prompts=PROMPTS))
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     res = subprocess.run(
-        [*cmd, str(tmp_path / "two"), *DIST_ARGS, "parallel.cfg=2"],
+        [*cmd, str(script), str(out), json.dumps(layouts)],
         env=env,
         cwd=root,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+def _assert_same_videos(one, many, *, world: int) -> None:
+    """Rank 0 wrote every mp4 and the 1-process videos within 1e-4; the other ranks wrote nothing."""
+    import numpy as np
+
     for prompt in PROMPTS:
-        one = np.load(tmp_path / "one" / f"{prompt}-0.npy")
-        two = np.load(tmp_path / "two" / f"{prompt}-0.npy")
-        assert (tmp_path / "two" / f"{prompt}-0.mp4").is_file()
-        np.testing.assert_allclose(two, one, atol=1e-5, rtol=0)
+        assert (many / "rank0" / f"{prompt}-0.mp4").is_file()
+        a = np.load(one / f"{prompt}-0.npy")
+        b = np.load(many / "rank0" / f"{prompt}-0.npy")
+        assert a.shape == b.shape == (3, 40, 40, 3)
+        np.testing.assert_allclose(b, a, atol=1e-4, rtol=0)
+    for r in range(1, world):
+        assert not (many / f"rank{r}").exists() or not any((many / f"rank{r}").iterdir())
+
+
+TWO_RANK_LAYOUTS = {
+    "cfg": ["parallel.cfg=2"],
+    "ulysses": ["parallel.ulysses=2"],
+    "ring": ["parallel.ring=2"],
+    "ulysses_cache": ["parallel.ulysses=2", *CACHE_ARGS],
+}
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """The 1-process videos and those of 2 gloo ranks for each layout of TWO_RANK_LAYOUTS."""
+    root = tmp_path_factory.mktemp("two_ranks")
+    stats = {
+        "plain": _one_process(root / "one", DIST_ARGS),
+        "cache": _one_process(root / "one_cache", [*DIST_ARGS, *CACHE_ARGS]),
+    }
+    _torchrun(root / "two", nproc=2, layouts={k: [*DIST_ARGS, *v] for k, v in TWO_RANK_LAYOUTS.items()})
+    return root, stats
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("layout", ["cfg", "ulysses", "ring"])
+def test_two_ranks_equal_one_rank(two_ranks, layout):
+    """2 gloo ranks (cfg: cond/uncond branch per rank; ulysses/ring: half the tokens each, padded)
+    write the 1-process videos within 1e-4 (fp32, CPU), and only rank 0 writes files."""
+    root, _ = two_ranks
+    _assert_same_videos(root / "one", root / "two" / layout, world=2)
+
+
+@pytest.mark.dist
+def test_step_cache_under_ulysses_decides_like_one_process(two_ranks):
+    """The skip decisions use the real tokens only (no padding) and agree across the ranks."""
+    import json
+
+    root, stats = two_ranks
+    computed, skipped = stats["cache"]
+    assert skipped > 0 and computed > 4, "the threshold must make the 1-process run skip some steps, not all"
+    for rank in (0, 1):
+        got = json.loads((root / "two" / "cache_stats" / f"ulysses_cache-rank{rank}.json").read_text())
+        assert tuple(got) == stats["cache"]
+    _assert_same_videos(root / "one_cache", root / "two" / "ulysses_cache", world=2)
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_cfg_times_ulysses_four_ranks_equal_one_rank(tmp_path):
+    """4 gloo ranks, parallel.cfg=2 × ulysses=2: the 1-process videos within 1e-4; rank 0 writes."""
+    _one_process(tmp_path / "one", DIST_ARGS)
+    _torchrun(
+        tmp_path / "four",
+        nproc=4,
+        layouts={"cfg_ulysses": [*DIST_ARGS, "parallel.cfg=2", "parallel.ulysses=2"]},
+    )
+    _assert_same_videos(tmp_path / "one", tmp_path / "four" / "cfg_ulysses", world=4)
 
 
 def _fake_run(root, tiny_parts):
