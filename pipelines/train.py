@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import resource
 import sys
 import time
 from collections import OrderedDict
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from vdiff.checkpoint import latest_checkpoint, load_checkpoint, rng_from_json, rng_to_json, save_checkpoint
 from vdiff.config import ConfigError, describe, is_override, load_config, save_config, to_dict
@@ -88,6 +90,12 @@ class LoopConfig:
     """GLOBAL batch size (split across data-parallel ranks)"""
     log_every: int = 10
     """append a metrics.jsonl row every this many steps"""
+    warmup_log_steps: int = 2
+    """first steps (of this process) left out of samples_per_s / tokens_per_s (compile, allocator, caches)"""
+    progress: bool = True
+    """tqdm progress bar on rank 0 (stderr); false prints each metrics row instead"""
+    tensorboard: bool = True
+    """also write the metrics as TensorBoard scalars to RUN/tb/ (needs the tensorboard package)"""
     bf16: bool = False
     """bfloat16 autocast for the forward pass (weights and optimizer stay float32)"""
     device: str = "auto"
@@ -199,6 +207,67 @@ def resolve_resume(resume: str, ckpt_root: Path) -> Path | None:
     return path
 
 
+@dataclass
+class Throughput:
+    """Samples and latent tokens per second over the steps since the last :meth:`rates` call.
+
+    Steps before ``warmup`` (counted from this process's first step) are not counted, so
+    compilation, allocator growth and first-batch decoding do not lower the figures.
+    """
+
+    warmup: int
+    seen: int = 0
+    seconds: float = 0.0
+    samples: int = 0
+    tokens: int = 0
+
+    def add(self, seconds: float, *, samples: int, tokens: int) -> None:
+        """Count one step that took ``seconds`` for ``samples`` clips of ``tokens`` tokens in all."""
+        self.seen += 1
+        if self.seen > self.warmup:
+            self.seconds += seconds
+            self.samples += samples
+            self.tokens += tokens
+
+    def rates(self) -> tuple[float | None, float | None]:
+        """(samples/s, tokens/s) of the window, then start a new one; None while only warm-up steps ran."""
+        if self.seconds <= 0:
+            return None, None
+        out = (self.samples / self.seconds, self.tokens / self.seconds)
+        self.seconds, self.samples, self.tokens = 0.0, 0, 0
+        return out
+
+
+def max_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process in MiB: CUDA max allocated on ``device``, else the peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # NOTE: ru_maxrss is in KiB on Linux (bytes on macOS); it covers the whole process.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def max_over_ranks(value: float, device: torch.device) -> float:
+    """The largest ``value`` over all ranks (every rank calls it); ``value`` without a process group."""
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def open_tensorboard(run: Path, *, purge_step: int | None) -> Any:
+    """A SummaryWriter on ``run/tb``; events at ``purge_step`` or later (from a killed run) are dropped."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ConfigError(
+            "train.tensorboard=true needs the tensorboard package: pip install tensorboard "
+            "(or set train.tensorboard=false)"
+        ) from e
+    return SummaryWriter(log_dir=str(run / "tb"), purge_step=purge_step)
+
+
 def truncate_metrics(path: Path, step: int) -> None:
     """Drop metrics rows after ``step`` (written by the run we resume, after its checkpoint)."""
     if path.is_file():
@@ -273,6 +342,13 @@ def train(cfg: TrainConfig) -> Path:
             truncate_metrics(metrics_path, step)
             print(f"resumed from {resume_from} at step {step}", flush=True)
 
+    # 5b. Logging: metrics.jsonl and TensorBoard (rank 0), a progress bar, throughput after warm-up.
+    writer = None
+    if rank == 0 and cfg.train.tensorboard:
+        writer = open_tensorboard(run, purge_step=step + 1 if resume_from is not None else None)
+    bar = tqdm(total=cfg.train.steps, initial=step, disable=rank != 0 or not cfg.train.progress, desc="train")
+    meter = Throughput(cfg.train.warmup_log_steps)
+
     def checkpoint() -> None:
         trainer_state = {"data": loader.state_dict(), "rng": rng_to_json(torch.get_rng_state())}
         save_checkpoint(
@@ -289,6 +365,7 @@ def train(cfg: TrainConfig) -> Path:
     batches = iter(loader)
     last_saved = step
     while step < cfg.train.steps:
+        t_step = time.perf_counter()
         # 6a. This rank's batch -> latents x0 (B, C, T, H, W) and context (B, L, D).
         batch = next(batches)
         with torch.no_grad():
@@ -347,18 +424,35 @@ def train(cfg: TrainConfig) -> Path:
         log_now = step % cfg.train.log_every == 0 or step == 1 or step == cfg.train.steps or out_of_time
         if log_now:
             loss_mean = mean_over(loss, mesh.group("dp"))  # the global batch's loss; every rank calls it
+            memory = max_over_ranks(max_memory_mb(device), device)
+        if device.type == "cuda" and log_now:
+            torch.cuda.synchronize(device)  # NOTE: so the window's time covers the queued GPU work
+        tokens = num_tokens(x0.shape[1:], cfg.model.patch_size) * cfg.train.batch_size  # all ranks
+        meter.add(time.perf_counter() - t_step, samples=cfg.train.batch_size, tokens=tokens)
+        bar.update(1)
+        if log_now:
+            samples_per_s, tokens_per_s = meter.rates()
         if rank == 0 and log_now:
             row = {
                 "step": step,
                 "loss": loss_mean.item(),
                 "lr": lr,
                 "grad_norm": float(grad_norm),
+                "samples_per_s": samples_per_s,
+                "tokens_per_s": tokens_per_s,
+                "max_memory_mb": round(memory, 1),
                 "time": round(elapsed, 3),
                 "shift": round(shift, 4),
             }
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            print(json.dumps(row), flush=True)
+            if writer is not None:
+                for key, value in row.items():
+                    if key != "step" and value is not None:
+                        writer.add_scalar(f"train/{key}", value, step)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
+            if not cfg.train.progress:
+                print(json.dumps(row), flush=True)
         if cfg.checkpoint.every > 0 and step % cfg.checkpoint.every == 0:
             checkpoint()
             last_saved = step
@@ -366,6 +460,9 @@ def train(cfg: TrainConfig) -> Path:
             break
 
     # 7. Final checkpoint.
+    bar.close()
+    if writer is not None:
+        writer.close()
     if step != last_saved or latest_checkpoint(ckpt_root) is None:
         checkpoint()
     return run

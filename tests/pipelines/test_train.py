@@ -67,6 +67,15 @@ def rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def tb_scalars(run: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of a TensorBoard scalar in RUN/tb, read back as TensorBoard would."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
 def eval_loss(cfg: TrainConfig, model: torch.nn.Module) -> float:
     """Flow loss on the whole dataset at fixed σ and noise (seeds 0..3): the overfitting measure."""
     loader = ShardLoader(cfg.data, batch_size=4, seed=0)
@@ -94,8 +103,21 @@ def test_tiny_model_overfits_the_clips(shards: Path, tmp_path: Path) -> None:
     run = train(cfg)
     metrics = rows(run)
     assert [r["step"] for r in metrics] == list(range(1, 31))
-    assert all(set(r) >= {"step", "loss", "lr", "grad_norm", "time"} for r in metrics)
+    keys = {"step", "loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "max_memory_mb", "time"}
+    assert all(set(r) >= keys for r in metrics)
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in metrics)
+    # throughput leaves out the first train.warmup_log_steps=2 steps; then 16 latent tokens per
+    # sample: (4 frames, 16x16 px) -> pixel latents (4, 4, 4) -> patch (1, 2, 2) -> 4 * 2 * 2
+    assert [r["samples_per_s"] for r in metrics[:2]] == [None, None]
+    assert all(r["samples_per_s"] > 0 for r in metrics[2:])
+    assert all(r["tokens_per_s"] == pytest.approx(16 * r["samples_per_s"], rel=1e-9) for r in metrics[2:])
+    # on CPU: the process's peak RSS (resource.getrusage), never decreasing
+    peaks = [r["max_memory_mb"] for r in metrics]
+    assert peaks[0] > 10 and peaks == sorted(peaks)
+    # TensorBoard holds the same losses (float32 there)
+    assert [s for s, _ in tb_scalars(run, "train/loss")] == list(range(1, 31))
+    for (_, v), r in zip(tb_scalars(run, "train/loss"), metrics):
+        assert v == pytest.approx(r["loss"], rel=1e-6)
     model = build_model(cfg.model)
     ckpt = latest_checkpoint(run / "checkpoints")
     assert ckpt is not None and ckpt.name == "step-30"
@@ -122,6 +144,9 @@ def test_resume_reproduces_the_uninterrupted_run(shards: Path, tmp_path: Path) -
     train(tiny_config(shards, cut, *common))
     a, b = rows(full), rows(cut)
     assert [r["step"] for r in b] == [1, 2, 3, 4]
+    # TensorBoard: the killed run's events after the checkpoint were purged, each step once
+    assert [s for s, _ in tb_scalars(cut, "train/loss")] == [1, 2, 3, 4]
+    assert [v for _, v in tb_scalars(cut, "train/loss")] == pytest.approx([r["loss"] for r in a], rel=1e-6)
     # CPU, same seeds and data position: bit-identical losses and gradient norms
     assert [(r["loss"], r["grad_norm"], r["lr"]) for r in a] == [
         (r["loss"], r["grad_norm"], r["lr"]) for r in b
