@@ -35,6 +35,8 @@ from vdiff.data import DataConfig, ShardLoader, cached_settings, load_empty_prom
 from vdiff.diffusion import (
     add_noise,
     draw_training_noise,
+    euler_sample,
+    flow_sigmas,
     resolution_shift,
     sample_seed,
     sigma_to_timestep,
@@ -42,6 +44,7 @@ from vdiff.diffusion import (
 )
 from vdiff.encoders import TextEncoderConfig, VAEConfig, build_text_encoder, build_vae
 from vdiff.io.files import atomic_write_text
+from vdiff.io.video import write_mp4
 from vdiff.models import ModelConfig, build_model
 from vdiff.optim import OptimConfig, build_optimizer, learning_rate
 from vdiff.parallel import MeshError, build_mesh
@@ -96,6 +99,12 @@ class LoopConfig:
     """tqdm progress bar on rank 0 (stderr); false prints each metrics row instead"""
     tensorboard: bool = True
     """also write the metrics as TensorBoard scalars to RUN/tb/ (needs the tensorboard package)"""
+    sample_every: int = 0
+    """every this many steps, write validation videos to RUN/samples/step_XXXXXXXX/; 0 = never"""
+    sample_prompts: list[str] = field(default_factory=lambda: ["a red circle moving left"])
+    """prompts of the validation videos (one mp4 each)"""
+    sample_steps: int = 20
+    """Euler steps of the validation sampler (no guidance)"""
     bf16: bool = False
     """bfloat16 autocast for the forward pass (weights and optimizer stay float32)"""
     device: str = "auto"
@@ -268,6 +277,44 @@ def open_tensorboard(run: Path, *, purge_step: int | None) -> Any:
     return SummaryWriter(log_dir=str(run / "tb"), purge_step=purge_step)
 
 
+@torch.no_grad()
+def validation_videos(
+    model: torch.nn.Module,
+    *,
+    context: torch.Tensor,
+    latent_shape: tuple[int, ...],
+    seeds: list[int],
+    sigmas: torch.Tensor,
+    vae: Any,
+    autocast: Any,
+) -> torch.Tensor | None:
+    """Euler flow-matching samples from ``model``: (P, 3, T, H, W) videos in [-1, 1], or None off rank 0.
+
+    Every rank calls it (an FSDP-sharded model gathers its weights in the forward pass); only
+    ranks given a ``vae`` decode. ``context`` (P, L, D) holds the prompts' embeddings and
+    ``seeds`` one noise seed per prompt, so each validation round starts from the same noise.
+    """
+    from pipelines.sample import initial_noise
+
+    x = initial_noise(latent_shape, seeds).to(context.device)  # (P, C, T, H, W)
+
+    def velocity(xt: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        with autocast:
+            return model(xt, sigma_to_timestep(sigma), context).float()
+
+    x0 = euler_sample(velocity, x, sigmas)
+    return None if vae is None else vae.decode(x0).float().clamp(-1, 1)
+
+
+def write_videos(videos: torch.Tensor, folder: Path, *, prompts: list[str], fps: float) -> None:
+    """``folder/NN.mp4`` for each (3, T, H, W) video in ``videos``, and ``folder/prompts.txt``."""
+    from pipelines.sample import to_uint8
+
+    for i, video in enumerate(videos):
+        write_mp4(folder / f"{i:02d}.mp4", to_uint8(video), fps)
+    atomic_write_text(folder / "prompts.txt", "".join(f"{i:02d}\t{p}\n" for i, p in enumerate(prompts)))
+
+
 def truncate_metrics(path: Path, step: int) -> None:
     """Drop metrics rows after ``step`` (written by the run we resume, after its checkpoint)."""
     if path.is_file():
@@ -314,6 +361,18 @@ def train(cfg: TrainConfig) -> Path:
         empty = text.encode([""])[0]  # (L, D)
     empty = empty.to(device)
     check_shapes(cfg, latent_channels=latent_channels, text_dim=text_dim)
+
+    # 3b. Validation prompts. NOTE: cached shards hold no encoders; the cache check above proved
+    # cfg.vae and cfg.text are the ones it was made with, so they are built here: the text encoder
+    # only to embed the prompts once (then freed), the VAE on rank 0 only, to decode.
+    sample_context, sample_vae = None, None
+    if cfg.train.sample_every > 0:
+        prompt_encoder = text if text is not None else build_text_encoder(cfg.text).to(device)
+        with torch.no_grad():
+            sample_context = prompt_encoder.encode(list(cfg.train.sample_prompts)).to(device)  # (P, L, D)
+        del prompt_encoder
+        if rank == 0:
+            sample_vae = vae if vae is not None else build_vae(cfg.vae).to(device)
 
     # 4. Model, EMA and optimizer. Every rank builds the same weights (same seed); parallelize
     # applies sequence parallelism, activation checkpointing, compile and FSDP2/HSDP/DDP, and the
@@ -453,6 +512,24 @@ def train(cfg: TrainConfig) -> Path:
             bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
             if not cfg.train.progress:
                 print(json.dumps(row), flush=True)
+        if cfg.train.sample_every > 0 and step % cfg.train.sample_every == 0:
+            # 6f. Validation videos from the EMA weights (or the raw ones without EMA).
+            videos = validation_videos(
+                ema if ema is not None else model,
+                context=sample_context,
+                latent_shape=tuple(x0.shape[1:]),
+                seeds=[cfg.seed + i for i in range(len(sample_context))],
+                sigmas=flow_sigmas(cfg.train.sample_steps, shift=shift),
+                vae=sample_vae,
+                autocast=autocast,
+            )
+            if rank == 0:
+                write_videos(
+                    videos,
+                    run / "samples" / f"step_{step:08d}",
+                    prompts=cfg.train.sample_prompts,
+                    fps=cfg.data.fps,
+                )
         if cfg.checkpoint.every > 0 and step % cfg.checkpoint.every == 0:
             checkpoint()
             last_saved = step

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -11,13 +12,13 @@ import torch
 import webdataset as wds
 
 from data_prep.synthetic import moving_shapes, shape_caption
-from pipelines.train import TrainConfig, main, train
+from pipelines.train import TrainConfig, main, train, validation_videos
 from vdiff.checkpoint import latest_checkpoint, load_checkpoint
 from vdiff.config import load_config
 from vdiff.data import ShardLoader
 from vdiff.diffusion import add_noise, draw_training_noise, sigma_to_timestep, velocity_target
 from vdiff.encoders import build_text_encoder, build_vae
-from vdiff.io.video import encode_mp4
+from vdiff.io.video import encode_mp4, probe
 from vdiff.models import build_model
 from vdiff.optim import build_optimizer
 
@@ -177,6 +178,63 @@ def test_cli_help_and_bad_keys(shards: Path, tmp_path: Path, capsys: pytest.Capt
     )
     with pytest.raises(ValueError, match="set both to 48"):
         train(cfg)
+
+
+def test_validation_samples_are_mp4s_of_the_clip_length(shards: Path, tmp_path: Path) -> None:
+    prompts = "train.sample_prompts=[a red circle moving left,a blue square moving right]"
+    cfg = tiny_config(
+        shards, tmp_path / "s", "train.steps=4", "train.sample_every=2", "train.sample_steps=3", prompts
+    )
+    run = train(cfg)
+    folders = sorted(p.name for p in (run / "samples").iterdir())
+    assert folders == ["step_00000002", "step_00000004"]
+    for name in folders:
+        videos = sorted((run / "samples" / name).glob("*.mp4"))
+        assert [v.name for v in videos] == ["00.mp4", "01.mp4"]
+        for v in videos:
+            meta = probe(v)
+            assert (meta.num_frames, meta.width, meta.height) == (4, 16, 16)  # data.num_frames, width, height
+    lines = (run / "samples" / "step_00000004" / "prompts.txt").read_text().splitlines()
+    assert lines == ["00\ta red circle moving left", "01\ta blue square moving right"]
+
+
+def test_validation_samples_from_cached_shards(shards: Path, tmp_path: Path) -> None:
+    """Cached shards carry no encoders: training builds the configured ones to embed and decode."""
+    from pipelines.cache import main as cache_main
+
+    sizes = ["data.num_frames=4", "data.height=16", "data.width=16", "text.max_length=8"]
+    cached = tmp_path / "cache"
+    assert cache_main([str(shards), "--out", str(cached), "--config", str(CONFIG), *sizes]) == 0
+    run = train(
+        tiny_config(cached, tmp_path / "run", "train.steps=1", "train.sample_every=1", "train.sample_steps=2")
+    )
+    (video,) = (run / "samples" / "step_00000001").glob("*.mp4")
+    assert probe(video).num_frames == 4
+
+
+def test_validation_videos_decode_the_euler_solution() -> None:
+    """Given the exact velocity noise − x0, the Euler loop lands on x0 (closed form), then decodes it."""
+    from pipelines.sample import initial_noise
+    from vdiff.diffusion import flow_sigmas
+
+    shape, seeds = (48, 2, 4, 4), [3, 4]
+    x0 = torch.rand(2, *shape) * 2 - 1
+    noise = initial_noise(shape, seeds)
+
+    def exact(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        return noise - x0  # the straight path's velocity, whatever x and t are
+
+    vae = build_vae(load_config(TrainConfig, CONFIG).vae)
+    videos = validation_videos(
+        exact,
+        context=torch.zeros(2, 1, 1),
+        latent_shape=shape,
+        seeds=seeds,
+        sigmas=flow_sigmas(5, shift=3.0),
+        vae=vae,
+        autocast=nullcontext(),
+    )
+    torch.testing.assert_close(videos, vae.decode(x0), atol=1e-5, rtol=0)
 
 
 def test_bf16_autocast_and_time_budget(shards: Path, tmp_path: Path) -> None:
