@@ -474,6 +474,41 @@ def model_kind(path: Path) -> str:
     )
 
 
+def check_pipeline_index(path: Path) -> None:
+    """Refuse diffusers folders whose ``model_index.json`` describes what vdiff cannot sample right."""
+    import json
+
+    index_path = path / "model_index.json"
+    if not index_path.is_file():
+        return
+    try:
+        index = json.loads(index_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--model {path}: model_index.json is not valid JSON: {e}") from e
+
+    def used(key: str) -> bool:
+        value = index.get(key)
+        return bool(value) and value != [None, None]
+
+    # NOTE: Wan2.2 A14B switches to a second expert below a timestep boundary, and Wan2.2 TI2V
+    # uses per-token timesteps; sampling those with one transformer would give wrong videos.
+    if used("transformer_2") or index.get("boundary_ratio") is not None:
+        raise ValueError(
+            f"--model {path}: a two-expert Wan2.2 folder (transformer_2 / boundary_ratio); vdiff samples "
+            "Wan2.1 text-to-video folders (one transformer) only"
+        )
+    if index.get("expand_timesteps"):
+        raise ValueError(
+            f"--model {path}: expand_timesteps=true (Wan2.2 TI2V per-token timesteps) is not supported; "
+            "vdiff samples Wan2.1 text-to-video folders"
+        )
+    name = index.get("_class_name")
+    if name is not None and name != "WanPipeline":
+        raise ValueError(
+            f"--model {path}: model_index.json is a {name}, expected a WanPipeline (text-to-video)"
+        )
+
+
 def load_components(path: str | Path, cfg: SampleConfig) -> tuple[torch.nn.Module, Any, VideoAutoencoder]:
     """(transformer, text encoder, autoencoder) on CPU, from ``path``; nothing is downloaded."""
     from vdiff.encoders import TextEncoder, WanVAE, build_text_encoder, build_vae
@@ -484,6 +519,7 @@ def load_components(path: str | Path, cfg: SampleConfig) -> tuple[torch.nn.Modul
     if kind == "run":
         return load_run(path, weights=cfg.weights, step=cfg.checkpoint_step)
     if kind == "diffusers":
+        check_pipeline_index(path)
         transformer = load_model(path / "transformer" if (path / "transformer").is_dir() else path)
         # NOTE: Wan2.1 conditions on 512 UMT5 tokens; its tokenizer lives in tokenizer/.
         text = TextEncoder.from_pretrained(path / "text_encoder", max_length=512)
