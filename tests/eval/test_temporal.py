@@ -34,6 +34,26 @@ def test_flicker_score_closed_form_on_arrays(synth):
     assert mean_abs_diff_score(synth.static()) == 1.0
 
 
+def _vbench_flicker(frames: np.ndarray) -> float:
+    """VBench's formula written out directly: per pair the mean of cv2.absdiff on float32 frames,
+    then (255 - mean over pairs) / 255."""
+    import cv2
+
+    f = frames.astype(np.float32)
+    maes = [np.mean(cv2.absdiff(f[i], f[i + 1])) for i in range(len(f) - 1)]
+    return (255.0 - float(np.mean(maes))) / 255.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_flicker_score_equals_vbench_formula_on_textured_frames(seed):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (1, 24, 32, 3))
+    noise = rng.integers(-30, 31, (9, 24, 32, 3))  # a different flicker in every pixel and frame
+    frames = np.clip(base + noise, 0, 255).astype(np.uint8)  # (9, 24, 32, 3)
+    assert mean_abs_diff_score(frames) == pytest.approx(_vbench_flicker(frames), abs=1e-6)
+    assert mean_abs_diff_score(frames) < 0.95  # the textured flicker is really scored
+
+
 def test_flicker_through_mp4_and_static_filter(tmp_path, synth):
     write_mp4(tmp_path / "flicker-0.mp4", synth.flicker(), fps=8, crf=0)
     write_mp4(tmp_path / "still-0.mp4", synth.static(), fps=8)
@@ -61,6 +81,10 @@ def test_dynamic_degree_static_vs_moving(synth):
     assert metric.compute(sample(synth.static()))["video_results"] is False
     assert metric.compute(sample(synth.linear()))["video_results"] is True
     assert metric.aggregate([{"video_results": True}, {"video_results": False}]) == 0.5
+    # The dimension score of a set: a static set scores 0, a set of panning videos 1.
+    static_set = [metric.compute(sample(synth.static())) for _ in range(2)]
+    moving_set = [metric.compute(sample(synth.linear())) for _ in range(2)]
+    assert metric.aggregate(static_set) == 0.0 and metric.aggregate(moving_set) == 1.0
 
 
 def test_dynamic_degree_threshold_rule():
