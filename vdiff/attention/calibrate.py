@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from vdiff.attention.metrics import dense_reference, relative_l1
+from vdiff.attention.sage import resolve_pv_dtype
 from vdiff.attention.sparse import (
     LayerThresholds,
     SparseThresholds,
@@ -46,6 +47,7 @@ def _head_l1(
     sim_threshold: float,
     cdf: torch.Tensor,
     pv_threshold: torch.Tensor | None,
+    pv_dtype: str,
 ) -> torch.Tensor:
     """Relative L1 per head (H,) of sparse attention with per-head thresholds against ``ref``."""
     mask = predict_block_mask(
@@ -61,6 +63,7 @@ def _head_l1(
         k_block=k_block,
         pv_threshold=pv_threshold,
         quantize=quantize,
+        pv_dtype=pv_dtype,
         need_lse=False,
     )
     return relative_l1(out, ref, dims=(0, 2, 3)).float()  # (H,)
@@ -80,11 +83,13 @@ def calibrate_layer(
     sim_threshold: float = 0.3,
     cdf_grid: Sequence[float] = DEFAULT_CDF_GRID,
     pv_grid: Sequence[float] | None = None,
+    pv_dtype: str = "auto",
 ) -> LayerThresholds:
     """Per-head thresholds for one layer's (B, H, N, D) q, k, v under ``l1_budget``.
 
     ``pv_grid``: candidate λ values (< 0); the one closest to 0 that keeps a head within budget
     (with its chosen cdf threshold) is kept, :data:`NO_SKIP` when none does. None: no λ.
+    ``pv_dtype``: sparse_sage's P·V precision at run time (its option of the same name).
     """
     if backend not in ("sparse", "sparse_sage"):
         raise ValueError(f"calibrate: backend must be 'sparse' or 'sparse_sage', got {backend!r}")
@@ -92,6 +97,8 @@ def calibrate_layer(
         raise ValueError(f"calibrate: l1_budget must be > 0, got {l1_budget}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     heads = q.shape[1]
+    # NOTE: calibrate with the P·V precision the backend will run with (sparse_sage's "auto").
+    pv = resolve_pv_dtype(pv_dtype, device=q.device, in_dtype=q.dtype) if backend == "sparse_sage" else "fp32"
     ref = dense_reference(q, k, v, scale=scale)
     common = dict(
         scale=scale,
@@ -99,6 +106,7 @@ def calibrate_layer(
         q_block=q_block,
         k_block=k_block,
         sim_threshold=sim_threshold,
+        pv_dtype=pv,
     )
     grid = sorted({float(t) for t in cdf_grid} | {1.0})
     chosen = torch.ones(heads, dtype=torch.float64)

@@ -4,6 +4,7 @@ SpargeAttn papers report it: cosine similarity, relative L1 and RMSE over the wh
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -64,36 +65,52 @@ def video_like_qkv(
     height: int,
     width: int,
     head_dim: int,
-    sharpness: float = 2.0,
+    length: tuple[float, float, float] = (1.5, 6.0, 6.0),
+    sharpness: tuple[float, float] = (6.0, 14.0),
     noise: float = 0.3,
-    coarse: int = 8,
     offset: float = 1.0,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Q, K, V (B, H, frames*height*width, D) with the local correlation of video tokens.
+    """Q, K, V (B, H, frames*height*width, D), contiguous, whose attention is local in space-time.
 
-    Each head has a smooth random feature field over the (t, h, w) grid (trilinear upsampling of
-    a grid ``coarse`` times smaller per spatial axis, 2x in time), tokens in raster order as a
-    video DiT lays them out; q and k are that field times ``sharpness`` plus independent noise,
-    so a token attends mostly to tokens with similar features (its neighbours, and a few far
-    ones), plus a per-head constant vector of scale ``offset`` (real Q/K activations carry such
-    channel biases; K's is what SageAttention's smoothing removes); v is a second field.
+    Tokens sit on the (t, y, x) grid in raster order, as a video DiT lays them out. Each head
+    draws ``D/2`` random frequencies ω ~ N(0, I) and gives the token at position p (in units of
+    ``length`` = (frames, rows, columns) per unit) the features φ(p) = [cos(ω·p), sin(ω·p)] / √(D/2),
+    so φ(p)·φ(p') = mean cos(ω·(p - p')), a Monte-Carlo estimate of the Gaussian kernel
+    exp(-|p - p'|² / 2): 1 for the token itself, ~0.6 one length unit away, noise of about
+    1/√D far away. q = k = a·φ with a² = β·√D, so the softmax logit between two tokens is
+    β·kernel: head h's β runs linearly over ``sharpness`` (small β: broad attention; large:
+    mostly within one length unit). Each of q and k adds independent Gaussian ``noise`` and a
+    per-head constant vector of scale ``offset`` (real Q/K carry such channel biases; K's is
+    what SageAttention's smoothing removes). v is a smooth random field (trilinear upsampling of
+    a grid ``length`` times coarser) plus as much white noise, normalised per channel.
     """
     g = torch.Generator().manual_seed(seed)
-    grid = (max(1, frames // 2), max(1, height // coarse), max(1, width // coarse))
-
-    def field() -> torch.Tensor:
-        c = torch.randn(batch * heads, head_dim, *grid, generator=g)
-        f = torch.nn.functional.interpolate(c, size=(frames, height, width), mode="trilinear")
-        f = f.flatten(2).transpose(1, 2)  # (B*H, N, D)
-        f = (f - f.mean(dim=1, keepdim=True)) / f.std(dim=1, keepdim=True).clamp_min(1e-6)
-        return f.reshape(batch, heads, -1, head_dim)  # (B, H, N, D)
-
-    base = field()
-    q_bias = offset * torch.randn(batch, heads, 1, head_dim, generator=g)
-    k_bias = offset * torch.randn(batch, heads, 1, head_dim, generator=g)
-    q = q_bias + base * sharpness + noise * torch.randn(base.shape, generator=g)
-    k = k_bias + base * sharpness + noise * torch.randn(base.shape, generator=g)
-    v = field()
-    return q.to(dtype), k.to(dtype), v.to(dtype)
+    t, y, x = torch.meshgrid(torch.arange(frames), torch.arange(height), torch.arange(width), indexing="ij")
+    pos = torch.stack([t, y, x], dim=-1).reshape(-1, 3).float() / torch.tensor(length)  # (N, 3)
+    n, m = pos.shape[0], head_dim // 2
+    omega = torch.randn(batch, heads, m, 3, generator=g)  # (B, H, D/2, 3)
+    angle = torch.einsum("bhmc,nc->bhnm", omega, pos)  # (B, H, N, D/2)
+    phi = torch.cat([angle.cos(), angle.sin()], dim=-1) / math.sqrt(m)  # (B, H, N, 2*(D/2))
+    if phi.shape[-1] != head_dim:  # odd head_dim: one zero channel
+        phi = torch.nn.functional.pad(phi, (0, head_dim - phi.shape[-1]))
+    beta = torch.linspace(sharpness[0], sharpness[1], heads).view(1, heads, 1, 1)
+    amp = (beta * math.sqrt(head_dim)).sqrt()
+    shape = (batch, heads, n, head_dim)
+    q = (
+        amp * phi
+        + noise * torch.randn(shape, generator=g)
+        + offset * torch.randn(batch, heads, 1, head_dim, generator=g)
+    )
+    k = (
+        amp * phi
+        + noise * torch.randn(shape, generator=g)
+        + offset * torch.randn(batch, heads, 1, head_dim, generator=g)
+    )
+    coarse = tuple(max(1, round(s / ell)) for s, ell in zip((frames, height, width), length))
+    c = torch.randn(batch * heads, head_dim, *coarse, generator=g)
+    field = torch.nn.functional.interpolate(c, size=(frames, height, width), mode="trilinear")
+    v = field.flatten(2).transpose(1, 2).reshape(shape) + torch.randn(shape, generator=g)  # (B, H, N, D)
+    v = (v - v.mean(dim=2, keepdim=True)) / v.std(dim=2, keepdim=True).clamp_min(1e-6)
+    return q.to(dtype).contiguous(), k.to(dtype).contiguous(), v.to(dtype).contiguous()

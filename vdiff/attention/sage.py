@@ -63,10 +63,18 @@ def resolve_pv_dtype(pv_dtype: str, *, device: torch.device, in_dtype: torch.dty
         return pv_dtype
     if device.type == "cuda":
         return "bf16" if in_dtype == torch.bfloat16 else "fp16"
-    # NOTE: CPUs without AVX512-BF16/AMX convert half-precision GEMM operands to fp32 on the fly:
-    # measured on the 2-core AVX512 dev machine, a bf16 GEMM is ~4x and an fp16 GEMM ~90x slower
-    # than fp32. So on CPU "auto" keeps P·V in fp32; pv_dtype="bf16" reproduces the GPU numerics.
-    return "fp32"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AMX or AVX512-BF16)."""
+    # NOTE: CPUs without AVX512-BF16/AMX convert half-precision GEMM operands to fp32 on the fly
+    # (a bf16 GEMM measured ~4x slower than fp32 on such a machine), so "auto" keeps P·V in fp32
+    # there. With AMX (the Xeon of docs/benchmarks.md) a batched bf16 GEMM ran ~5x faster than
+    # fp32 on one core (253 vs 50 GFLOP/s).
+    cpu = getattr(torch, "cpu", None)
+    probes = [getattr(cpu, n, None) for n in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(bool(f()) for f in probes if f is not None)
 
 
 def quantize_per_block(x: torch.Tensor, *, block: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,11 +94,6 @@ def quantize_per_block(x: torch.Tensor, *, block: int) -> tuple[torch.Tensor, to
     return xi.view(b, h, nb * block, d)[:, :, :n], scale
 
 
-def per_token_scale(scale: torch.Tensor, *, block: int, n: int) -> torch.Tensor:
-    """Expand per-block scales (..., nb) to per-token scales (..., n)."""
-    return scale.repeat_interleave(block, dim=-1)[..., :n]
-
-
 def int8_matmul(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
     """INT32 product of int8 a (M, D) and int8 b_t (D, N).
 
@@ -104,20 +107,35 @@ def int8_matmul(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
     return torch.matmul(a.float(), b_t.float()).round_().to(torch.int32)
 
 
-def pv_product(p: torch.Tensor, v: torch.Tensor, *, pv_dtype: str) -> torch.Tensor:
-    """P (M, Nk) fp32 in [0, 1] times V (Nk, D) in ``pv_dtype`` with an fp32 result (M, D)."""
+def prepare_v(v: torch.Tensor, *, pv_dtype: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """V blocks (B*H, nk, bk, D) in the P·V precision; for fp8 also the per-channel scales (B*H, D)."""
     if pv_dtype == "fp32":
-        return torch.matmul(p, v.float())
+        return v.float(), None
     if pv_dtype == "fp8":
-        # NOTE: numerics of an e4m3 P·V (P scaled by 448, V per channel); the product itself runs
-        # in fp32 here, so this mode measures accuracy, not speed.
-        v_scale = v.float().abs().amax(dim=0).clamp_min(1e-12) / _FP8_MAX  # (D,)
+        # NOTE: numerics of an e4m3 P·V (V per channel and head); the values stay on the fp8 grid
+        # but are stored in fp32, so this mode measures accuracy, not speed.
+        v_scale = v.float().abs().amax(dim=(1, 2)).clamp_min(1e-12) / _FP8_MAX  # (B*H, D)
+        v8 = (v.float() / v_scale[:, None, None, :]).to(torch.float8_e4m3fn).float()
+        return v8, v_scale
+    return v.to(_TORCH_DTYPE[pv_dtype]), None
+
+
+def pv_batched(
+    p: torch.Tensor, v: torch.Tensor, *, pv_dtype: str, v_scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """P (G, R, M) fp32 in [0, 1] times V (G, M, D) from :func:`prepare_v` -> (G, R, D).
+
+    fp32 and fp8 give fp32; bf16/fp16 accumulate in fp32 inside the GEMM (oneDNN on CPU, cuBLAS
+    on CUDA) and round the result to that dtype.
+    """
+    if pv_dtype == "fp32":
+        return torch.bmm(p, v)
+    if pv_dtype == "fp8":
+        if v_scale is None:
+            raise ValueError("pv_batched: fp8 needs the V scales from prepare_v")
         p8 = (p * _FP8_MAX).to(torch.float8_e4m3fn).float()
-        v8 = (v.float() / v_scale).to(torch.float8_e4m3fn).float()
-        return torch.matmul(p8, v8) * (v_scale / _FP8_MAX)
-    dt = _TORCH_DTYPE[pv_dtype]
-    # NOTE: torch's half-precision GEMMs accumulate in fp32 on CPU (oneDNN) and CUDA (cuBLAS).
-    return torch.matmul(p.to(dt), v.to(dt)).float()
+        return torch.bmm(p8, v) * (v_scale[:, None, :] / _FP8_MAX)
+    return torch.bmm(p.to(_TORCH_DTYPE[pv_dtype]), v)
 
 
 def smooth_and_quantize(
@@ -139,17 +157,6 @@ def smooth_and_quantize(
     qi, q_scale = quantize_per_block(qs, block=q_block)
     ki, k_scale = quantize_per_block(kf, block=k_block)
     return qi, q_scale, ki, k_scale, offset
-
-
-def softmax_pv(
-    s: torch.Tensor, v: torch.Tensor, *, pv_dtype: str, need_lse: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """softmax(s) · v for one tile: s (R, Nk) fp32 scores, v (Nk, D) -> out (R, D) fp32, lse (R,)."""
-    # NOTE: torch.softmax is one fused, vectorised kernel; separate max/sub/exp/sum passes over
-    # the score tile cost about as much as the Q·Kᵀ GEMM itself on CPU (torch.profiler).
-    p = torch.softmax(s, dim=-1)
-    lse = torch.logsumexp(s, dim=-1) if need_lse else None
-    return pv_product(p, v, pv_dtype=pv_dtype), lse
 
 
 @register_backend(
@@ -177,29 +184,25 @@ def sage_attention(
     ``layer_index`` and ``head_offset`` are accepted so one options dict serves every backend;
     sage has no per-layer state and ignores them.
     """
+    # NOTE: imported here because sparse builds on this module's quantisation helpers.
+    from vdiff.attention.sparse import block_sparse_attention
+
     check_qkv("sage", q, k, v)
     check_blocks("sage", q_block=q_block, k_block=k_block)
     pv = resolve_pv_dtype(pv_dtype, device=q.device, in_dtype=q.dtype)
-    b, h, n_q, d = q.shape
-    n_k = k.shape[2]
-    qi, q_scale, ki, k_scale, offset = smooth_and_quantize(
-        q, k, scale=scale, q_block=q_block, k_block=k_block, smooth_k=smooth_k
+    b, h, n_q, _ = q.shape
+    full = torch.ones(b, h, math.ceil(n_q / q_block), math.ceil(k.shape[2] / k_block), dtype=torch.bool)
+    out, lse = block_sparse_attention(
+        q,
+        k,
+        v,
+        full.to(q.device),
+        scale=scale,
+        q_block=q_block,
+        k_block=k_block,
+        quantize=True,
+        smooth_k=smooth_k,
+        pv_dtype=pv,
+        need_lse=return_lse,
     )
-    k_tok = per_token_scale(k_scale, block=k_block, n=n_k)  # (B, H, Nk)
-    out = torch.empty(b, h, n_q, d, dtype=q.dtype, device=q.device)
-    lse = torch.empty(b, h, n_q, dtype=torch.float32, device=q.device) if return_lse else None
-    for bi in range(b):
-        for hi in range(h):
-            k_t = ki[bi, hi].t()  # (D, Nk)
-            for i, r0 in enumerate(range(0, n_q, q_block)):
-                r1 = min(r0 + q_block, n_q)
-                # NOTE: one Q block per tile, so its scale is a scalar and dequantisation is a
-                # single pass fused with the int32 -> fp32 conversion.
-                s = torch.mul(int8_matmul(qi[bi, hi, r0:r1], k_t), k_tok[bi, hi] * q_scale[bi, hi, i])
-                o, tile_lse = softmax_pv(s, v[bi, hi], pv_dtype=pv, need_lse=return_lse)
-                out[bi, hi, r0:r1] = o.to(q.dtype)
-                if lse is not None:
-                    lse[bi, hi, r0:r1] = tile_lse
-    if return_lse:
-        return out, lse + offset
-    return out
+    return (out, lse) if return_lse else out

@@ -37,7 +37,8 @@ from vdiff.attention.sage import (
     check_blocks,
     check_qkv,
     int8_matmul,
-    pv_product,
+    prepare_v,
+    pv_batched,
     resolve_pv_dtype,
     smooth_and_quantize,
 )
@@ -147,6 +148,11 @@ def block_sparse_attention(
     (None unless ``need_lse``).
     ``pv_threshold`` is λ (a float or per-head (H,) tensor; None disables the skip); ``quantize``
     computes Q·Kᵀ in INT8 as ``sage`` does. Differentiable when ``quantize`` is False.
+
+    Every Q block is one row of work. Rows are sorted by how many K blocks they keep and cut into
+    chunks of similar rows; a chunk gathers its kept K and V blocks into dense tensors (padded to
+    the chunk's largest count, padding masked with -inf) and runs one batched product each for
+    Q·Kᵀ, softmax and P·V, so skipped blocks cost no FLOPs and there is no Python loop per block.
     """
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
@@ -154,59 +160,131 @@ def block_sparse_attention(
     if mask.shape != (b, h, nq, nk):
         raise ValueError(f"block mask has shape {tuple(mask.shape)}, expected {(b, h, nq, nk)}")
     lam = None if pv_threshold is None else _per_head(pv_threshold, heads=h, device=q.device).view(h)
-    pad_k = nk * k_block - n_k
+    offset = None
     if quantize:
         qi, q_scale, ki, k_scale, offset = smooth_and_quantize(
             q, k, scale=scale, q_block=q_block, k_block=k_block, smooth_k=smooth_k
         )
-        ki = torch.nn.functional.pad(ki, (0, 0, 0, pad_k)).view(b, h, nk, k_block, d)
+        q_rows = _blocks(qi, block=q_block)  # (B*H, nq, bq, D) int8
+        k_rows = _blocks(ki, block=k_block)  # (B*H, nk, bk, D) int8
+        q_scale, k_scale = q_scale.reshape(b * h * nq), k_scale.reshape(b * h, nk)
     else:
-        qf = q.float() * scale
-        kf = torch.nn.functional.pad(k.float(), (0, 0, 0, pad_k)).view(b, h, nk, k_block, d)
-    vp = torch.nn.functional.pad(v, (0, 0, 0, pad_k)).view(b, h, nk, k_block, d)
-    # NOTE: padded key positions get -inf before the softmax.
-    bias = torch.zeros(nk * k_block, device=q.device)
-    bias[n_k:] = float("-inf")
-    bias = bias.view(nk, k_block)
-    mask_cpu = mask.cpu()
+        q_rows = _blocks(q.float() * scale, block=q_block)  # (B*H, nq, bq, D) fp32
+        k_rows = _blocks(k.float(), block=k_block)  # (B*H, nk, bk, D) fp32
+    v_rows, v_scale = prepare_v(_blocks(v, block=k_block), pv_dtype=pv_dtype)  # (B*H, nk, bk, D)
+    # NOTE: padded key positions of the last K block get -inf before the softmax.
+    key_bias = torch.zeros(nk * k_block, device=q.device)
+    key_bias[n_k:] = float("-inf")
+    key_bias = key_bias.view(nk, k_block)
+    rows_mask = mask.reshape(b * h * nq, nk)
+    counts = rows_mask.sum(dim=-1)  # (R,)
+    if bool((counts == 0).any()):
+        first = int((counts == 0).nonzero()[0, 0]) % nq
+        raise RuntimeError(f"block mask keeps no K block for Q block {first}; keep at least one")
+    # NOTE: kept columns first, in ascending order (stable sort), then the dropped ones.
+    cols_sorted = rows_mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True)  # (R, nk)
+    order = counts.argsort(descending=True, stable=True)  # (R,): rows with most kept blocks first
+    counts_cpu = counts[order].tolist()
     outs, lses = [], []
-    for bi in range(b):
-        for hi in range(h):
-            for i in range(nq):
-                r0, r1 = i * q_block, min((i + 1) * q_block, n_q)
-                cols = mask_cpu[bi, hi, i].nonzero().squeeze(-1).to(q.device)  # (c,)
-                c = cols.numel()
-                if c == 0:
-                    raise RuntimeError(f"block mask keeps no K block for Q block {i}; keep at least one")
-                if quantize:
-                    k_sel = ki[bi, hi].index_select(0, cols).view(c * k_block, d)
-                    col_scale = k_scale[bi, hi].index_select(0, cols) * q_scale[bi, hi, i]  # (c,)
-                    s = torch.mul(
-                        int8_matmul(qi[bi, hi, r0:r1], k_sel.t()).view(r1 - r0, c, k_block),
-                        col_scale[:, None],
-                    ).view(r1 - r0, c * k_block)  # (R, c*bk)
-                else:
-                    k_sel = kf[bi, hi].index_select(0, cols).view(c * k_block, d)
-                    s = torch.matmul(qf[bi, hi, r0:r1], k_sel.t())  # (R, c*bk)
-                if pad_k and bool(cols[-1] == nk - 1):
-                    s = s + bias.index_select(0, cols).view(-1)
-                v_sel = vp[bi, hi].index_select(0, cols)  # (c, bk, D)
-                p = torch.softmax(s, dim=-1)
-                if lam is not None:
-                    with torch.no_grad():
-                        block_max = s.view(r1 - r0, c, k_block).amax(dim=-1)  # (R, c)
-                        keep = (block_max - block_max.amax(dim=-1, keepdim=True)).amax(dim=0) >= lam[hi]
-                    if not bool(keep.all()):
-                        p = p.view(r1 - r0, c, k_block)[:, keep].reshape(r1 - r0, -1)
-                        v_sel = v_sel[keep]
-                outs.append(pv_product(p, v_sel.reshape(-1, d), pv_dtype=pv_dtype))  # (R, D)
-                if need_lse:
-                    lses.append(torch.logsumexp(s, dim=-1))
-    out = torch.cat(outs).view(b, h, n_q, d).to(q.dtype)
+    start = 0
+    while start < len(counts_cpu):
+        c = int(counts_cpu[start])
+        g = max(1, min(_TILE_ELEMS // (q_block * c * k_block), len(counts_cpu) - start))
+        sel = order[start : start + g]  # (G,)
+        start += g
+        bh = torch.div(sel, nq, rounding_mode="floor")  # (G,)
+        cols = cols_sorted.index_select(0, sel)[:, :c]  # (G, c)
+        valid = torch.arange(c, device=q.device) < counts.index_select(0, sel)[:, None]  # (G, c)
+        flat = (bh[:, None] * nk + cols).view(-1)  # (G*c,) indices into the (B*H*nk) K blocks
+        if quantize:
+            s = _int8_scores(q_rows, k_rows, sel=sel, flat=flat, c=c)  # (G, bq, c*bk) int32
+            blk_scale = k_scale.view(-1).index_select(0, flat).view(g, 1, c, 1)
+            blk_scale = blk_scale * q_scale.index_select(0, sel).view(g, 1, 1, 1)  # (G, 1, c, 1)
+            s = torch.mul(s.view(g, q_block, c, k_block), blk_scale)
+            s = s.view(g, q_block, c * k_block)
+        else:
+            q_sel = q_rows.reshape(-1, q_block, d).index_select(0, sel)  # (G, bq, D)
+            k_sel = k_rows.reshape(-1, k_block, d).index_select(0, flat).view(g, c * k_block, d)
+            s = torch.bmm(q_sel, k_sel.transpose(1, 2))  # (G, bq, c*bk)
+        bias = key_bias.index_select(0, cols.reshape(-1)).view(g, c, k_block)
+        bias = bias.masked_fill(~valid[..., None], float("-inf"))
+        if bool(torch.isinf(bias).any()):
+            s = s + bias.view(g, 1, c * k_block)
+        p = torch.softmax(s, dim=-1)  # (G, bq, c*bk)
+        v_flat = flat
+        if lam is not None:
+            p, v_flat = _skip_pv_blocks(s, p, flat, valid, lam=lam.index_select(0, bh % h), k_block=k_block)
+        v_sel = v_rows.reshape(-1, k_block, d).index_select(0, v_flat).view(g, -1, d)  # (G, c', D)
+        outs.append(pv_batched(p, v_sel, pv_dtype=pv_dtype, v_scale=None if v_scale is None else v_scale[bh]))
+        if need_lse:
+            lses.append(torch.logsumexp(s, dim=-1))  # (G, bq)
+    inv = order.argsort()  # (R,): sorted position of each row
+    out = torch.cat(outs).index_select(0, inv).view(b, h, nq * q_block, d)[:, :, :n_q].to(q.dtype)
     if not need_lse:
         return out, None
-    lse = torch.cat(lses).view(b, h, n_q)
-    return out, (lse + offset if quantize else lse)
+    lse = torch.cat(lses).index_select(0, inv).view(b, h, nq * q_block)[:, :, :n_q]
+    return out, (lse + offset if offset is not None else lse)
+
+
+# NOTE: a chunk's score tile holds at most this many elements (16 MiB in fp32): large enough that
+# each batched op amortises its dispatch (and, on a busy machine, its thread start-up), small
+# enough to stay bounded at any sequence length.
+_TILE_ELEMS = 1 << 22
+
+
+def _blocks(x: torch.Tensor, *, block: int) -> torch.Tensor:
+    """(B, H, N, D) -> (B*H, ceil(N / block), block, D), zero-padded at the end."""
+    b, h, n, d = x.shape
+    nb = math.ceil(n / block)
+    if nb * block != n:
+        x = torch.nn.functional.pad(x, (0, 0, 0, nb * block - n))
+    return x.reshape(b * h, nb, block, d)
+
+
+def _int8_scores(
+    q_rows: torch.Tensor, k_rows: torch.Tensor, *, sel: torch.Tensor, flat: torch.Tensor, c: int
+) -> torch.Tensor:
+    """INT32 Q·Kᵀ of the chunk's rows: (G, bq, c*bk); one ``torch._int_mm`` per row (it is 2-D only)."""
+    bq, d = q_rows.shape[2], q_rows.shape[3]
+    bk = k_rows.shape[2]
+    g = sel.numel()
+    q_sel = q_rows.reshape(-1, bq, d).index_select(0, sel)  # (G, bq, D) int8
+    k_sel = k_rows.reshape(-1, bk, d).index_select(0, flat).view(g, c * bk, d)  # (G, c*bk, D) int8
+    out = torch.empty(g, bq, c * bk, dtype=torch.int32, device=q_rows.device)
+    for r in range(g):
+        out[r] = int8_matmul(q_sel[r], k_sel[r].t())
+    return out
+
+
+def _skip_pv_blocks(
+    s: torch.Tensor,
+    p: torch.Tensor,
+    flat: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    lam: torch.Tensor,
+    k_block: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop from P·V the K blocks whose largest score is below every row's maximum by more than |λ|.
+
+    s, p (G, bq, c*bk); flat (G*c,) K-block indices; valid (G, c); lam (G,). Returns the compacted
+    P (G, bq, c'*bk) and its K-block indices (G*c',); the softmax normaliser still counts the
+    dropped blocks, as in SpargeAttn.
+    """
+    g, bq, _ = s.shape
+    c = valid.shape[1]
+    with torch.no_grad():
+        block_max = s.view(g, bq, c, k_block).amax(dim=-1)  # (G, bq, c)
+        gap = (block_max - block_max.amax(dim=-1, keepdim=True)).amax(dim=1)  # (G, c)
+        keep = (gap >= lam[:, None]) & valid
+    if bool((keep == valid).all()):
+        return p, flat
+    c2 = max(1, int(keep.sum(dim=-1).max()))
+    pick = keep.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[:, :c2]  # (G, c2)
+    kept = keep.gather(1, pick)  # (G, c2)
+    p4 = p.view(g, bq, c, k_block).gather(2, pick[:, None, :, None].expand(g, bq, c2, k_block))
+    p4 = p4 * kept[:, None, :, None]
+    return p4.reshape(g, bq, c2 * k_block), flat.view(g, c).gather(1, pick).view(-1)
 
 
 # ----------------------------------------------------------------------------- thresholds

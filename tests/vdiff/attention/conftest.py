@@ -17,5 +17,5 @@ def random_qkv() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 @pytest.fixture
 def video_qkv() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(1, 2, 1536, 64) video-like q, k, v: 4 frames of 16x24 tokens with local correlation."""
-    return video_like_qkv(batch=1, heads=2, frames=4, height=16, width=24, head_dim=64, seed=1)
+    """(1, 2, 1536, 64) video-like q, k, v: 12 frames of 8x16 tokens, attention local in space-time."""
+    return video_like_qkv(batch=1, heads=2, frames=12, height=8, width=16, head_dim=64, seed=1)

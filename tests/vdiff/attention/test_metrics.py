@@ -38,10 +38,16 @@ def test_dense_reference_matches_sdpa() -> None:
     )
 
 
-def test_video_like_inputs_are_locally_correlated() -> None:
-    q, k, v = video_like_qkv(batch=1, heads=1, frames=2, height=16, width=16, head_dim=32)
-    assert q.shape == k.shape == v.shape == (1, 1, 512, 32)
-    qn = F.normalize(q[0, 0], dim=-1)
-    neighbours = (qn[:-1] * qn[1:]).sum(-1).mean()
-    far = (qn[:256] * qn[256:].flip(0)).sum(-1).mean()
-    assert neighbours > 0.8 and neighbours > far + 0.2
+def test_video_like_attention_is_local_in_space_and_time() -> None:
+    frames, height, width = 8, 16, 16
+    q, k, v = video_like_qkv(batch=1, heads=2, frames=frames, height=height, width=width, head_dim=64)
+    assert q.shape == k.shape == v.shape == (1, 2, frames * height * width, 64)
+    assert q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
+    p = torch.softmax(q @ k.transpose(-1, -2) * 64**-0.5, dim=-1)  # (1, 2, N, N)
+    t, y, x = torch.meshgrid(*(torch.arange(s) for s in (frames, height, width)), indexing="ij")
+    pos = torch.stack([t, y, x], dim=-1).reshape(-1, 3).float() / torch.tensor([1.5, 6.0, 6.0])
+    dist = torch.cdist(pos, pos)  # (N, N) in the generator's length units
+    near = (p * (dist <= 1.0)).sum(-1).mean(-1)[0]  # (2,) attention mass within one unit
+    share = float((dist <= 1.0).float().mean())  # what uniform attention would put there
+    assert share < 0.1 and (near > 0.6).all(), (near, share)
+    assert near[1] > near[0]  # the second head is the sharper one

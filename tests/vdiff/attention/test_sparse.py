@@ -20,9 +20,11 @@ from vdiff.attention.sparse import (
     predict_block_mask,
 )
 
-# Bounds documented in docs/attention.md for the video-like inputs at cdf_threshold=0.999 or
-# topk=0.5; an uncalibrated cdf_threshold carries no guarantee (calibration gives one).
+# Bounds documented in docs/attention.md for the video-like inputs: at cdf_threshold=0.99 (with or
+# without the λ = -8 P·V skip) and at topk=0.5. An uncalibrated cdf_threshold carries no guarantee
+# on other inputs (calibration gives one).
 COS_MIN, L1_MAX = 0.999, 0.01
+COS_MIN_TOPK, L1_MAX_TOPK = 0.995, 0.05
 
 
 def test_pool_blocks_self_similarity_closed_form() -> None:
@@ -50,7 +52,7 @@ def test_random_inputs_are_computed_densely(random_qkv, backend: str) -> None:
 
 @pytest.mark.parametrize("backend", ["sparse", "sparse_sage"])
 @pytest.mark.parametrize(
-    "opts", [{"cdf_threshold": 0.999}, {"topk": 0.5}, {"cdf_threshold": 0.999, "pv_threshold": -8.0}]
+    "opts", [{"cdf_threshold": 0.99}, {"topk": 0.5}, {"cdf_threshold": 0.99, "pv_threshold": -8.0}]
 )
 def test_video_inputs_within_bounds_and_sparse(video_qkv, backend: str, opts: dict) -> None:
     q, k, v = video_qkv
@@ -59,7 +61,8 @@ def test_video_inputs_within_bounds_and_sparse(video_qkv, backend: str, opts: di
     )
     assert mask.float().mean() < 0.8  # real sparsity on structured tokens
     err = attention_error(attention(q, k, v, backend=backend, **opts), dense_reference(q, k, v))
-    assert err.cos_sim >= COS_MIN and err.rel_l1 <= L1_MAX, err
+    cos_min, l1_max = (COS_MIN_TOPK, L1_MAX_TOPK) if "topk" in opts else (COS_MIN, L1_MAX)
+    assert err.cos_sim >= cos_min and err.rel_l1 <= l1_max, err
 
 
 def test_cdf_one_is_exact_and_lse_matches(random_qkv) -> None:
@@ -195,7 +198,7 @@ def test_ring_merge_of_two_k_shards(video_qkv) -> None:
     q, k, v = video_qkv
     half = k.shape[2] // 2
     parts = [
-        attention(q, k[:, :, sl], v[:, :, sl], backend="sparse_sage", return_lse=True, cdf_threshold=0.999)
+        attention(q, k[:, :, sl], v[:, :, sl], backend="sparse_sage", return_lse=True, cdf_threshold=0.99)
         for sl in (slice(0, half), slice(half, None))
     ]
     lse = torch.logaddexp(parts[0][1], parts[1][1])
