@@ -18,6 +18,7 @@ import re
 import resource
 import sys
 import time
+import warnings
 from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from vdiff.diffusion import (
 from vdiff.encoders import TextEncoderConfig, VAEConfig, build_text_encoder, build_vae
 from vdiff.io.files import atomic_write_text
 from vdiff.io.video import write_mp4
-from vdiff.models import ModelConfig, build_model
+from vdiff.models import ModelConfig, build_model, load_model, save_model
 from vdiff.optim import OptimConfig, build_optimizer, learning_rate
 from vdiff.parallel import MeshError, build_mesh
 from vdiff.parallel.config import ParallelConfig
@@ -119,6 +120,38 @@ class CheckpointConfig:
     """checkpoint every this many steps (and at the end); 0 = only at the end"""
 
 
+# NOTE: peft matches a name when the module's full name ends with ".<name>": these pick the
+# DiT blocks' attention projections and FFN linears (vdiff/models/layers.py), not the embedders'.
+LORA_TARGETS = (
+    "self_attn.q",
+    "self_attn.k",
+    "self_attn.v",
+    "self_attn.o",
+    "cross_attn.q",
+    "cross_attn.k",
+    "cross_attn.v",
+    "cross_attn.o",
+    "ffn.fc1",
+    "ffn.fc2",
+)
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA fine-tuning through peft: only low-rank adapters on the DiT's linears train."""
+
+    rank: int = 0
+    """adapter rank r; 0 = off (every weight trains)"""
+    alpha: float = 16.0
+    """the adapter's update is (alpha / rank) · B·A"""
+    dropout: float = 0.0
+    """dropout on the adapters' input"""
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    """module names (peft's rule: the full name ends with .NAME) that get adapters"""
+    merge_to: str = ""
+    """after training, write base + adapters merged into one vdiff model folder here; empty = don't"""
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs; `vdiff train --help` lists each key."""
@@ -129,6 +162,8 @@ class TrainConfig:
     """auto: latest complete checkpoint in run_dir if any; none: start fresh; or a step-N folder"""
     seed: int = 0
     """seed of model init, data order and every noise draw"""
+    init_from: str = ""
+    """model folder (vdiff or diffusers Wan2.1) whose weights start the run (full or LoRA); empty: seed"""
     model: ModelConfig = field(default_factory=ModelConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -138,6 +173,7 @@ class TrainConfig:
     ema: EMAConfig = field(default_factory=EMAConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
@@ -159,7 +195,8 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
     """ema ← decay·ema + (1 − decay)·model, parameter by parameter."""
     ema_params = OrderedDict(ema.named_parameters())
     for name, p in model.named_parameters():
-        ema_params[name].lerp_(p.detach(), 1.0 - decay)
+        if p.requires_grad:  # NOTE: frozen weights (LoRA's base) equal the EMA's already
+            ema_params[name].lerp_(p.detach(), 1.0 - decay)
 
 
 def requires_grad(model: torch.nn.Module, flag: bool = True) -> None:
@@ -191,6 +228,112 @@ def check_shapes(cfg: TrainConfig, *, latent_channels: int, text_dim: int) -> No
         )
     if m.text_dim != text_dim:
         raise ConfigError(f"model.text_dim={m.text_dim} but the text embeddings have {text_dim} dims; set it")
+
+
+def check_weights_exist(cfg: TrainConfig) -> None:
+    """Every weight folder the config names must exist (checked before any work starts)."""
+    named = [("init_from", cfg.init_from), ("text.path", cfg.text.path)]
+    if cfg.vae.kind == "wan":
+        named.append(("vae.path", cfg.vae.path or "(empty)"))
+    for key, path in named:
+        if path and not Path(path).exists():
+            raise ConfigError(
+                f"{key}={path}: no such folder; download the weights there or set {key} to where they are"
+            )
+
+
+def base_model(cfg: TrainConfig) -> torch.nn.Module:
+    """The weights a run starts from: ``init_from``'s, or the seeded random init of ``model.*``."""
+    torch.manual_seed(cfg.seed)
+    if not cfg.init_from:
+        return build_model(cfg.model).train()
+    model = load_model(cfg.init_from, attention=cfg.model.attention)
+    want, got = to_dict(cfg.model), to_dict(model.config)
+    wrong = [f"model.{k}={want[k]!r} (init_from has {got[k]!r})" for k in want if want[k] != got[k]]
+    if wrong:
+        raise ConfigError(
+            f"init_from={cfg.init_from} is another architecture: {', '.join(wrong)}; set those keys"
+        )
+    return model.train()
+
+
+def apply_lora(model: torch.nn.Module, cfg: LoRAConfig) -> torch.nn.Module:
+    """Add peft LoRA adapters to ``cfg.target_modules`` in place; freeze everything else."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(
+        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules)
+    )
+    try:
+        return inject_adapter_in_model(config, model)
+    except ValueError as e:
+        raise ConfigError(f"lora.target_modules={list(cfg.target_modules)}: {e}") from e
+
+
+def check_lora_can_learn(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """Refuse LoRA on the seeded init: its output head is zero and frozen, so no adapter gets a gradient."""
+    from peft.tuners.lora import LoraLayer
+
+    if not cfg.init_from and not any(isinstance(m, LoraLayer) for m in model.unembed.modules()):
+        raise ConfigError(
+            f"lora.rank={cfg.lora.rank} without init_from: the seeded init's output projection is zero and "
+            "LoRA freezes it, so the adapters would get no gradient; set init_from=<a trained model folder> "
+            "(or add unembed.proj to lora.target_modules)"
+        )
+
+
+def merge_lora(model: torch.nn.Module) -> torch.nn.Module:
+    """Fold every adapter into its base weight (W ← W + (alpha/r)·B·A) and drop the adapters."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+    return model
+
+
+def load_trained_weights(model: torch.nn.Module, ckpt: Path, *, weights: str) -> None:
+    """Load the trainable parameters' ``weights`` ("model" or "ema") of a DCP checkpoint into ``model``."""
+    import torch.distributed.checkpoint as dcp
+
+    keys = dcp.FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
+    if not any(k.startswith(f"{weights}.") for k in keys):
+        raise FileNotFoundError(
+            f"{ckpt} holds no {weights!r} weights (ema.enabled=false?); use weights=model"
+        )
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    state = {weights: {k: v for k, v in model.state_dict().items() if k in trainable}}
+    with warnings.catch_warnings():
+        # NOTE: DCP warns when loading without a process group; one process is a supported case.
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        dcp.load(state, checkpoint_id=str(ckpt), no_dist=True)
+    model.load_state_dict(state[weights], strict=False)
+
+
+def merge_run(run: str | Path, out: str | Path, *, weights: str = "auto") -> Path:
+    """Write the merged model (base + LoRA adapters of ``run``'s latest checkpoint) as a vdiff model folder.
+
+    ``weights``: ``ema``, ``model`` (the raw weights) or ``auto`` (EMA when the run kept one). The
+    base is rebuilt as training built it (``init_from``, or the seeded init), so ``init_from``
+    must still be there. The result loads with :func:`vdiff.models.load_model`.
+    """
+    run = Path(run)
+    cfg = load_config(TrainConfig, run / "config.yaml")
+    if cfg.lora.rank <= 0:
+        raise ConfigError(f"{run} trained without LoRA (lora.rank=0): its checkpoints hold the whole model")
+    ckpt = latest_checkpoint(run / "checkpoints")
+    if ckpt is None:
+        raise FileNotFoundError(f"{run}/checkpoints holds no complete checkpoint to merge")
+    check_weights_exist(cfg)
+    model = apply_lora(base_model(cfg), cfg.lora)
+    load_trained_weights(
+        model, ckpt, weights=("ema" if cfg.ema.enabled else "model") if weights == "auto" else weights
+    )
+    return save_model(merge_lora(model).eval(), out)
 
 
 def check_cache(cfg: TrainConfig, made_with: dict[str, Any]) -> None:
@@ -327,6 +470,7 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 def train(cfg: TrainConfig) -> Path:
     """Run the training loop of ``cfg``; return the run folder."""
+    check_weights_exist(cfg)
     run = Path(cfg.run_dir)
     ckpt_root = run / "checkpoints"
     metrics_path = run / "metrics.jsonl"
@@ -377,9 +521,13 @@ def train(cfg: TrainConfig) -> Path:
     # 4. Model, EMA and optimizer. Every rank builds the same weights (same seed); parallelize
     # applies sequence parallelism, activation checkpointing, compile and FSDP2/HSDP/DDP, and the
     # EMA is sharded like the model. The optimizer is built on the (sharded) parameters.
-    torch.manual_seed(cfg.seed)  # NOTE: again right before init, so loading encoders cannot shift it
-    model = build_model(cfg.model).to(device)
-    model.train()
+    # NOTE: base_model seeds again right before init, so loading encoders cannot shift it. LoRA
+    # adapters go in before the EMA copy and parallelize, so both see the same modules.
+    model = base_model(cfg).to(device)
+    lora = cfg.lora.rank > 0
+    if lora:
+        model = apply_lora(model, cfg.lora)
+        check_lora_can_learn(model, cfg)
     ema = None
     if cfg.ema.enabled:
         ema = copy.deepcopy(model).eval()
@@ -393,7 +541,9 @@ def train(cfg: TrainConfig) -> Path:
     step = 0
     resume_from = resolve_resume(cfg.resume, ckpt_root)
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model=unwrap(model), optimizer=optimizer, ema=ema)
+        state = load_checkpoint(
+            resume_from, model=unwrap(model), optimizer=optimizer, ema=ema, trainable_only=lora
+        )
         step = int(state["step"])
         loader.load_state_dict(state["data"])
         torch.set_rng_state(rng_from_json(state["rng"]))
@@ -417,6 +567,7 @@ def train(cfg: TrainConfig) -> Path:
             optimizer=optimizer,
             ema=ema,
             trainer_state=trainer_state,
+            trainable_only=lora,  # LoRA: adapters (+ their EMA and moments) only
         )
 
     # 6. The loop.
@@ -542,6 +693,12 @@ def train(cfg: TrainConfig) -> Path:
         writer.close()
     if step != last_saved or latest_checkpoint(ckpt_root) is None:
         checkpoint()
+    if lora and cfg.lora.merge_to:
+        if rank == 0:
+            merge_run(run, cfg.lora.merge_to)
+            print(f"merged LoRA model written to {cfg.lora.merge_to}", flush=True)
+        if dist.is_initialized():
+            dist.barrier()
     return run
 
 
@@ -553,13 +710,42 @@ def renamed_hint(message: str) -> str:
     return ""
 
 
+USAGE = """usage: vdiff train CONFIG.yaml [key.sub=value ...]
+       vdiff train --merge-lora RUN OUT [--weights auto|ema|model]
+       torchrun --nproc_per_node=N -m pipelines.train CONFIG.yaml [key.sub=value ...]
+
+--merge-lora writes RUN's latest LoRA checkpoint merged into its base as a vdiff model folder OUT
+(loadable by vdiff.models.load_model and vdiff sample --model OUT)."""
+
+
+def merge_main(args: list[str]) -> int:
+    """``vdiff train --merge-lora RUN OUT [--weights auto|ema|model]``."""
+    weights = "auto"
+    if len(args) == 4 and args[2] == "--weights" and args[3] in ("auto", "ema", "model"):
+        weights = args[3]
+    elif len(args) != 2:
+        print(
+            f"vdiff train: --merge-lora takes RUN OUT [--weights auto|ema|model]\n\n{USAGE}", file=sys.stderr
+        )
+        return 2
+    try:
+        out = merge_run(args[0], args[1], weights=weights)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"vdiff train --merge-lora: {e}", file=sys.stderr)
+        return 2
+    print(f"merged model written to {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``vdiff train CONFIG.yaml [key.sub=value ...]``."""
+    """``vdiff train CONFIG.yaml [key.sub=value ...]`` (or ``--merge-lora RUN OUT``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: vdiff train CONFIG.yaml [key.sub=value ...]\n\nconfig keys:")
+        print(f"{USAGE}\n\nconfig keys:")
         print("\n".join("  " + line for line in describe(TrainConfig)))
         return 0
+    if argv[0] == "--merge-lora":
+        return merge_main(argv[1:])
     path = None if is_override(argv[0]) else argv[0]
     overrides = argv[1:] if path is not None else argv
     bad = [a for a in overrides if not is_override(a)]
@@ -573,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         train(cfg)
-    except MeshError as e:
+    except (MeshError, ConfigError) as e:
         if not dist.is_initialized() or dist.get_rank() == 0:
             print(f"vdiff train: {e}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from vdiff.data import ShardLoader
 from vdiff.diffusion import add_noise, draw_training_noise, sigma_to_timestep, velocity_target
 from vdiff.encoders import build_text_encoder, build_vae
 from vdiff.io.video import encode_mp4, probe
-from vdiff.models import build_model
+from vdiff.models import build_model, load_model, save_model
 from vdiff.optim import build_optimizer
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
@@ -245,3 +245,101 @@ def test_bf16_autocast_and_time_budget(shards: Path, tmp_path: Path) -> None:
     metrics = rows(run)
     assert [r["step"] for r in metrics] == [1] and torch.isfinite(torch.tensor(metrics[0]["loss"]))
     assert latest_checkpoint(run / "checkpoints") == run / "checkpoints" / "step-1"
+
+
+LORA = ("lora.rank=4", "lora.alpha=8")
+
+
+@pytest.fixture(scope="module")
+def lora_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model folder standing in for a trained base: random weights, a non-zero output head."""
+    torch.manual_seed(123)
+    model = build_model(load_config(TrainConfig, CONFIG).model)
+    torch.nn.init.normal_(model.unembed.proj.weight, std=0.05)
+    return save_model(model, tmp_path_factory.mktemp("base") / "model")
+
+
+def checkpoint_keys(ckpt: Path) -> list[str]:
+    import torch.distributed.checkpoint as dcp
+
+    return list(dcp.FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata)
+
+
+def test_lora_checkpoints_hold_only_adapters_and_resume_exactly(
+    shards: Path, lora_base: Path, tmp_path: Path
+) -> None:
+    common = (*LORA, f"init_from={lora_base}", "train.steps=4", "checkpoint.every=2", "optim.warmup_steps=1")
+    full = train(tiny_config(shards, tmp_path / "full", *common))
+    keys = checkpoint_keys(full / "checkpoints" / "step-4")
+    weights = [k for k in keys if k.startswith(("model.", "ema."))]
+    # 2 blocks x 10 targets (self/cross q, k, v, o; ffn fc1, fc2) x (lora_A, lora_B), for model and EMA
+    assert len(weights) == 2 * 2 * 10 * 2 and all(".lora_A." in k or ".lora_B." in k for k in weights)
+    assert all(".lora_" in k for k in keys if k.startswith("optim.state."))
+    cut = tmp_path / "cut"
+    shutil.copytree(full, cut)
+    shutil.rmtree(cut / "checkpoints" / "step-4")
+    (cut / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(full)[:3]))
+    train(tiny_config(shards, cut, *common))
+    a, b = rows(full), rows(cut)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    # NOTE: same seed, CPU: the resumed run's losses equal the uninterrupted run's (tolerance 1e-6)
+    for ra, rb in zip(a, b):
+        assert rb["loss"] == pytest.approx(ra["loss"], abs=1e-6) and rb["grad_norm"] == pytest.approx(
+            ra["grad_norm"], abs=1e-6
+        )
+    assert all(r["grad_norm"] > 0 for r in a)  # the adapters get gradients
+
+
+def test_lora_merge_gives_the_adapter_models_output(shards: Path, lora_base: Path, tmp_path: Path) -> None:
+    from pipelines.train import apply_lora, base_model, load_trained_weights
+
+    base_dir = lora_base
+    merged_dir = tmp_path / "merged"
+    overrides = (
+        *LORA,
+        "train.steps=3",
+        "optim.lr=0.01",
+        f"init_from={base_dir}",
+        f"lora.merge_to={merged_dir}",
+    )
+    cfg = tiny_config(shards, tmp_path / "run", *overrides)
+    run = train(cfg)
+    assert main(["--merge-lora", str(run), str(tmp_path / "raw"), "--weights", "model"]) == 0
+
+    g = torch.Generator().manual_seed(0)
+    x, t, ctx = (
+        torch.randn(2, 48, 2, 4, 4, generator=g),
+        torch.tensor([100.0, 700.0]),
+        torch.randn(2, 8, 384, generator=g),
+    )
+    base = load_model(base_dir)
+    for folder, weights in ((merged_dir, "ema"), (tmp_path / "raw", "model")):
+        adapted = apply_lora(base_model(cfg), cfg.lora).eval()
+        load_trained_weights(adapted, run / "checkpoints" / "step-3", weights=weights)
+        merged = load_model(folder)
+        assert {n for n, _ in merged.named_parameters()} == {n for n, _ in base.named_parameters()}
+        with torch.no_grad():
+            want, got = adapted(x, t, ctx), merged(x, t, ctx)
+            # NOTE: fp32; W x + s·B(A x) vs (W + s·B A) x differ only by rounding
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+            assert (got - base(x, t, ctx)).abs().max() > 1e-4  # the adapters changed the model
+
+
+def test_missing_weights_and_other_architectures_stop_before_work(
+    shards: Path, tmp_path: Path, capsys
+) -> None:
+    run = tmp_path / "run"
+    args = [str(CONFIG), f"data.path={shards}", f"run_dir={run}", "train.device=cpu"]
+    assert main([*args, f"init_from={tmp_path / 'nope'}"]) == 2
+    assert f"init_from={tmp_path / 'nope'}: no such folder" in capsys.readouterr().err
+    assert main([*args, "vae.kind=wan", f"vae.path={tmp_path / 'vae'}"]) == 2
+    assert "vae.path=" in capsys.readouterr().err
+    assert not run.exists()  # nothing was written
+    torch.manual_seed(0)
+    other = save_model(
+        build_model(load_config(TrainConfig, CONFIG, ["model.num_layers=1"]).model), tmp_path / "m"
+    )
+    assert main([*args, f"init_from={other}"]) == 2
+    assert "model.num_layers=2 (init_from has 1)" in capsys.readouterr().err
+    assert main([*args, "lora.rank=4"]) == 2  # seeded init: zero, frozen head -> adapters cannot learn
+    assert "without init_from" in capsys.readouterr().err

@@ -3,7 +3,9 @@
 ``RUN/checkpoints/step-N/`` holds a DCP checkpoint of ``{"model", "optim", "ema"}`` (sharded
 tensors stay sharded, so a run saved on one mesh reloads on another) plus
 ``trainer/rank-NNNNN.json`` per rank with the step, the data loader position and the random
-generator states (base64), which differ per rank. A checkpoint is written under
+generator states (base64), which differ per rank. With ``trainable_only`` (LoRA runs) the model,
+EMA and optimizer entries cover only the parameters that train; the frozen base weights are
+rebuilt from the run's config. A checkpoint is written under
 ``step-N.tmp`` and renamed when every rank has finished, so a killed run never leaves a
 partial ``step-N``; :func:`latest_checkpoint` ignores the temporary folders.
 """
@@ -21,7 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from vdiff.io.files import atomic_write_json
 
@@ -47,11 +49,23 @@ def rng_from_json(text: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
 
 
-def _state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: torch.nn.Module | None) -> dict:
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+def _options(trainable_only: bool) -> StateDictOptions:
+    # NOTE: frozen parameters are left out; a partial model state must then load non-strictly.
+    return StateDictOptions(ignore_frozen_params=trainable_only, strict=not trainable_only)
+
+
+def _state(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: torch.nn.Module | None,
+    *,
+    trainable_only: bool = False,
+) -> dict:
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(trainable_only))
     state: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
     if ema is not None:
-        state["ema"] = ema.state_dict()
+        ema_sd = ema.state_dict()
+        state["ema"] = {k: v for k, v in ema_sd.items() if k in model_sd} if trainable_only else ema_sd
     return state
 
 
@@ -63,8 +77,12 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     ema: torch.nn.Module | None = None,
     trainer_state: dict[str, Any] | None = None,
+    trainable_only: bool = False,
 ) -> Path:
-    """Write ``root/step-{step}`` (every rank calls this); return its path."""
+    """Write ``root/step-{step}`` (every rank calls this); return its path.
+
+    ``trainable_only``: keep only parameters with ``requires_grad`` (and their EMA), e.g. LoRA adapters.
+    """
     root = Path(root)
     final, tmp = root / f"step-{step}", root / f"step-{step}.tmp"
     rank = _rank()
@@ -74,7 +92,7 @@ def save_checkpoint(
     with warnings.catch_warnings():
         # NOTE: DCP warns when saving without a process group; one process is a supported case.
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        dcp.save(_state(model, optimizer, ema), checkpoint_id=str(tmp))
+        dcp.save(_state(model, optimizer, ema, trainable_only=trainable_only), checkpoint_id=str(tmp))
     atomic_write_json(tmp / "trainer" / f"rank-{rank:05d}.json", {"step": step, **(trainer_state or {})})
     _barrier()
     if rank == 0:
@@ -104,18 +122,28 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     ema: torch.nn.Module | None = None,
+    trainable_only: bool = False,
 ) -> dict[str, Any]:
-    """Load model, optimizer and EMA in place; return this rank's trainer state (with ``step``)."""
+    """Load model, optimizer and EMA in place; return this rank's trainer state (with ``step``).
+
+    ``trainable_only`` must match the save; the frozen parameters keep the values they have.
+    """
     path = Path(path)
     if not (path / ".metadata").is_file():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no .metadata); pick another step-N")
-    state = _state(model, optimizer, ema)
+    state = _state(model, optimizer, ema, trainable_only=trainable_only)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
         dcp.load(state, checkpoint_id=str(path))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optim"],
+        options=_options(trainable_only),
+    )
     if ema is not None:
-        ema.load_state_dict(state["ema"])
+        ema.load_state_dict(state["ema"], strict=not trainable_only)
     rank_file = path / "trainer" / f"rank-{_rank():05d}.json"
     if not rank_file.is_file():
         # NOTE: resuming on more ranks than saved: new ranks start from rank 0's position.
