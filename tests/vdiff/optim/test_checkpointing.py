@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from vdiff.checkpoint import load_checkpoint, save_checkpoint
-from vdiff.models import build_model
-from vdiff.models.config import ModelConfig
+from vdiff.models import videodit_tiny
 from vdiff.optim import OptimConfig, ShampooConfig, build_optimizer
 
 CONFIGS = {
@@ -29,17 +28,15 @@ CONFIGS = {
 
 def tiny_dit() -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_model(
-        ModelConfig(num_heads=2, head_dim=8, ffn_dim=32, num_layers=1, text_dim=24, freq_dim=16)
-    )
+    return videodit_tiny(num_layers=1)
 
 
 def train_steps(model: torch.nn.Module, opt: torch.optim.Optimizer, seeds: range) -> list[float]:
     losses = []
     for seed in seeds:
         gen = torch.Generator().manual_seed(seed)
-        x = torch.randn(2, 16, 2, 4, 4, generator=gen)  # (B, C, T, H, W)
-        ctx = torch.randn(2, 5, 24, generator=gen)  # (B, L, D_text)
+        x = torch.randn(2, 4, 2, 4, 4, generator=gen)  # (B, C, T, H, W)
+        ctx = torch.randn(2, 5, 32, generator=gen)  # (B, L, D_text)
         t = torch.rand(2, generator=gen) * 1000
         opt.zero_grad(set_to_none=True)
         loss = (model(x, t, ctx) - x).pow(2).mean()
@@ -59,9 +56,7 @@ def test_dcp_save_and_resume_is_exact(name: str, tmp_path: Path) -> None:
     ckpt = next(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.endswith(".tmp"))
     expected = train_steps(model, opt, range(3, 6))
 
-    resumed = build_model(
-        ModelConfig(num_heads=2, head_dim=8, ffn_dim=32, num_layers=1, text_dim=24, freq_dim=16)
-    )
+    resumed = videodit_tiny(num_layers=1)
     opt2 = build_optimizer(resumed, cfg)
     state = load_checkpoint(ckpt, model=resumed, optimizer=opt2)
     assert state["step"] == 3

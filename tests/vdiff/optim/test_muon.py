@@ -7,8 +7,7 @@ import copy
 import pytest
 import torch
 
-from vdiff.models import build_model
-from vdiff.models.config import ModelConfig
+from vdiff.models import videodit_tiny
 from vdiff.optim import MuonWithAdamW, OptimConfig, build_optimizer, decay_groups
 from vdiff.optim.muon import split_muon_params
 
@@ -18,9 +17,7 @@ NS = (3.4445, -4.7750, 2.0315)
 
 def tiny_dit() -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_model(
-        ModelConfig(num_heads=2, head_dim=8, ffn_dim=32, num_layers=2, text_dim=24, freq_dim=16)
-    )
+    return videodit_tiny(num_layers=2)
 
 
 def newton_schulz64(m: torch.Tensor, steps: int = 5) -> torch.Tensor:
