@@ -77,6 +77,14 @@ def tb_scalars(run: Path, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in acc.Scalars(tag)]
 
 
+def killed_after_step_3(full: Path, cut: Path) -> Path:
+    """A copy of a 4-step run (checkpoints at 2 and 4) as if killed after step 3: step-2 and 3 rows."""
+    shutil.copytree(full, cut)
+    shutil.rmtree(cut / "checkpoints" / "step-4")
+    (cut / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(full)[:3]))
+    return cut
+
+
 def eval_loss(cfg: TrainConfig, model: torch.nn.Module) -> float:
     """Flow loss on the whole dataset at fixed σ and noise (seeds 0..3): the overfitting measure."""
     loader = ShardLoader(cfg.data, batch_size=4, seed=0)
@@ -137,11 +145,7 @@ def test_tiny_model_overfits_the_clips(shards: Path, tmp_path: Path) -> None:
 def test_resume_reproduces_the_uninterrupted_run(shards: Path, tmp_path: Path) -> None:
     common = ("train.steps=4", "checkpoint.every=2", "optim.schedule=cosine", "optim.warmup_steps=1")
     full = train(tiny_config(shards, tmp_path / "full", *common))
-    # simulate a run killed after step 3: only the step-2 checkpoint and metrics up to step 3 exist
-    cut = tmp_path / "cut"
-    shutil.copytree(full, cut)
-    shutil.rmtree(cut / "checkpoints" / "step-4")
-    (cut / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(full)[:3]))
+    cut = killed_after_step_3(full, tmp_path / "cut")
     train(tiny_config(shards, cut, *common))
     a, b = rows(full), rows(cut)
     assert [r["step"] for r in b] == [1, 2, 3, 4]
@@ -275,10 +279,7 @@ def test_lora_checkpoints_hold_only_adapters_and_resume_exactly(
     # 2 blocks x 10 targets (self/cross q, k, v, o; ffn fc1, fc2) x (lora_A, lora_B), for model and EMA
     assert len(weights) == 2 * 2 * 10 * 2 and all(".lora_A." in k or ".lora_B." in k for k in weights)
     assert all(".lora_" in k for k in keys if k.startswith("optim.state."))
-    cut = tmp_path / "cut"
-    shutil.copytree(full, cut)
-    shutil.rmtree(cut / "checkpoints" / "step-4")
-    (cut / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(full)[:3]))
+    cut = killed_after_step_3(full, tmp_path / "cut")
     train(tiny_config(shards, cut, *common))
     a, b = rows(full), rows(cut)
     assert [r["step"] for r in b] == [1, 2, 3, 4]
