@@ -235,11 +235,12 @@ def check_weights_exist(cfg: TrainConfig) -> None:
     named = [("init_from", cfg.init_from), ("text.path", cfg.text.path)]
     if cfg.vae.kind == "wan":
         named.append(("vae.path", cfg.vae.path or "(empty)"))
-    for key, path in named:
-        if path and not Path(path).exists():
-            raise ConfigError(
-                f"{key}={path}: no such folder; download the weights there or set {key} to where they are"
-            )
+    missing = [f"{key}={path}" for key, path in named if path and not Path(path).exists()]
+    if missing:
+        raise ConfigError(
+            f"no such weight folder: {', '.join(missing)}; download the weights there or set the key(s) "
+            "to where they are"
+        )
 
 
 def base_model(cfg: TrainConfig) -> torch.nn.Module:

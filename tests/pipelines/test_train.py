@@ -19,7 +19,7 @@ from vdiff.data import ShardLoader
 from vdiff.diffusion import add_noise, draw_training_noise, sigma_to_timestep, velocity_target
 from vdiff.encoders import build_text_encoder, build_vae
 from vdiff.io.video import encode_mp4, probe
-from vdiff.models import build_model, load_model, save_model
+from vdiff.models import build_model, load_model, model_config, save_model
 from vdiff.optim import build_optimizer
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
@@ -332,7 +332,7 @@ def test_missing_weights_and_other_architectures_stop_before_work(
     run = tmp_path / "run"
     args = [str(CONFIG), f"data.path={shards}", f"run_dir={run}", "train.device=cpu"]
     assert main([*args, f"init_from={tmp_path / 'nope'}"]) == 2
-    assert f"init_from={tmp_path / 'nope'}: no such folder" in capsys.readouterr().err
+    assert f"no such weight folder: init_from={tmp_path / 'nope'};" in capsys.readouterr().err
     assert main([*args, "vae.kind=wan", f"vae.path={tmp_path / 'vae'}"]) == 2
     assert "vae.path=" in capsys.readouterr().err
     assert not run.exists()  # nothing was written
@@ -344,3 +344,17 @@ def test_missing_weights_and_other_architectures_stop_before_work(
     assert "model.num_layers=2 (init_from has 1)" in capsys.readouterr().err
     assert main([*args, "lora.rank=4"]) == 2  # seeded init: zero, frozen head -> adapters cannot learn
     assert "without init_from" in capsys.readouterr().err
+
+
+def test_wan_finetune_config_loads_and_names_its_missing_weights(tmp_path: Path, capsys) -> None:
+    path = CONFIG.parent / "wan2.1-1.3b-finetune.yaml"
+    cfg = load_config(TrainConfig, path)
+    assert cfg.model == model_config("wan2.1-1.3b")
+    assert (cfg.vae.kind, cfg.text.max_length, cfg.train.bf16) == ("wan", 512, True)
+    assert (cfg.parallel.dp_shard, cfg.parallel.activation_checkpoint) == (-1, "full")
+    run = tmp_path / "run"
+    assert main([str(path), f"run_dir={run}", "train.device=cpu"]) == 2
+    err = capsys.readouterr().err
+    for key in ("init_from=PATH/TO/", "text.path=PATH/TO/", "vae.path=PATH/TO/"):
+        assert key in err
+    assert not run.exists()  # stopped before any work
