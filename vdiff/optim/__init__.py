@@ -10,8 +10,9 @@
 The schedule is a pure function of the step (nanoGPT style): the training loop sets the lr of
 every param group before each step, so resuming needs no scheduler state. All three keep their
 state in ``Optimizer.state``/``state_dict`` form, which vdiff.checkpoint saves with
-torch.distributed.checkpoint. Muon and Shampoo need whole weight matrices: they run on one
-device or under DDP, and refuse FSDP2's DTensor shards at build time (:func:`require_whole_params`).
+torch.distributed.checkpoint. Muon and Shampoo need whole weight matrices: on one device and
+under DDP they have them; under FSDP2/HSDP each matrix is gathered from its DTensor shards for
+the step and every rank keeps its own shard of the update (:mod:`vdiff.optim.gather`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from torch.distributed.tensor import DTensor
 
 from vdiff.optim.muon import MuonWithAdamW, split_muon_params
 from vdiff.optim.shampoo import Shampoo, check_shampoo_args
@@ -39,7 +39,6 @@ __all__ = [
     "learning_rate",
     "lr_factor",
     "param_groups",
-    "require_whole_params",
 ]
 
 
@@ -144,18 +143,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return decay_groups(model.parameters(), weight_decay)
 
 
-def require_whole_params(model: torch.nn.Module, name: str) -> None:
-    """Raise ``ValueError`` if ``model`` holds DTensor (FSDP2/HSDP) shards: ``name`` needs whole matrices."""
-    sharded = [n for n, p in model.named_parameters() if isinstance(p, DTensor)]
-    if sharded:
-        raise ValueError(
-            f"optim.name={name} needs each weight matrix whole on every rank (Newton–Schulz / Kronecker "
-            f"factors), but {len(sharded)} parameters, e.g. {sharded[0]}, are FSDP2 DTensor shards. "
-            f"Supported layouts: one device, or DDP (parallel.dp_shard=1 parallel.dp_replicate=<world size>, "
-            f"sequence parallelism allowed). With FSDP/HSDP use optim.name=adamw."
-        )
-
-
 def _fused(params: list[torch.Tensor]) -> bool | None:
     """``fused=True`` for AdamW when every parameter is on CUDA, else the default."""
     return (bool(params) and all(p.is_cuda for p in params) and torch.cuda.is_available()) or None
@@ -168,7 +155,6 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
     if cfg.name == "adamw":
         groups = param_groups(model, cfg.weight_decay)
         return torch.optim.AdamW(groups, **adamw_kwargs, fused=_fused(list(model.parameters())))
-    require_whole_params(model, cfg.name)
     if cfg.name == "muon":
         hidden, rest = split_muon_params(model, cfg.muon.modules)
         rest_params = [p for _, p in rest]

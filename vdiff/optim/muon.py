@@ -2,11 +2,12 @@
 
 ``torch.optim.Muon`` only takes 2-D parameters and is meant for hidden layers; embeddings,
 the output head, biases, norms and modulation tables go to AdamW (Keller Jordan's and
-Moonshot's recipes). :class:`MuonWithAdamW` holds one ``torch.optim.Muon`` and one
-``torch.optim.AdamW`` and looks like a single ``torch.optim.Optimizer`` to the training loop
-and to torch.distributed.checkpoint: ``param_groups`` lists the Muon groups then the AdamW
-groups (the same dicts, so setting ``group["lr"]`` reaches the inner optimizer), and
-``state_dict`` numbers the parameters in that order, as ``torch.optim.Optimizer`` does.
+Moonshot's recipes). :class:`MuonWithAdamW` holds one ``torch.optim.Muon`` (as
+:class:`GatheredMuon`, which also steps FSDP2 shards) and one ``torch.optim.AdamW``, and looks
+like a single ``torch.optim.Optimizer`` to the training loop and to
+torch.distributed.checkpoint: ``param_groups`` lists the Muon groups then the AdamW groups (the
+same dicts, so setting ``group["lr"]`` reaches the inner optimizer), and ``state_dict`` numbers
+the parameters in that order, as ``torch.optim.Optimizer`` does.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
+from torch.distributed.tensor import DTensor
 
+# NOTE: torch.optim.Muon's own Newton–Schulz and lr scaling, so the sharded path below computes
+# what torch.optim.Muon computes on a whole matrix.
+from torch.optim._muon import _adjust_lr, _zeropower_via_newtonschulz
+
+from vdiff.optim.gather import shard_like, whole
 from vdiff.optim.shampoo import evaluate_closure
 
 
@@ -47,8 +54,41 @@ def split_muon_params(
     return muon, rest
 
 
+class GatheredMuon(torch.optim.Muon):
+    """``torch.optim.Muon`` that also takes FSDP2/HSDP DTensor shards.
+
+    Plain parameters go through ``torch.optim.Muon.step`` untouched. With DTensor parameters the
+    momentum stays sharded; the (Nesterov) momentum is gathered whole, orthogonalised by torch's
+    Newton–Schulz on every rank, and each rank applies its own shard of the result.
+    """
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        if not any(isinstance(p, DTensor) for g in self.param_groups for p in g["params"]):
+            return super().step(closure)
+        loss = evaluate_closure(closure)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._gathered_update(p, group)
+        return loss
+
+    def _gathered_update(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        grad, state = p.grad, self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+        buf, momentum, lr = state["momentum_buffer"], group["momentum"], group["lr"]
+        buf.lerp_(grad, 1 - momentum)  # sharded, elementwise
+        update = grad.lerp(buf, momentum) if group["nesterov"] else buf
+        ortho = _zeropower_via_newtonschulz(
+            whole(update), group["ns_coefficients"], group["ns_steps"], group["eps"]
+        )  # (A, B) on every rank
+        p.mul_(1 - lr * group["weight_decay"])
+        p.add_(shard_like(ortho, p), alpha=-_adjust_lr(lr, group["adjust_lr_fn"], p.shape))
+
+
 class MuonWithAdamW(torch.optim.Optimizer):
-    """``torch.optim.Muon`` over ``muon_params`` and ``torch.optim.AdamW`` over ``adamw_groups``.
+    """Muon (:class:`GatheredMuon`) over ``muon_params`` and ``torch.optim.AdamW`` over ``adamw_groups``.
 
     ``adamw_groups`` are AdamW param groups (dicts with ``params`` and optional per-group keys);
     empty groups are dropped. Keyword dicts go to the two constructors unchanged.
@@ -64,7 +104,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
         muon_kwargs: dict[str, Any],
         adamw_kwargs: dict[str, Any],
     ) -> None:
-        self.muon = torch.optim.Muon(list(muon_params), **muon_kwargs)
+        self.muon = GatheredMuon(list(muon_params), **muon_kwargs)
         groups = [g for g in adamw_groups if len(g["params"]) > 0]
         self.adamw = torch.optim.AdamW(groups, **adamw_kwargs) if groups else None
         self.defaults = {"muon": self.muon.defaults, "adamw": self.adamw.defaults if self.adamw else {}}

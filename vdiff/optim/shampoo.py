@@ -21,6 +21,11 @@ Every piece of state is a tensor in ``Optimizer.state`` with a shape fixed at th
 ``R_root_i``), so ``state_dict``/``load_state_dict`` and torch.distributed.checkpoint save and
 resume it exactly. The block layout depends on ``max_preconditioner_dim``, ``betas[0] > 0`` and
 the parameter shapes: a checkpoint resumes only with the same ones.
+
+Under FSDP2/HSDP (DTensor parameters) the elementwise state stays sharded like the parameter;
+the gradient, moment and graft step of a matrix are all-gathered (:mod:`vdiff.optim.gather`),
+every rank computes the whole matrix's update, and keeps its shard. The factors and their roots
+are plain tensors, the same on every rank: FSDP does not shard them.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import torch
+
+from vdiff.optim.gather import shard_like, whole
 
 GRAFTS = ("adamw", "adagrad")
 
@@ -136,8 +143,10 @@ class Shampoo(torch.optim.Optimizer):
         for i, (rs, cs) in enumerate(param_blocks(p.shape, group["max_preconditioner_dim"])):
             r, c = rs.stop - rs.start, cs.stop - cs.start
             for name, n in (("L", r), ("R", c)):
-                state[f"{name}_{i}"] = p.new_zeros(n, n)
-                state[f"{name}_root_{i}"] = p.new_zeros(n, n)
+                # NOTE: plain tensors even for a DTensor parameter: the factors are of the whole
+                # matrix, the same on every rank (DCP saves one copy and loads it on any mesh).
+                state[f"{name}_{i}"] = torch.zeros(n, n, dtype=p.dtype, device=p.device)
+                state[f"{name}_root_{i}"] = torch.zeros(n, n, dtype=p.dtype, device=p.device)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -177,19 +186,23 @@ class Shampoo(torch.optim.Optimizer):
         graft_step = moment / denom
 
         # 3. Shampoo per block, at the graft step's norm; the graft step itself for 0-D/1-D.
+        # A DTensor shard is gathered whole here and this rank's shard of the update kept.
         blocks = param_blocks(p.shape, group["max_preconditioner_dim"])
         update = graft_step
         if blocks:
             shape = matrix_shape(p.shape)
-            update = self._precondition(
+            full_grad = whole(grad)
+            full_moment = full_grad if moment is grad else whole(moment)
+            full_update = self._precondition(
                 state,
                 blocks=blocks,
-                grad=grad.reshape(shape),
-                moment=moment.reshape(shape),
-                graft_step=graft_step.reshape(shape),
+                grad=full_grad.reshape(shape),
+                moment=full_moment.reshape(shape),
+                graft_step=whole(graft_step).reshape(shape),
                 group=group,
                 t=t,
-            ).view_as(p)
+            )  # (rows, cols)
+            update = shard_like(full_update.view(p.shape), p)
 
         # 4. Decoupled weight decay, then the step.
         p.mul_(1 - group["lr"] * group["weight_decay"])
