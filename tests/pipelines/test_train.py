@@ -358,3 +358,40 @@ def test_wan_finetune_config_loads_and_names_its_missing_weights(tmp_path: Path,
     for key in ("init_from=PATH/TO/", "text.path=PATH/TO/", "vae.path=PATH/TO/"):
         assert key in err
     assert not run.exists()  # stopped before any work
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_auto_gives_the_uninterrupted_losses(shards: Path, tmp_path: Path) -> None:
+    """The issue's check, as a user runs it: `vdiff train`, SIGKILL after a checkpoint, `resume=auto`."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = CONFIG.parents[1]
+    args = [str(CONFIG), f"data.path={shards}", "data.num_frames=4", "data.height=16", "data.width=16",
+            "text.max_length=8", "train.batch_size=2", "train.steps=8", "checkpoint.every=3",
+            "train.log_every=1", "train.device=cpu", "train.progress=false"]  # fmt: skip
+    cmd = [sys.executable, "-m", "pipelines.train", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+
+    def run(out: Path, *extra: str) -> None:
+        argv = [*cmd, f"run_dir={out}", *extra]
+        subprocess.run(argv, cwd=root, env=env, check=True, capture_output=True, timeout=300)
+
+    run(tmp_path / "full")
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, f"run_dir={killed}"], cwd=root, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoints" / "step-3").is_dir() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert latest_checkpoint(killed / "checkpoints") is not None
+    assert len(rows(killed)) < 8  # killed before the end
+    run(killed, "resume=auto")
+    a, b = rows(tmp_path / "full"), rows(killed)
+    assert [r["step"] for r in b] == list(range(1, 9))
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], abs=1e-6)
