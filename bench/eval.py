@@ -1,0 +1,162 @@
+"""Benchmark: `vdiff eval` (decode each video once) against decoding it once per dimension.
+
+The peer is the naive loop, which is how VBench's per-dimension scripts work: for every
+dimension, decode every video again and score it. vdiff's ``eval.evaluate`` decodes each
+video once and hands the frames to every requested dimension. Both score the same synthetic
+videos (moving shapes, pans, static shots from ``data_prep.synthetic``, written as H.264 mp4)
+on the weight-free dimensions (temporal_flickering, dynamic_degree, motion_smoothness; DIS
+flow substitutes), with metrics built by ``eval.registry.build_metric`` from the same config,
+and the script checks that both give the same scores. ``evaluate`` runs with ``report=False``
+(the naive loop writes no report; the HTML report is timed separately). The two alternate
+within each repeat; the ratio printed is videos/s of vdiff over the naive loop's (> 1: vdiff
+is faster).
+
+    python bench/eval.py [--quick] [--videos N] [--frames N] [--size HxW] [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# NOTE: run as a script, this file's folder comes first on sys.path, where "eval" would be
+# this file rather than vdiff's eval package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+
+from data_prep import synthetic  # noqa: E402
+from eval.config import WEIGHT_FREE_DIMENSIONS, EvalConfig  # noqa: E402
+from eval.registry import UnscorableVideoError, VideoSample, build_metric  # noqa: E402
+from eval.runner import decode, evaluate  # noqa: E402
+from eval.vbench import prompt_from_filename  # noqa: E402
+
+FPS = 16.0
+
+
+def write_videos(folder: Path, *, count: int, frames: int, height: int, width: int) -> list[Path]:
+    """``count`` synthetic mp4s: moving shapes, pans and static shots in turn (named as VBench does)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    kw = {"num_frames": frames, "height": height, "width": width, "fps": FPS}
+    paths = []
+    for i in range(count):
+        kind = i % 3
+        if kind == 0:
+            color, shape = ("red", "blue", "green", "yellow")[i % 4], ("circle", "square", "triangle")[i % 3]
+            video = synthetic.moving_shapes(color, shape, "left", seed=i, **kw)
+            prompt = synthetic.shape_caption(color, shape, "left")
+        elif kind == 1:
+            video = synthetic.pan(speed=0.25, direction=("left", "up")[i % 2], seed=i, **kw)
+            prompt = "a camera panning over a textured scene"
+        else:
+            video = synthetic.static_shot(num_frames=frames, height=height, width=width, seed=i)
+            prompt = "a still textured scene"
+        paths.append(synthetic.write_video(folder / f"{prompt}-{i}.mp4", video, FPS))
+    return paths
+
+
+def naive_loop(paths: list[Path], dimensions: list[str], cfg: EvalConfig) -> dict[str, dict[str, float]]:
+    """Per dimension, decode every video again and score it: {dimension: {video: score}}."""
+    out: dict[str, dict[str, float]] = {}
+    for name in dimensions:
+        metric = build_metric(name, cfg)
+        out[name] = {}
+        for path in paths:
+            frames, fps = decode(path)
+            video = VideoSample(path=path, prompt=prompt_from_filename(path), frames=frames, fps=fps)
+            try:
+                out[name][str(path)] = metric.compute(video)["video_results"]
+            except UnscorableVideoError:
+                continue  # NOTE: evaluate lists it as excluded, with the reason; neither scores it
+    return out
+
+
+def vdiff_scores(result: dict) -> dict[str, dict[str, float]]:
+    """{dimension: {video: score}} from ``evaluate``'s eval_results (keys without ``:substitute``)."""
+    out = {}
+    for key, (_, entries) in result["results"].items():
+        out[key.split(":")[0]] = {e["video_path"]: e["video_results"] for e in entries}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--videos", type=int, default=20, help="synthetic videos to score")
+    p.add_argument("--frames", type=int, default=32, help=f"frames per video (at {FPS:g} fps)")
+    p.add_argument("--size", default="144x256", help="video size HxW")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each; the median is reported")
+    p.add_argument("--quick", action="store_true", help="4 videos of 16 frames at 72x128, 1 repeat")
+    args = p.parse_args(argv)
+    count, frames, size, repeat = (
+        (4, 16, "72x128", 1) if args.quick else (args.videos, args.frames, args.size, args.repeat)
+    )
+    height, _, width = size.partition("x")
+    dims = list(WEIGHT_FREE_DIMENSIONS)
+    cfg = EvalConfig(dimensions=dims)
+
+    with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp_str:
+        tmp = Path(tmp_str)
+        paths = write_videos(tmp / "videos", count=count, frames=frames, height=int(height), width=int(width))
+        print(
+            f"machine: {len(os.sched_getaffinity(0))} cores; {count} videos, {frames} frames {size} at "
+            f"{FPS:g} fps; dimensions {', '.join(dims)} (flow: {cfg.flow}); median of {repeat}"
+        )
+        for name in dims:
+            build_metric(name, cfg)  # NOTE: untimed: the first build imports the metric modules (torch)
+        times: dict[str, list[tuple[float, float]]] = {"vdiff eval": [], "naive": []}
+        report_s = []
+        scores = {}
+        for r in range(repeat):
+            runs = ["vdiff eval", "naive"] if r % 2 == 0 else ["naive", "vdiff eval"]
+            for which in runs:
+                wall, cpu = time.perf_counter(), time.process_time()
+                if which == "naive":
+                    scores[which] = naive_loop(paths, dims, cfg)
+                else:
+                    res = evaluate(tmp / "videos", tmp / f"out{r}", config=cfg, progress=False, report=False)
+                    scores[which] = vdiff_scores(res)
+                times[which].append((time.perf_counter() - wall, time.process_time() - cpu))
+                print(
+                    f"run {r} {which}: {times[which][-1][0]:.2f} s (CPU {times[which][-1][1]:.2f} s)",
+                    flush=True,
+                )
+            wall = time.perf_counter()
+            evaluate(tmp / "videos", tmp / f"rep{r}", config=cfg, progress=False, report=True)
+            report_s.append(time.perf_counter() - wall - times["vdiff eval"][-1][0])
+
+        if any(set(scores["naive"][d]) != set(scores["vdiff eval"].get(d, {})) for d in dims):
+            print("vdiff eval and the naive loop scored different videos")
+            return 1
+        diff = max(
+            abs(float(np.mean(scores["vdiff eval"][d][v])) - float(np.mean(scores["naive"][d][v])))
+            for d in scores["naive"]
+            for v in scores["naive"][d]
+        )
+        if diff > 1e-9:
+            print(f"vdiff eval and the naive loop disagree: max score difference {diff:.3g}")
+            return 1
+        wall = {k: statistics.median(w for w, _ in ts) for k, ts in times.items()}
+        cpu = {k: statistics.median(c for _, c in ts) for k, ts in times.items()}
+        print()
+        print("| method | wall s | CPU s | videos/s (wall) |")
+        print("|---|---|---|---|")
+        for label, key in (
+            ("vdiff eval (decode once)", "vdiff eval"),
+            ("naive loop (decode per dimension)", "naive"),
+        ):
+            print(f"| {label} | {wall[key]:.2f} | {cpu[key]:.2f} | {count / wall[key]:.2f} |")
+        print(
+            f"ratio (videos/s, vdiff / naive): {wall['naive'] / wall['vdiff eval']:.2f}x wall, "
+            f"{cpu['naive'] / cpu['vdiff eval']:.2f}x CPU; scores identical (max diff {diff:.1g}); "
+            f"report.html adds {statistics.median(report_s):.2f} s (median, by difference)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
