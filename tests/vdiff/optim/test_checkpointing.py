@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vdiff.checkpoint import load_checkpoint, save_checkpoint
+from vdiff.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from vdiff.models import videodit_tiny
 from vdiff.optim import OptimConfig, ShampooConfig, build_optimizer
 
@@ -53,7 +53,7 @@ def test_dcp_save_and_resume_is_exact(name: str, tmp_path: Path) -> None:
     opt = build_optimizer(model, cfg)
     train_steps(model, opt, range(3))
     save_checkpoint(tmp_path, step=3, model=model, optimizer=opt)
-    ckpt = next(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.endswith(".tmp"))
+    ckpt = latest_checkpoint(tmp_path)
     expected = train_steps(model, opt, range(3, 6))
 
     resumed = videodit_tiny(num_layers=1)
@@ -66,3 +66,31 @@ def test_dcp_save_and_resume_is_exact(name: str, tmp_path: Path) -> None:
     assert a.keys() == b.keys() and len(a) == len(list(model.parameters()))
     for k in a:
         assert a[k].keys() == b[k].keys() and all(torch.equal(a[k][n], b[k][n]) for n in a[k])
+
+
+def freeze_all_but_block_matrices(model: torch.nn.Module) -> None:
+    for n, p in model.named_parameters():
+        p.requires_grad = n.startswith("blocks.") and p.ndim == 2
+
+
+@pytest.mark.parametrize("name", ["muon", "shampoo"])
+def test_only_block_matrices_train_as_with_lora(name: str, tmp_path: Path) -> None:
+    """Frozen embedders and head, as in a LoRA run: Muon has no AdamW half; trainable-only checkpoints."""
+    model = tiny_dit()
+    model.unembed.proj.weight.data.normal_(
+        std=0.02
+    )  # NOTE: the zero-initialised head would stop all gradients
+    freeze_all_but_block_matrices(model)
+    opt = build_optimizer(model, CONFIGS[name])
+    if name == "muon":
+        assert opt.adamw is None and len(opt.param_groups) == 1
+    train_steps(model, opt, range(2))
+    save_checkpoint(tmp_path, step=2, model=model, optimizer=opt, trainable_only=True)
+    expected = train_steps(model, opt, range(2, 4))
+
+    resumed = tiny_dit()
+    resumed.unembed.proj.weight.data.copy_(model.unembed.proj.weight.data)
+    freeze_all_but_block_matrices(resumed)
+    opt2 = build_optimizer(resumed, CONFIGS[name])
+    load_checkpoint(latest_checkpoint(tmp_path), model=resumed, optimizer=opt2, trainable_only=True)
+    assert train_steps(resumed, opt2, range(2, 4)) == expected
