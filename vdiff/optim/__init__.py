@@ -53,7 +53,8 @@ class MuonConfig:
     ns_steps: int = 5
     """Newton–Schulz iterations that orthogonalise the momentum"""
     adjust_lr: Literal["match_rms_adamw", "original"] = "match_rms_adamw"
-    """Muon lr scale of an AxB matrix: match_rms_adamw 0.2*sqrt(max(A,B)) (fits AdamW's lr); original"""
+    """Muon lr scale of an A x B matrix: match_rms_adamw 0.2·sqrt(max(A, B)) (AdamW's lr fits);
+    original sqrt(max(1, A/B)) (Keller Jordan's, for a Muon lr near 0.02)"""
     modules: list[str] = field(default_factory=lambda: ["blocks"])
     """module names whose 2-D weights Muon updates (the DiT's transformer blocks); the rest use AdamW"""
 

@@ -128,11 +128,6 @@ class Shampoo(torch.optim.Optimizer):
         }
         super().__init__(params, defaults)
 
-    def blocks(self, param: torch.Tensor) -> list[tuple[slice, slice]]:
-        """The preconditioner blocks of ``param``'s matrix view ([] for 0-D/1-D: diagonal only)."""
-        group = next(g for g in self.param_groups if any(p is param for p in g["params"]))
-        return param_blocks(param.shape, group["max_preconditioner_dim"])
-
     def _init_state(self, p: torch.Tensor, group: dict[str, Any]) -> None:
         state = self.state[p]
         # NOTE: the step count lives on the CPU (as torch AdamW's does): reading it needs no sync.
