@@ -3,11 +3,13 @@
 The loop reads top to bottom (DiT / nanoGPT style). Each step: (1) read this rank's slice of
 the global batch, (2) turn clips into latents and captions into text embeddings unless the
 shards are cached, (3) draw σ, noise and caption dropout per sample, (4) regress the velocity
-``noise − x0`` at ``x_t`` with an MSE loss, (5) clip, step AdamW at the scheduled lr, update
-the EMA, (6) log and checkpoint. ``RUN = run_dir`` receives ``config.yaml``,
-``metrics.jsonl`` and ``checkpoints/step-N/`` (torch.distributed.checkpoint);
-``resume=auto`` continues from the latest checkpoint and reproduces the losses an
-uninterrupted run would have had (all randomness is a function of seed, step and sample).
+``noise − x0`` at ``x_t`` with an MSE loss, (5) clip, step the optimizer at the scheduled lr,
+update the EMA, (6) log, write validation videos and checkpoint. ``RUN = run_dir`` receives
+``config.yaml``, ``metrics.jsonl``, TensorBoard events in ``tb/``, ``samples/step_XXXXXXXX/``
+and ``checkpoints/step-N/`` (torch.distributed.checkpoint); ``resume=auto`` continues from the
+latest checkpoint and reproduces the losses an uninterrupted run would have had (all randomness
+is a function of seed, step and sample). ``init_from`` starts from a model folder; ``lora.rank``
+trains peft LoRA adapters only, and ``--merge-lora RUN OUT`` folds them into a model folder.
 """
 
 from __future__ import annotations
@@ -157,7 +159,7 @@ class TrainConfig:
     """Everything a training run needs; `vdiff train --help` lists each key."""
 
     run_dir: str = "runs/train"
-    """run folder (config.yaml, metrics.jsonl, checkpoints/)"""
+    """run folder (config.yaml, metrics.jsonl, tb/, samples/, checkpoints/)"""
     resume: str = "auto"
     """auto: latest complete checkpoint in run_dir if any; none: start fresh; or a step-N folder"""
     seed: int = 0
