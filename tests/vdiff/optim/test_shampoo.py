@@ -216,3 +216,29 @@ def test_zero_gradient_step_at_lr_zero_leaves_weights_alone() -> None:
     step_with(opt, [w], [torch.zeros(3, 4)])
     assert torch.equal(w.detach(), before) and all(torch.isfinite(v).all() for v in opt.state[w].values())
     assert math.isclose(opt.state[w]["step"].item(), 1.0)
+
+
+@pytest.mark.parametrize("factor_beta", [1.0, 0.5])
+def test_factor_sums_and_root_refresh_schedule(factor_beta: float) -> None:
+    torch.manual_seed(4)
+    w = torch.nn.Parameter(torch.randn(3, 5, dtype=torch.float64))
+    opt = shampoo([w], factor_beta=factor_beta, start_preconditioning_step=2, precondition_frequency=3)
+    grads = [torch.randn(3, 5, dtype=torch.float64) for _ in range(6)]
+    want_left = torch.zeros(3, 3, dtype=torch.float64)
+    roots = []
+    for g in grads:
+        step_with(opt, [w], [g])
+        new = 1.0 if factor_beta == 1.0 else 1 - factor_beta
+        want_left = factor_beta * want_left + new * g @ g.T  # L ← β·L + (1 − β)·G·Gᵀ, or the sum at β = 1
+        torch.testing.assert_close(opt.state[w]["L_0"], want_left, rtol=1e-12, atol=0)
+        roots.append(opt.state[w]["L_root_0"].clone())
+    # inverse roots recomputed at steps 2 and 5 (start 2, every 3), kept in between
+    assert not roots[0].any() and torch.equal(roots[1], roots[2]) and torch.equal(roots[2], roots[3])
+    assert not torch.equal(roots[3], roots[4]) and torch.equal(roots[4], roots[5])
+    torch.testing.assert_close(roots[4], inverse_root(left_after(grads, 5, factor_beta), root=4, eps=1e-12))
+
+
+def left_after(grads: list[torch.Tensor], step: int, factor_beta: float) -> torch.Tensor:
+    """L after ``step`` steps, from the closed form Σ_s β^(step−s)·(1 − β)·G_s·G_sᵀ (β = 1: the plain sum)."""
+    new = 1.0 if factor_beta == 1.0 else 1 - factor_beta
+    return sum(factor_beta ** (step - s) * new * g @ g.T for s, g in enumerate(grads[:step], start=1))
