@@ -89,9 +89,9 @@ class SampleConfig:
     progress: bool = True
     """show a progress bar on rank 0"""
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
-    """text encoder, for a --model folder holding only a transformer (runs and Wan folders bring theirs)"""
+    """text encoder of a bare model folder (runs and Wan folders bring theirs; text.dtype applies to Wan's)"""
     vae: VAEConfig = field(default_factory=VAEConfig)
-    """autoencoder of a bare model folder; vae.tiling / vae.slicing also apply to a Wan2.1 folder's VAE"""
+    """autoencoder of a bare model folder; vae.tiling / slicing / dtype also apply to a Wan2.1 folder's VAE"""
     cache: StepCacheConfig = field(default_factory=StepCacheConfig)
     """TeaCache-style step caching"""
     attention: AttentionPolicy = field(default_factory=dense_policy)
@@ -305,8 +305,10 @@ class VideoPipeline:
         cache: StepCacheConfig | None = None,
         attention: AttentionPolicy | None = None,
         progress: bool = False,
+        output_type: Literal["video", "latent"] = "video",
     ) -> torch.Tensor:
-        """Sample one video per prompt (prompt b from ``seeds[b]``); returns (B, 3, T, H, W) in [-1, 1]."""
+        """Sample one video per prompt (prompt b from ``seeds[b]``); returns (B, 3, T, H, W) in [-1, 1],
+        or with ``output_type="latent"`` the final float32 latents (B, C, T', H', W') undecoded."""
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         device, dtype, b = self.device, self.dtype, len(prompts)
@@ -358,6 +360,8 @@ class VideoPipeline:
         self.last_cache_stats = (step_cache.computed, step_cache.skipped) if step_cache else None
 
         # 6. Decode the latents to pixels.
+        if output_type == "latent":
+            return latents  # (B, C, T', H', W')
         return self.vae.decode(latents).float().clamp(-1, 1)  # (B, 3, T, H, W)
 
     def _runner(self, step_cache: StepCache | None, step: int) -> Callable[..., torch.Tensor]:
@@ -521,10 +525,15 @@ def load_components(path: str | Path, cfg: SampleConfig) -> tuple[torch.nn.Modul
     if kind == "diffusers":
         check_pipeline_index(path)
         transformer = load_model(path / "transformer" if (path / "transformer").is_dir() else path)
-        # NOTE: Wan2.1 conditions on 512 UMT5 tokens; its tokenizer lives in tokenizer/.
-        text = TextEncoder.from_pretrained(path / "text_encoder", max_length=512)
+        # NOTE: Wan2.1 conditions on 512 UMT5 tokens; its tokenizer lives in tokenizer/. The
+        # UMT5-XXL encoder is ~11 GB in float32: text.dtype=bfloat16 halves that.
+        text = TextEncoder.from_pretrained(
+            path / "text_encoder", max_length=512, dtype=torch_dtype(cfg.text.dtype)
+        )
         # NOTE: vae.tiling decodes in spatial tiles (diffusers' AutoencoderKLWan tiling): less memory.
-        vae = WanVAE.from_pretrained(path, tiling=cfg.vae.tiling, slicing=cfg.vae.slicing)
+        vae = WanVAE.from_pretrained(
+            path, tiling=cfg.vae.tiling, slicing=cfg.vae.slicing, dtype=torch_dtype(cfg.vae.dtype)
+        )
         return transformer, text, vae
     return load_model(path), build_text_encoder(cfg.text), build_vae(cfg.vae)
 
@@ -641,6 +650,11 @@ def setup_distributed(parallel: ParallelConfig) -> tuple[int, ParallelGroups]:
     return rank, groups
 
 
+def torch_dtype(name: str) -> torch.dtype:
+    """``"float32"`` / ``"bfloat16"`` / ``"float16"`` -> the torch dtype."""
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
 def pick_device(name: str) -> torch.device:
     """``auto`` -> cuda:LOCAL_RANK when CUDA is available, else cpu."""
     import os
@@ -733,8 +747,7 @@ def make_pipeline(
     """Move the components to ``cfg.device`` (transformer in ``cfg.dtype``), shard the transformer's
     tokens over ``groups.layout`` when sequence-parallel, and assemble the pipeline."""
     device = pick_device(cfg.device)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
-    transformer = transformer.to(device, dtype)
+    transformer = transformer.to(device, torch_dtype(cfg.dtype))
     if groups.layout is not None:
         from vdiff.parallel.sequence import apply_sequence_parallel
 

@@ -126,6 +126,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported config type {_type_name(tp)}")
 
 
+def _factory_defaults(f: dataclasses.Field) -> dict[str, Any]:
+    """The values of a nested config's ``default_factory`` instance ({} for other fields).
+
+    NOTE: a factory may configure its instance (``field(default_factory=dense_policy)``); keys
+    that the YAML or the overrides leave out keep the factory's values, not the class defaults.
+    """
+    if f.default_factory is dataclasses.MISSING:
+        return {}
+    value = f.default_factory()
+    return to_dict(value) if dataclasses.is_dataclass(value) else {}
+
+
 def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
@@ -136,11 +148,13 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             known = ", ".join(sorted(fields))
             raise ConfigError(f"unknown config key {prefix}{name}{hint} (known keys here: {known})")
     kwargs = {}
-    for name, _f in fields.items():
+    for name, f in fields.items():
+        base = _factory_defaults(f)
         if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], prefix + name)
+            value = _merge(base, data[name]) if base and isinstance(data[name], dict) else data[name]
+            kwargs[name] = _coerce(value, hints[name], prefix + name)
         elif dataclasses.is_dataclass(hints[name]):
-            kwargs[name] = _build(hints[name], {}, prefix=f"{prefix}{name}.")
+            kwargs[name] = _build(hints[name], base, prefix=f"{prefix}{name}.")
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if callable(validate):
@@ -230,17 +244,25 @@ def save_config(cfg: Any, path: str | Path) -> None:
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def describe(cls: type, prefix: str = "") -> list[str]:
-    """One line per leaf key: ``key (type, default): doc`` for ``--help`` text."""
+def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:
+    """One line per leaf key: ``key (type, default): doc`` for ``--help`` text.
+
+    ``defaults`` is an instance of ``cls`` whose values are shown (a nested config's factory).
+    """
     lines = []
     docs = field_docs(cls)
     hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            lines.extend(describe(tp, prefix=f"{prefix}{f.name}."))
+            sub = getattr(defaults, f.name) if defaults is not None else None
+            if sub is None and f.default_factory is not dataclasses.MISSING:
+                sub = f.default_factory()
+            lines.extend(describe(tp, prefix=f"{prefix}{f.name}.", defaults=sub))
             continue
-        if f.default is not dataclasses.MISSING:
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        elif f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()

@@ -223,6 +223,12 @@ DIST_ARGS = [
 ]
 # NOTE: relative changes are ~0.3 a step here: threshold 0.5 skips some middle steps, not all.
 CACHE_ARGS = ["steps=5", "cache.enabled=true", "cache.threshold=0.5"]
+# NOTE: after the Ulysses all-to-all a rank attends over all 75 tokens with half the heads;
+# 32-token blocks give 3 K blocks per Q block, of which topk 0.5 keeps 2.
+SPARSE_ARGS = [
+    "attention.backend=sparse_sage",
+    "attention.options={q_block: 32, k_block: 32, topk: 0.5}",
+]
 
 
 def _one_process(out, overrides: list[str]) -> tuple[int, int] | None:
@@ -280,6 +286,7 @@ TWO_RANK_LAYOUTS = {
     "ulysses": ["parallel.ulysses=2"],
     "ring": ["parallel.ring=2"],
     "ulysses_cache": ["parallel.ulysses=2", *CACHE_ARGS],
+    "ulysses_sparse": ["parallel.ulysses=2", *SPARSE_ARGS],
 }
 
 
@@ -290,6 +297,7 @@ def two_ranks(tmp_path_factory):
     stats = {
         "plain": _one_process(root / "one", DIST_ARGS),
         "cache": _one_process(root / "one_cache", [*DIST_ARGS, *CACHE_ARGS]),
+        "sparse": _one_process(root / "one_sparse", [*DIST_ARGS, *SPARSE_ARGS]),
     }
     _torchrun(root / "two", nproc=2, layouts={k: [*DIST_ARGS, *v] for k, v in TWO_RANK_LAYOUTS.items()})
     return root, stats
@@ -316,6 +324,18 @@ def test_step_cache_under_ulysses_decides_like_one_process(two_ranks):
         got = json.loads((root / "two" / "cache_stats" / f"ulysses_cache-rank{rank}.json").read_text())
         assert tuple(got) == stats["cache"]
     _assert_same_videos(root / "one_cache", root / "two" / "ulysses_cache", world=2)
+
+
+@pytest.mark.dist
+def test_sparse_attention_under_ulysses_equals_one_process(two_ranks):
+    """sparse_sage on the middle steps: each rank's heads get the 1-process block masks."""
+    import numpy as np
+
+    root, _ = two_ranks
+    _assert_same_videos(root / "one_sparse", root / "two" / "ulysses_sparse", world=2)
+    dense = np.load(root / "one" / f"{PROMPTS[0]}-0.npy")
+    sparse = np.load(root / "one_sparse" / f"{PROMPTS[0]}-0.npy")
+    assert np.abs(dense - sparse).max() > 1e-4, "the sparse run must differ from dense to test anything"
 
 
 @pytest.mark.dist
@@ -397,3 +417,80 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert "not a vdiff training run" in capsys.readouterr().err
     assert main(["--model", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "o"), "stepz=3"]) == 2
     assert "did you mean steps" in capsys.readouterr().err
+
+
+def test_prompts_file_takes_a_vbench_suite_and_refuses_a_file_map(tmp_path):
+    import json
+
+    from pipelines.sample import read_prompts
+    from vdiff.config import ConfigError
+
+    suite = [
+        {"prompt_en": "a red circle moving left", "dimension": ["color"]},
+        {"prompt_en": "a blue square moving up", "dimension": "object_class"},
+        {"prompt_en": "a red circle moving left", "dimension": ["subject_consistency"]},
+    ]
+    (tmp_path / "suite.json").write_text(json.dumps(suite))
+    # NOTE: VBench lists a prompt once per dimension; it is sampled (and named) once.
+    assert read_prompts(["a green star"], str(tmp_path / "suite.json")) == ["a green star", *PROMPTS]
+    (tmp_path / "map.json").write_text(json.dumps({"x-0.mp4": "a red circle"}))
+    with pytest.raises(ConfigError, match="names files"):
+        read_prompts(None, str(tmp_path / "map.json"))
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"), [("a cat / a dog", "cannot be a VBench file name"), ("x" * 300, "255-byte")]
+)
+def test_prompts_that_cannot_be_file_names_fail_before_sampling(tmp_path, capsys, prompt, message):
+    from pipelines.sample import main
+
+    # NOTE: the names are checked before the model is even looked for.
+    args = [
+        "--model",
+        str(tmp_path / "run"),
+        "--prompt",
+        "fine",
+        "--prompt",
+        prompt,
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_progress_bars_on_rank_0_only(tmp_path, capsys):
+    from pipelines.sample import SampleConfig, sample_to_folder
+
+    pipe = VideoPipeline(
+        transformer=tiny_transformer(), text_encoder=ByteTextEncoder(), vae=PixelAutoencoder(4)
+    )
+    cfg = SampleConfig(steps=2, frames=2, guidance=1.0)
+    sample_to_folder(pipe, PROMPTS[:1], cfg, tmp_path / "r0")
+    err = capsys.readouterr().err
+    # NOTE: the per-step bar is cleared when done (leave=False); the videos bar stays.
+    assert "denoising" in err and "videos" in err and "1/1" in err
+    sample_to_folder(pipe, PROMPTS[:1], cfg, tmp_path / "r1", rank=1)
+    assert capsys.readouterr().err == ""
+    assert not (tmp_path / "r1").exists()
+
+
+def test_default_attention_is_dense_and_overrides_keep_the_sampling_policy():
+    """The config loader once built ``attention`` from AttentionPolicy's class defaults
+    (sparse_sage, 2 dense first steps), so `vdiff sample` ran sparse attention by default."""
+    from pathlib import Path
+
+    from pipelines.sample import SampleConfig, dense_policy
+    from vdiff.config import describe, load_config
+
+    assert load_config(SampleConfig, None, []).attention == dense_policy()
+    assert (
+        load_config(
+            SampleConfig, Path(__file__).resolve().parents[2] / "configs" / "sample.yaml", []
+        ).attention
+        == dense_policy()
+    )
+    sparse = load_config(SampleConfig, None, ["attention.backend=sparse_sage"]).attention
+    assert (sparse.backend, sparse.dense_first_steps, sparse.dense_last_steps) == ("sparse_sage", 1, 1)
+    assert "attention.backend (str, default 'sdpa')" in "\n".join(describe(SampleConfig))

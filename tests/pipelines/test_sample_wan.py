@@ -167,7 +167,7 @@ def test_cli_samples_a_wan_folder_like_diffusers_wan_pipeline(wan_dir, tmp_path,
     from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
     from pipelines.sample import initial_noise, main
-    from vdiff.io.video import read_frames
+    from vdiff.io.video import probe, read_frames
 
     out = tmp_path / "out"
     keys = [
@@ -180,9 +180,9 @@ def test_cli_samples_a_wan_folder_like_diffusers_wan_pipeline(wan_dir, tmp_path,
     ]
     size = [f"{k}={v}" for k, v in SIZE.items()]
     args = ["--model", str(wan_dir), "--prompt", PROMPT, "--out", str(out), f"negative_prompt={NEGATIVE}"]
-    assert main([*args, *keys, *size, "seed=7"]) == 0
+    assert main([*args, *keys, *size, "seed=7", "fps=12"]) == 0
     frames = read_frames(out / f"{PROMPT}-0.mp4")
-    assert frames.shape == (5, 32, 32, 3)
+    assert frames.shape == (5, 32, 32, 3) and probe(out / f"{PROMPT}-0.mp4").fps == pytest.approx(12)
     got = np.load(out / f"{PROMPT}-0.npy")  # (T, H, W, 3) in [-1, 1]
 
     if sampler == "euler":
@@ -220,3 +220,17 @@ def test_wan22_folders_are_refused_with_a_clear_error(wan_dir, tmp_path, capsys)
     (other / "model_index.json").write_text(json.dumps(index))
     assert main(["--model", str(other), "--prompt", PROMPT, "--out", str(tmp_path / "o"), "steps=1"]) == 2
     assert "two-expert Wan2.2" in capsys.readouterr().err
+
+
+def test_wan_folder_options_reach_the_components(wan_dir):
+    """vae.tiling / vae.slicing / vae.dtype and text.dtype apply to a Wan folder's VAE and UMT5."""
+    from pipelines.sample import SampleConfig, load_components
+    from vdiff.config import load_config
+
+    keys = ["vae.tiling=true", "vae.slicing=true", "vae.dtype=bfloat16", "text.dtype=bfloat16"]
+    transformer, text, vae = load_components(wan_dir, load_config(SampleConfig, None, keys))
+    assert vae.vae.use_tiling and vae.vae.use_slicing and vae.dtype == torch.bfloat16
+    assert next(text.model.parameters()).dtype == torch.bfloat16 and text.max_length == 512
+    assert type(text.model).__name__ == "UMT5EncoderModel" and transformer.config.text_dim == 32
+    _, text, vae = load_components(wan_dir, SampleConfig())
+    assert not vae.vae.use_tiling and vae.dtype == torch.float32

@@ -1,0 +1,289 @@
+"""Benchmark: vdiff's sampling against diffusers' ``WanPipeline`` on the same tiny random Wan2.1
+weights, then vdiff's TeaCache-style step caching and sparse attention against its dense run.
+
+One random diffusers-format Wan2.1 folder is written once (transformer, VAE, UMT5 text encoder,
+tokenizer; ``tests/pipelines/test_sample_wan.py:write_tiny_wan``). Both pipelines load it; they
+get the same prompt embeddings (encoded once by vdiff's text encoder, and checked against
+``WanPipeline.encode_prompt``), the same initial noise, steps, size, guidance and scheduler.
+
+1. vdiff vs diffusers: the two alternate ``--repeat`` times, end to end (denoising + VAE decode);
+   the ratio printed is vdiff's median wall time over diffusers' (< 1: vdiff is faster), with the
+   max abs difference of the final latents and of the decoded videos.
+2. vdiff dense vs ``cache.enabled=true`` (TeaCache-style, ``--cache-threshold``) vs
+   ``attention.backend=sparse_sage`` with the dense-first/last-steps policy (AttentionPolicy
+   defaults): they alternate on the denoising loop alone (latents); the speedup is dense's median
+   over the variant's; the error is the decoded video's difference from the dense one (max and
+   mean abs, PSNR in [-1, 1]), and ``eval.evaluate``'s weight-free dimensions score every
+   variant's videos (one per repeat: prompt and seed change each repeat).
+
+    python bench/sample.py [--repeat N] [--steps N] [--frames N] [--height N] [--width N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# NOTE: run as a script, this file's folder comes first on sys.path, where "eval" would be
+# bench/eval.py rather than vdiff's eval package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import torch  # noqa: E402
+
+from pipelines.sample import (  # noqa: E402
+    ParallelGroups,
+    SampleConfig,
+    StepCacheConfig,
+    VideoPipeline,
+    initial_noise,
+    latent_shape,
+    load_components,
+    make_pipeline,
+    make_scheduler,
+    to_uint8,
+)
+from vdiff.attention.policy import AttentionPolicy  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = [
+    "a red circle moving left",
+    "a blue square moving up over a green field",
+    "a yellow triangle moving right",
+    "a white star spinning on a black background",
+]
+NEGATIVE = "blurry, static, low quality"
+DIMENSIONS = ["temporal_flickering", "dynamic_degree", "motion_smoothness"]
+
+
+def write_tiny_wan(root: Path, **kwargs: Any) -> Path:
+    """The tiny random Wan2.1 folder of the sampling tests (one builder for tests and bench)."""
+    path = ROOT / "tests" / "pipelines" / "test_sample_wan.py"
+    spec = importlib.util.spec_from_file_location("test_sample_wan", path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"{path} is missing; the benchmark builds its weights with it")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_tiny_wan(root, **kwargs)
+
+
+class FixedTextEncoder:
+    """Hands out embeddings computed once, so both pipelines condition on identical tensors."""
+
+    def __init__(self, table: dict[str, torch.Tensor]) -> None:
+        self.table = table
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        return torch.cat([self.table[p] for p in prompts])  # (B, L, D)
+
+    def to(self, *args: object, **kwargs: object) -> FixedTextEncoder:
+        return self
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two videos in [-1, 1] (peak-to-peak 2)."""
+    mse = float(((a - b) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
+
+
+def write_videos(folder: Path, videos: list[tuple[str, int, torch.Tensor]], fps: float) -> None:
+    """(prompt, index, (3, T, H, W) video) -> ``folder/{prompt}-{index}.mp4``."""
+    from eval.vbench import vbench_video_name
+    from vdiff.io.video import write_mp4
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for prompt, i, video in videos:
+        write_mp4(folder / vbench_video_name(prompt, i), to_uint8(video), fps)
+
+
+def eval_scores(folder: Path, out: Path) -> dict[str, float | None]:
+    """Aggregates of the weight-free eval dimensions on the videos in ``folder`` (None: no video
+    qualified, e.g. temporal_flickering scores only videos its static filter keeps)."""
+    from eval.runner import evaluate
+
+    ev = evaluate(folder, out, dimensions=DIMENSIONS, progress=False, report=False)
+    return {n: d["aggregate"] for n, d in ev["info"]["dimensions"].items()}
+
+
+def score_cell(score: float | None, dense: float | None) -> str:
+    """``0.9312 (+0.0004)``: a score and its change from the dense run."""
+    if score is None or dense is None:
+        return f"{'—' if score is None else f'{score:.4f}':>22}"
+    return f"{score:>12.4f} ({score - dense:+.4f})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeat", type=int, default=3, help="alternating runs of each pipeline/variant")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--frames", type=int, default=17, help="1 + a multiple of 4 (Wan VAE)")
+    p.add_argument("--height", type=int, default=128)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--shift", type=float, default=3.0)
+    p.add_argument("--sampler", choices=["unipc", "euler"], default="unipc", help="unipc: what Wan2.1 ships")
+    p.add_argument("--layers", type=int, default=4, help="transformer blocks of the random model")
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--head-dim", type=int, default=32)
+    p.add_argument("--cache-threshold", type=float, default=0.1, help="cache.threshold of the TeaCache run")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--keep", help="folder to keep the weights and videos in (default: a temporary one)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from diffusers import WanPipeline
+
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="vdiff-bench-sample-"))
+    model_dir = work / "tiny-wan"
+    if not (model_dir / "model_index.json").is_file():
+        write_tiny_wan(
+            model_dir, num_layers=args.layers, num_heads=args.heads, head_dim=args.head_dim, text_dim=64
+        )
+    cfg = SampleConfig(progress=False, sampler=args.sampler, shift=args.shift)
+    transformer, text, vae = load_components(model_dir, cfg)
+    size = dict(frames=args.frames, height=args.height, width=args.width)
+    shape = latent_shape(vae, **size)  # (C, T', H', W')
+    tokens = shape[1] * (shape[2] // 2) * (shape[3] // 2)
+    print(
+        f"tiny Wan2.1: {args.layers} blocks, {args.heads} heads x {args.head_dim}, "
+        f"{sum(p.numel() for p in transformer.parameters()) / 1e6:.2f} M transformer params; "
+        f"video {args.frames}x{args.height}x{args.width} -> latents {shape} -> {tokens} tokens; "
+        f"{args.steps} steps {args.sampler} shift {args.shift}, guidance {args.guidance}; "
+        f"torch threads {torch.get_num_threads()}"
+    )
+
+    # Prompt embeddings: encoded once by vdiff, compared with WanPipeline.encode_prompt.
+    with torch.no_grad():
+        table = {q: text.encode([q]) for q in [*PROMPTS, NEGATIVE]}  # (1, 512, D) each
+    ref_pipe = WanPipeline.from_pretrained(
+        model_dir, scheduler=make_scheduler(args.sampler, shift=args.shift), dtype=torch.float32
+    )
+    ref_pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        pe, ne = ref_pipe.encode_prompt(
+            PROMPTS[0], NEGATIVE, do_classifier_free_guidance=True, max_sequence_length=512
+        )
+    emb_diff = max(float((pe - table[PROMPTS[0]]).abs().max()), float((ne - table[NEGATIVE]).abs().max()))
+    print(f"prompt embeddings, vdiff TextEncoder vs WanPipeline.encode_prompt: max abs diff {emb_diff:.2e}")
+    pipe: VideoPipeline = make_pipeline(
+        transformer, FixedTextEncoder(table), vae, cfg=cfg, groups=ParallelGroups()
+    )
+
+    def run_vdiff(r: int, *, output_type: str = "video", **kw: Any) -> torch.Tensor:
+        prompt = PROMPTS[r % len(PROMPTS)]
+        kw = dict(
+            seeds=[r],
+            negative_prompt=NEGATIVE,
+            steps=args.steps,
+            guidance=args.guidance,
+            sampler=args.sampler,
+            shift=args.shift,
+            output_type=output_type,
+            **size,
+            **kw,
+        )
+        return pipe([prompt], **kw)[0]
+
+    def run_diffusers(r: int, *, output_type: str = "np") -> torch.Tensor:
+        prompt = PROMPTS[r % len(PROMPTS)]
+        with torch.no_grad():
+            out = ref_pipe(
+                prompt_embeds=table[prompt],
+                negative_prompt_embeds=table[NEGATIVE],
+                latents=initial_noise(shape, [r]),
+                num_inference_steps=args.steps,
+                guidance_scale=args.guidance,
+                num_frames=args.frames,
+                height=args.height,
+                width=args.width,
+                output_type=output_type,
+            ).frames[0]
+        if output_type == "latent":
+            return out  # (C, T', H', W')
+        return torch.from_numpy(out).permute(3, 0, 1, 2).float() * 2 - 1  # (3, T, H, W) in [-1, 1]
+
+    # 1. vdiff vs diffusers, alternating, end to end.
+    run_vdiff(0), run_diffusers(0)  # warm-up
+    times: dict[str, list[float]] = {"vdiff": [], "diffusers": []}
+    diffs = []
+    for r in range(args.repeat):
+        tv, v = timed(lambda r=r: run_vdiff(r))
+        td, d = timed(lambda r=r: run_diffusers(r))
+        times["vdiff"].append(tv)
+        times["diffusers"].append(td)
+        diffs.append(float((v - d).abs().max()))
+    lat_diff = float(
+        (run_vdiff(0, output_type="latent") - run_diffusers(0, output_type="latent")).abs().max()
+    )
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print("\n## vdiff vs diffusers WanPipeline (denoising + decode)")
+    print(f"vdiff     median {med['vdiff']:.3f} s  runs {[round(t, 3) for t in times['vdiff']]}")
+    print(f"diffusers median {med['diffusers']:.3f} s  runs {[round(t, 3) for t in times['diffusers']]}")
+    print(f"time ratio vdiff / diffusers: {med['vdiff'] / med['diffusers']:.3f}  (goal <= 1.0)")
+    print(f"max abs diff: latents {lat_diff:.2e}, videos {max(diffs):.2e} (in [-1, 1])")
+
+    # 2. Step caching and sparse attention against vdiff's dense run.
+    variants: dict[str, dict[str, Any]] = {
+        "dense": {},
+        f"teacache {args.cache_threshold}": {
+            "cache": StepCacheConfig(enabled=True, threshold=args.cache_threshold)
+        },
+        "sparse_sage": {"attention": AttentionPolicy(backend="sparse_sage")},
+    }
+    for kw in variants.values():  # warm-up
+        run_vdiff(0, output_type="latent", **kw)
+    vtimes: dict[str, list[float]] = {k: [] for k in variants}
+    videos: dict[str, list[tuple[str, int, torch.Tensor]]] = {k: [] for k in variants}
+    stats: dict[str, Any] = {}
+    for r in range(args.repeat):
+        for name, kw in variants.items():
+            t, lat = timed(lambda r=r, kw=kw: run_vdiff(r, output_type="latent", **kw))
+            vtimes[name].append(t)
+            if pipe.last_cache_stats is not None:
+                stats[name] = pipe.last_cache_stats
+            with torch.no_grad():
+                video = vae.decode(lat[None]).float().clamp(-1, 1)[0]  # (3, T, H, W)
+            videos[name].append((PROMPTS[r % len(PROMPTS)], r // len(PROMPTS), video))
+    scores = {}
+    for name in variants:
+        folder = work / "videos" / name.replace(" ", "_")
+        write_videos(folder, videos[name], fps=8.0)
+        scores[name] = eval_scores(folder, work / "eval" / name.replace(" ", "_"))
+    dense_t = statistics.median(vtimes["dense"])
+    print("\n## vdiff: step caching and sparse attention vs dense")
+    print("(time: the denoising loop alone; errors and scores: decoded videos)")
+    header = f"{'variant':<16}{'median s':>10}{'speedup':>9}{'max err':>9}{'mean err':>10}{'PSNR dB':>9}"
+    print(header + "".join(f"{d:>22}" for d in DIMENSIONS))
+    for name in variants:
+        errs = [
+            (float((v - d).abs().max()), float((v - d).abs().mean()), psnr(v, d))
+            for (_, _, v), (_, _, d) in zip(videos[name], videos["dense"])
+        ]
+        med_t = statistics.median(vtimes[name])
+        row = (
+            f"{name:<16}{med_t:>10.3f}{dense_t / med_t:>9.2f}{max(e[0] for e in errs):>9.4f}"
+            f"{statistics.mean(e[1] for e in errs):>10.5f}{min(e[2] for e in errs):>9.1f}"
+        )
+        row += "".join(score_cell(scores[name][d], scores["dense"][d]) for d in DIMENSIONS)
+        print(row)
+    for name, (computed, skipped) in stats.items():
+        print(f"{name}: blocks computed on {computed}, skipped on {skipped} branch-steps (last run)")
+    print(f"\nfiles under {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
