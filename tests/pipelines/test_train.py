@@ -184,7 +184,9 @@ def test_cli_help_and_bad_keys(shards: Path, tmp_path: Path, capsys: pytest.Capt
         train(cfg)
 
 
-def test_validation_samples_are_mp4s_of_the_clip_length(shards: Path, tmp_path: Path) -> None:
+def test_validation_samples_are_mp4s_of_the_clip_length(
+    shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     prompts = "train.sample_prompts=[a red circle moving left,a blue square moving right]"
     cfg = tiny_config(
         shards, tmp_path / "s", "train.steps=4", "train.sample_every=2", "train.sample_steps=3", prompts
@@ -198,6 +200,8 @@ def test_validation_samples_are_mp4s_of_the_clip_length(shards: Path, tmp_path: 
         for v in videos:
             meta = probe(v)
             assert (meta.num_frames, meta.width, meta.height) == (4, 16, 16)  # data.num_frames, width, height
+    err = capsys.readouterr().err  # the progress bar (rank 0, stderr), never in metrics.jsonl
+    assert "train: 100%" in err and "4/4" in err and "it/s" not in (run / "metrics.jsonl").read_text()
     lines = (run / "samples" / "step_00000004" / "prompts.txt").read_text().splitlines()
     assert lines == ["00\ta red circle moving left", "01\ta blue square moving right"]
 
