@@ -49,7 +49,7 @@ from vdiff.models import build_model
 from vdiff.optim import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = {"tiny": ("tiny.yaml", "train_tiny.yaml"), "demo": ("demo.yaml",)}
+CONFIGS = {"tiny": ("tiny.yaml",), "demo": ("demo.yaml",)}
 """config name -> file names in configs/ (the first that exists is used)"""
 SHAPES = [
     (c, s, d)
