@@ -250,7 +250,8 @@ def base_model(cfg: TrainConfig) -> torch.nn.Module:
     torch.manual_seed(cfg.seed)
     if not cfg.init_from:
         return build_model(cfg.model).train()
-    model = load_model(cfg.init_from, attention=cfg.model.attention)
+    # NOTE: float32 master weights whatever the file holds (bf16 releases too); autocast does bf16.
+    model = load_model(cfg.init_from, dtype=torch.float32, attention=cfg.model.attention)
     want, got = to_dict(cfg.model), to_dict(model.config)
     wrong = [f"model.{k}={want[k]!r} (init_from has {got[k]!r})" for k in want if want[k] != got[k]]
     if wrong:
