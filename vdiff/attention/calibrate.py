@@ -29,7 +29,8 @@ from vdiff.attention.sparse import (
 )
 
 DEFAULT_CDF_GRID = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
-"""candidate cdf thresholds, tried from the smallest (sparsest); 1.0 is dense and always meets a budget"""
+"""candidate cdf thresholds, tried from the smallest (sparsest); 1.0 keeps every block (for sparse,
+exact; for sparse_sage, the quantisation error remains: a budget below it is an error)"""
 NO_SKIP = -1e4
 """λ stored for a head where no candidate met the budget: never skips a block"""
 
@@ -120,6 +121,13 @@ def calibrate_layer(
         done |= ok
         if bool(done.all()):
             break
+    over = (err > l1_budget).nonzero().flatten().tolist()
+    if over:
+        raise ValueError(
+            f"calibrate: l1_budget={l1_budget} is below {backend}'s error with every block kept "
+            f"(relative L1 {', '.join(f'{err[h]:.4g} in head {h}' for h in over)}; INT8 Q·Kᵀ and "
+            "half-precision P·V cost that much); raise the budget, or calibrate backend='sparse'"
+        )
     lam = None
     if pv_grid:
         lam = torch.full((heads,), NO_SKIP, dtype=torch.float64)

@@ -8,8 +8,17 @@ The recipe (Zhang et al., SageAttention, ICLR 2025):
 2. The softmax scale is folded into Q before quantisation.
 3. Q and K are quantised to INT8 symmetrically with one scale per block of tokens (Q blocks of
    ``q_block`` rows, K blocks of ``k_block`` rows): ``scale = max|x| / 127``.
-4. S = (Q_int8 · K_int8ᵀ) · s_q · s_k with an INT32 product (``torch._int_mm``).
+   The scales are rounded up to powers of two (costing at most one bit of range), which makes
+   the dequantised values ``x_int8 · scale`` exact in bf16/fp16.
+4. S = (Q_int8 · K_int8ᵀ) · s_q · s_k, exact: either an INT32 product (``torch._int_mm``), or a
+   bf16/fp16 GEMM of the exactly dequantised blocks with fp32 accumulation (sums of at most
+   D · 127² < 2²⁴ integers are exact in fp32) inside torch's fused SDPA kernel.
 5. P = softmax(S) and P·V in ``pv_dtype`` (fp16/bf16, or fp8 numerics) with fp32 accumulation.
+
+Two execution paths give these numerics (see :func:`vdiff.attention.sparse.block_sparse_attention`):
+the fused one (torch SDPA on the dequantised bf16/fp16/fp32 tensors: flash tiling, no N² score
+matrix; used when neither the LSE nor fp8 is asked for) and the tiled one (``torch._int_mm``
+per Q block, explicit softmax; used for ``return_lse`` and ``pv_dtype="fp8"``).
 
 The log-sum-exp it returns is that of the *unsmoothed* scores (the smoothing constant is added
 back in fp32), so ring attention can merge partial results across K shards exactly.
@@ -27,7 +36,7 @@ import torch
 from vdiff.attention import register_backend
 
 PV_DTYPES = ("auto", "fp32", "bf16", "fp16", "fp8")
-_TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PV_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # NOTE: e4m3 has 3 mantissa bits and a largest finite value of 448; P in [0, 1] is stretched to
 # that range (SageAttention2 does the same) and V gets one scale per channel.
 _FP8_MAX = 448.0
@@ -78,10 +87,10 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def quantize_per_block(x: torch.Tensor, *, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric INT8 with one scale per block of ``block`` tokens.
+    """Symmetric INT8 with one power-of-two scale per block of ``block`` tokens.
 
     x (B, H, N, D) float -> (x_int8 (B, H, N, D), scales (B, H, ceil(N / block)) fp32), so that
-    ``x ≈ x_int8 * scale`` of the token's block.
+    ``x ≈ x_int8 * scale`` of the token's block; |x_int8| <= 127 and the block's largest is >= 64.
     """
     b, h, n, d = x.shape
     nb = math.ceil(n / block)
@@ -89,9 +98,20 @@ def quantize_per_block(x: torch.Tensor, *, block: int) -> tuple[torch.Tensor, to
     if nb * block != n:
         xf = torch.nn.functional.pad(xf, (0, 0, 0, nb * block - n))
     xb = xf.view(b, h, nb, block, d)  # (B, H, nb, block, D)
-    scale = xb.abs().amax(dim=(-1, -2)).clamp_min(1e-12) / 127.0  # (B, H, nb)
+    # NOTE: the scale is max|x| / 127 rounded up to a power of two (at most one bit of the INT8
+    # range lost). Then x_int8 * scale is exact in bf16 and fp16, so a half-precision GEMM of
+    # the dequantised blocks with fp32 accumulation computes exactly the INT32 product times the
+    # scales: torch's fused SDPA kernels can run the INT8 numerics (see dequantize).
+    scale = torch.exp2(torch.ceil(torch.log2(xb.abs().amax(dim=(-1, -2)).clamp_min(1e-30) / 127.0)))
     xi = torch.round(xb / scale[..., None, None]).clamp_(-127, 127).to(torch.int8)
     return xi.view(b, h, nb * block, d)[:, :, :n], scale
+
+
+def dequantize(xi: torch.Tensor, scale: torch.Tensor, *, block: int, dtype: torch.dtype) -> torch.Tensor:
+    """x_int8 (B, H, N, D) times its per-block power-of-two scales (B, H, nb), exactly, in ``dtype``."""
+    n = xi.shape[2]
+    per_token = scale.repeat_interleave(block, dim=-1)[..., :n, None]  # (B, H, N, 1)
+    return xi.to(dtype) * per_token.to(dtype)
 
 
 def int8_matmul(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
@@ -117,7 +137,7 @@ def prepare_v(v: torch.Tensor, *, pv_dtype: str) -> tuple[torch.Tensor, torch.Te
         v_scale = v.float().abs().amax(dim=(1, 2)).clamp_min(1e-12) / _FP8_MAX  # (B*H, D)
         v8 = (v.float() / v_scale[:, None, None, :]).to(torch.float8_e4m3fn).float()
         return v8, v_scale
-    return v.to(_TORCH_DTYPE[pv_dtype]), None
+    return v.to(PV_TORCH_DTYPES[pv_dtype]), None
 
 
 def pv_batched(
@@ -135,7 +155,7 @@ def pv_batched(
             raise ValueError("pv_batched: fp8 needs the V scales from prepare_v")
         p8 = (p * _FP8_MAX).to(torch.float8_e4m3fn).float()
         return torch.bmm(p8, v) * (v_scale[:, None, :] / _FP8_MAX)
-    return torch.bmm(p.to(_TORCH_DTYPE[pv_dtype]), v)
+    return torch.bmm(p.to(PV_TORCH_DTYPES[pv_dtype]), v)
 
 
 def smooth_and_quantize(
@@ -178,11 +198,12 @@ def sage_attention(
     pv_dtype: str = "auto",
     layer_index: int | None = None,
     head_offset: int = 0,
+    grid: tuple[int, int, int] | list[int] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """SageAttention-style INT8 Q·Kᵀ with K smoothing and per-block scales (inference only).
 
-    ``layer_index`` and ``head_offset`` are accepted so one options dict serves every backend;
-    sage has no per-layer state and ignores them.
+    ``layer_index``, ``head_offset`` and ``grid`` are accepted so one options dict serves every
+    backend; sage is dense, has no per-layer state and ignores them.
     """
     # NOTE: imported here because sparse builds on this module's quantisation helpers.
     from vdiff.attention.sparse import block_sparse_attention

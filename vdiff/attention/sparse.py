@@ -34,8 +34,10 @@ import torch
 
 from vdiff.attention import register_backend
 from vdiff.attention.sage import (
+    PV_TORCH_DTYPES,
     check_blocks,
     check_qkv,
+    dequantize,
     int8_matmul,
     prepare_v,
     pv_batched,
@@ -126,6 +128,45 @@ def predict_block_mask(
 
 # ----------------------------------------------------------------------------- sparse attention
 
+Q_GROUP = 4
+"""consecutive Q blocks that share one set of K blocks (the union of theirs)"""
+# NOTE: torch's CPU flash kernel packs each K/V tile for the AMX/AVX GEMMs once per call and head,
+# so a call with only 128 queries per head ran ~2.6x slower per score than a long one (measured,
+# bf16, 1 thread). Merging 4 Q blocks (512 queries, raster order: neighbours with nearly the same
+# K blocks) amortises it, at the cost of a few more computed blocks.
+
+
+DENSE_ABOVE = 0.6
+"""the fused path runs plain dense SDPA when the grouped mask keeps more than this fraction"""
+# NOTE: gathering K/V per query tile of 512 made SDPA's CPU kernel ~1.7x slower per computed block
+# than one dense call (measured, bf16, 1 thread, all blocks but one kept), so above ~60% kept the
+# dense call is faster, and exact.
+
+
+def dense_heads(grouped_mask: torch.Tensor) -> torch.Tensor:
+    """(B, H) bool: heads whose :func:`group_rows` mask keeps more than :data:`DENSE_ABOVE`.
+
+    Decided per head, so a head's result does not depend on which other heads share the call
+    (Ulysses gives each rank a different subset).
+    """
+    return grouped_mask.float().mean(dim=(2, 3)) > DENSE_ABOVE
+
+
+def fused_fraction(grouped_mask: torch.Tensor) -> float:
+    """Fraction of blocks computed for a :func:`group_rows` mask (dense heads count in full)."""
+    return float((grouped_mask | dense_heads(grouped_mask)[..., None, None]).float().mean())
+
+
+def group_rows(mask: torch.Tensor, *, group: int) -> torch.Tensor:
+    """The mask (B, H, nqb, nkb) with each run of ``group`` Q blocks keeping the union of their K blocks."""
+    if group <= 1:
+        return mask
+    b, h, nq, nk = mask.shape
+    ng = math.ceil(nq / group)
+    padded = torch.nn.functional.pad(mask, (0, 0, 0, ng * group - nq))  # pads with False
+    union = padded.view(b, h, ng, group, nk).any(dim=3)  # (B, H, ng, nk)
+    return union.repeat_interleave(group, dim=2)[:, :, :nq]
+
 
 def block_sparse_attention(
     q: torch.Tensor,
@@ -141,30 +182,63 @@ def block_sparse_attention(
     smooth_k: bool = True,
     pv_dtype: str = "fp32",
     need_lse: bool = True,
+    q_group: int = Q_GROUP,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Stage 2: softmax attention over the blocks ``mask`` (B, H, nqb, nkb) keeps.
+
+    Every group of ``q_group`` consecutive Q blocks computes the union of their kept K blocks
+    (:func:`group_rows`), and every block when that union keeps more than :data:`DENSE_ABOVE` of
+    them: a superset of ``mask``, so never less accurate.
 
     Returns out (B, H, Nq, D) in q's dtype and the log-sum-exp (B, H, Nq) fp32 of the kept scores
     (None unless ``need_lse``).
     ``pv_threshold`` is λ (a float or per-head (H,) tensor; None disables the skip); ``quantize``
     computes Q·Kᵀ in INT8 as ``sage`` does. Differentiable when ``quantize`` is False.
 
-    Every Q block is one row of work. Rows are sorted by how many K blocks they keep and cut into
-    chunks of similar rows; a chunk gathers its kept K and V blocks into dense tensors (padded to
-    the chunk's largest count, padding masked with -inf) and runs one batched product each for
-    Q·Kᵀ, softmax and P·V, so skipped blocks cost no FLOPs and there is no Python loop per block.
+    Two paths, same numerics. Fused (no λ, no LSE, P·V in fp32/bf16/fp16): Q and K (INT8 values
+    dequantised exactly, see ``sage``) go through torch's fused SDPA kernel (flash tiling, no
+    score matrix), once on whole tensors when every block is kept, else once per chunk of Q
+    blocks over their gathered K/V blocks. Tiled (otherwise): explicit scores per chunk (INT8 by
+    ``torch._int_mm``), softmax, the λ skip, LSE, then P·V.
+
+    Both cut the work into rows (one per Q block), sort the rows by how many K blocks they keep
+    and process chunks of similar rows, gathering the kept K and V blocks into dense tensors
+    (padded to the chunk's largest count, padding masked with -inf), so skipped blocks cost no
+    FLOPs and there is no Python loop per block.
     """
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
     nq, nk = math.ceil(n_q / q_block), math.ceil(n_k / k_block)
     if mask.shape != (b, h, nq, nk):
         raise ValueError(f"block mask has shape {tuple(mask.shape)}, expected {(b, h, nq, nk)}")
+    mask = group_rows(mask, group=q_group)
+    mask = mask | dense_heads(mask)[..., None, None]  # both paths compute the same blocks
+    rows_mask = mask.reshape(b * h * nq, nk)
+    counts = rows_mask.sum(dim=-1)  # (R,)
+    if bool((counts == 0).any()):
+        first = int((counts == 0).nonzero()[0, 0]) % nq
+        raise RuntimeError(f"block mask keeps no K block for Q block {first}; keep at least one")
     lam = None if pv_threshold is None else _per_head(pv_threshold, heads=h, device=q.device).view(h)
     offset = None
     if quantize:
         qi, q_scale, ki, k_scale, offset = smooth_and_quantize(
             q, k, scale=scale, q_block=q_block, k_block=k_block, smooth_k=smooth_k
         )
+    if lam is None and not need_lse and pv_dtype in PV_TORCH_DTYPES:
+        dt = PV_TORCH_DTYPES[pv_dtype]
+        if quantize:
+            qd, kd = (
+                dequantize(qi, q_scale, block=q_block, dtype=dt),
+                dequantize(ki, k_scale, block=k_block, dtype=dt),
+            )
+            sdpa_scale = 1.0  # folded into Q before quantisation
+        else:
+            qd, kd, sdpa_scale = q.to(dt), k.to(dt), scale
+        out = fused_block_attention(
+            qd, kd, v.to(dt), mask, scale=sdpa_scale, q_block=q_block, k_block=k_block, q_group=q_group
+        )
+        return out.to(q.dtype), None
+    if quantize:
         q_rows = _blocks(qi, block=q_block)  # (B*H, nq, bq, D) int8
         k_rows = _blocks(ki, block=k_block)  # (B*H, nk, bk, D) int8
         q_scale, k_scale = q_scale.reshape(b * h * nq), k_scale.reshape(b * h, nk)
@@ -176,22 +250,12 @@ def block_sparse_attention(
     key_bias = torch.zeros(nk * k_block, device=q.device)
     key_bias[n_k:] = float("-inf")
     key_bias = key_bias.view(nk, k_block)
-    rows_mask = mask.reshape(b * h * nq, nk)
-    counts = rows_mask.sum(dim=-1)  # (R,)
-    if bool((counts == 0).any()):
-        first = int((counts == 0).nonzero()[0, 0]) % nq
-        raise RuntimeError(f"block mask keeps no K block for Q block {first}; keep at least one")
     # NOTE: kept columns first, in ascending order (stable sort), then the dropped ones.
     cols_sorted = rows_mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True)  # (R, nk)
-    order = counts.argsort(descending=True, stable=True)  # (R,): rows with most kept blocks first
-    counts_cpu = counts[order].tolist()
+    order, chunks = _chunk_rows(counts, elems_per_block=q_block * k_block)
     outs, lses = [], []
-    start = 0
-    while start < len(counts_cpu):
-        c = int(counts_cpu[start])
-        g = max(1, min(_TILE_ELEMS // (q_block * c * k_block), len(counts_cpu) - start))
-        sel = order[start : start + g]  # (G,)
-        start += g
+    for sel, c in chunks:
+        g = sel.numel()
         bh = torch.div(sel, nq, rounding_mode="floor")  # (G,)
         cols = cols_sorted.index_select(0, sel)[:, :c]  # (G, c)
         valid = torch.arange(c, device=q.device) < counts.index_select(0, sel)[:, None]  # (G, c)
@@ -232,6 +296,108 @@ def block_sparse_attention(
 _TILE_ELEMS = 1 << 22
 
 
+def _chunk_rows(
+    counts: torch.Tensor, *, elems_per_block: int
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, int]]]:
+    """Rows sorted by kept-block count (descending) and cut into chunks of at most _TILE_ELEMS.
+
+    Returns the order (R,) and, per chunk, its rows (G,) and their largest count c.
+    """
+    order = counts.argsort(descending=True, stable=True)  # (R,)
+    sorted_counts = counts[order].tolist()
+    chunks, start = [], 0
+    while start < len(sorted_counts):
+        c = int(sorted_counts[start])
+        g = max(1, min(_TILE_ELEMS // (elems_per_block * c), len(sorted_counts) - start))
+        chunks.append((order[start : start + g], c))
+        start += g
+    return order, chunks
+
+
+def fused_block_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    scale: float,
+    q_block: int,
+    k_block: int,
+    q_group: int = 1,
+) -> torch.Tensor:
+    """Block-sparse attention through torch SDPA: q (B, H, Nq, D), k, v (B, H, Nk, D) in one dtype.
+
+    ``mask`` (B, H, nqb, nkb) must keep the same K blocks within each run of ``q_group`` Q blocks
+    (:func:`group_rows`); each run is one SDPA query tile. Heads that keep every block go through
+    one dense SDPA call. Returns (B, H, Nq, D); differentiable (SDPA's own backward).
+    """
+    b, h, n_q, d = q.shape
+    full = mask.flatten(2).all(dim=-1).view(-1)  # (B*H,)
+    if bool(full.all()):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+    q3, k3, v3 = (x.reshape(b * h, 1, x.shape[2], d) for x in (q, k, v))  # (B*H, 1, N, D)
+    dense_idx, sparse_idx = full.nonzero().view(-1), (~full).nonzero().view(-1)
+    parts = []
+    if dense_idx.numel():
+        sub = [x.index_select(0, dense_idx).transpose(0, 1) for x in (q3, k3, v3)]  # (1, Hd, N, D)
+        parts.append(torch.nn.functional.scaled_dot_product_attention(*sub, scale=scale)[0])
+    sub = [x.index_select(0, sparse_idx).transpose(0, 1) for x in (q3, k3, v3)]  # (1, Hs, N, D)
+    rows = mask.reshape(b * h, *mask.shape[2:]).index_select(0, sparse_idx)[None]  # (1, Hs, nqb, nkb)
+    parts.append(
+        _gathered_attention(*sub, rows, scale=scale, q_block=q_block, k_block=k_block, q_group=q_group)[0]
+    )
+    inv = torch.cat([dense_idx, sparse_idx]).argsort()
+    return torch.cat(parts).index_select(0, inv).view(b, h, n_q, d)
+
+
+def _gathered_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    scale: float,
+    q_block: int,
+    k_block: int,
+    q_group: int,
+) -> torch.Tensor:
+    """:func:`fused_block_attention` for heads that skip blocks: SDPA over gathered K/V per query tile."""
+    b, h, n_q, d = q.shape
+    n_k = k.shape[2]
+    nk = math.ceil(n_k / k_block)
+    tile = q_block * q_group
+    rows_mask = mask[:, :, ::q_group].reshape(-1, nk)  # (R, nk): one row per query tile
+    nt = rows_mask.shape[0] // (b * h)
+    counts = rows_mask.sum(dim=-1)  # (R,)
+    q_rows = _blocks(q, block=tile).reshape(-1, tile, d)  # (B*H*nt, tile, D)
+    k_rows = _blocks(k, block=k_block).reshape(-1, k_block, d)  # (B*H*nk, bk, D)
+    v_rows = _blocks(v, block=k_block).reshape(-1, k_block, d)
+    key_ok = torch.arange(nk * k_block, device=q.device).view(nk, k_block) < n_k  # (nk, bk)
+    cols_sorted = rows_mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True)  # (R, nk)
+    # NOTE: SDPA keeps no score matrix, so a chunk is bounded by its gathered K (and V) instead.
+    order, chunks = _chunk_rows(counts, elems_per_block=k_block * d)
+    outs = []
+    for sel, c in chunks:
+        g = sel.numel()
+        cols = cols_sorted.index_select(0, sel)[:, :c]  # (G, c)
+        flat = (torch.div(sel, nt, rounding_mode="floor")[:, None] * nk + cols).view(-1)  # (G*c,)
+        k_sel = k_rows.index_select(0, flat).view(1, g, c * k_block, d)
+        v_sel = v_rows.index_select(0, flat).view(1, g, c * k_block, d)
+        ok = key_ok.index_select(0, cols.reshape(-1)).view(g, c, k_block)
+        ok = ok & (torch.arange(c, device=q.device) < counts.index_select(0, sel)[:, None])[..., None]
+        attn_mask = None
+        if not bool(ok.all()):
+            attn_mask = torch.zeros(ok.shape, dtype=q.dtype, device=q.device).masked_fill_(~ok, float("-inf"))
+            attn_mask = attn_mask.view(1, g, 1, c * k_block)
+        q_sel = q_rows.index_select(0, sel).unsqueeze(0)  # (1, G, tile, D)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q_sel, k_sel, v_sel, attn_mask=attn_mask, scale=scale
+        )
+        outs.append(out[0])  # (G, tile, D)
+    inv = order.argsort()
+    return torch.cat(outs).index_select(0, inv).view(b, h, nt * tile, d)[:, :, :n_q]
+
+
 def _blocks(x: torch.Tensor, *, block: int) -> torch.Tensor:
     """(B, H, N, D) -> (B*H, ceil(N / block), block, D), zero-padded at the end."""
     b, h, n, d = x.shape
@@ -252,7 +418,10 @@ def _int8_scores(
     k_sel = k_rows.reshape(-1, bk, d).index_select(0, flat).view(g, c * bk, d)  # (G, c*bk, D) int8
     out = torch.empty(g, bq, c * bk, dtype=torch.int32, device=q_rows.device)
     for r in range(g):
-        out[r] = int8_matmul(q_sel[r], k_sel[r].t())
+        if q_rows.device.type == "cpu":
+            torch._int_mm(q_sel[r], k_sel[r].t(), out=out[r])  # no int32 copy
+        else:
+            out[r] = int8_matmul(q_sel[r], k_sel[r].t())
     return out
 
 
@@ -412,6 +581,31 @@ def _load_cached(path: str, mtime_ns: int, size: int) -> SparseThresholds:
         return SparseThresholds.from_json(json.load(f), source=path)
 
 
+# ----------------------------------------------------------------------------- token order
+
+
+def tile_permutation(grid: tuple[int, int, int] | list[int], *, tokens: int, k_block: int) -> torch.Tensor:
+    """Token order that makes every K block one square tile of a frame (SpargeAttn-style reordering).
+
+    ``grid`` is (frames, height, width) of tokens laid out in raster order (t, y, x), as a video
+    DiT does. Returns idx (tokens,) with ``x[:, :, idx]`` in tile order: frames, then rows of
+    s x s tiles (s² = k_block), then the tiles' tokens in raster order; a Q block of 128 tokens
+    is then two side-by-side 8x8 tiles instead of a 4-row strip, so its mean is a good summary.
+    """
+    t, h, w = (int(x) for x in grid)
+    s = math.isqrt(k_block)
+    if s * s != k_block:
+        raise ValueError(f"sparse option grid needs a square k_block (e.g. 64 = 8x8 tiles), got {k_block}")
+    if t * h * w != tokens:
+        raise ValueError(f"sparse option grid={tuple(grid)} holds {t * h * w} tokens, q and k have {tokens}")
+    if h % s or w % s:
+        raise ValueError(
+            f"sparse option grid={tuple(grid)}: height and width must be multiples of the {s}x{s} tile "
+            f"(k_block={k_block}); pass grid=None to keep raster order"
+        )
+    return torch.arange(tokens).view(t, h // s, s, w // s, s).permute(0, 1, 3, 2, 4).reshape(-1)
+
+
 # ----------------------------------------------------------------------------- backends
 
 
@@ -436,9 +630,16 @@ def _sparse(
     head_offset: int,
     pv_dtype: str,
     smooth_k: bool,
+    grid: tuple[int, int, int] | list[int] | None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     check_qkv(name, q, k, v)
     check_blocks(name, q_block=q_block, k_block=k_block)
+    idx = None
+    if grid is not None:
+        if q.shape[2] != k.shape[2]:
+            raise ValueError(f"attention backend {name!r}: option grid is for self-attention (Nq == Nk)")
+        idx = tile_permutation(grid, tokens=q.shape[2], k_block=k_block).to(q.device)
+        q, k, v = (x.index_select(2, idx) for x in (q, k, v))
     if thresholds is None and thresholds_file is not None:
         thresholds = load_thresholds(thresholds_file)
     cdf: float | torch.Tensor = cdf_threshold
@@ -480,6 +681,10 @@ def _sparse(
         pv_dtype=pv,
         need_lse=return_lse,
     )
+    if idx is not None:
+        inv = idx.argsort()
+        out = out.index_select(2, inv)
+        lse = None if lse is None else lse.index_select(2, inv)
     return (out, lse) if return_lse else out
 
 
@@ -501,8 +706,13 @@ def sparse_attention(
     thresholds: SparseThresholds | None = None,
     layer_index: int | None = None,
     head_offset: int = 0,
+    grid: tuple[int, int, int] | list[int] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """SpargeAttn-style block-sparse attention, mask predicted per call (fp32 math; differentiable)."""
+    """SpargeAttn-style block-sparse attention, mask predicted per call (fp32 math; differentiable).
+
+    ``grid`` = (frames, height, width) of the raster-order tokens: attend in tile order
+    (:func:`tile_permutation`; the output is in the input's order).
+    """
     return _sparse(
         "sparse",
         q,
@@ -523,6 +733,7 @@ def sparse_attention(
         head_offset=head_offset,
         pv_dtype="fp32",
         smooth_k=False,
+        grid=grid,
     )
 
 
@@ -546,8 +757,9 @@ def sparse_sage_attention(
     head_offset: int = 0,
     pv_dtype: str = "auto",
     smooth_k: bool = True,
+    grid: tuple[int, int, int] | list[int] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Block-sparse attention with INT8 Q·Kᵀ on the kept blocks (inference only)."""
+    """Block-sparse attention with INT8 Q·Kᵀ on the kept blocks (inference only; ``grid`` as sparse's)."""
     return _sparse(
         "sparse_sage",
         q,
@@ -568,4 +780,5 @@ def sparse_sage_attention(
         head_offset=head_offset,
         pv_dtype=pv_dtype,
         smooth_k=smooth_k,
+        grid=grid,
     )

@@ -13,8 +13,9 @@ from vdiff.attention.sparse import load_thresholds
 GRID = (0.3, 0.7, 0.9, 0.99, 0.999)  # a short grid keeps the tests fast
 
 
-@pytest.mark.parametrize("backend", ["sparse", "sparse_sage"])
-@pytest.mark.parametrize("budget", [0.005, 0.02])
+@pytest.mark.parametrize(
+    ("backend", "budget"), [("sparse", 0.005), ("sparse", 0.02), ("sparse_sage", 0.01), ("sparse_sage", 0.02)]
+)
 def test_calibration_meets_budget(video_qkv, backend: str, budget: float) -> None:
     q, k, v = video_qkv
     t = calibrate_layer(q, k, v, l1_budget=budget, backend=backend, cdf_grid=GRID, pv_grid=[-4.0, -8.0])
@@ -69,6 +70,9 @@ def test_calibration_errors(video_qkv) -> None:
         calibrate_layer(q, k, v, l1_budget=0.01, backend="sage")
     with pytest.raises(ValueError, match="l1_budget"):
         calibrate_layer(q, k, v, l1_budget=0.0)
+    # sparse_sage keeps its quantisation error (~0.006 here) even with every block kept
+    with pytest.raises(ValueError, match="below sparse_sage's error with every block kept"):
+        calibrate_layer(q, k, v, l1_budget=1e-4, backend="sparse_sage", cdf_grid=(0.99,))
     with pytest.raises(ValueError, match="saw no attention call"):
         ThresholdCalibrator(l1_budget=0.01).result()
     calib = ThresholdCalibrator(l1_budget=0.01)

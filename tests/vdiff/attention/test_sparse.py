@@ -12,9 +12,12 @@ import torch
 from vdiff.attention import attention
 from vdiff.attention.metrics import attention_error, dense_reference
 from vdiff.attention.sparse import (
+    DENSE_ABOVE,
     LayerThresholds,
     SparseThresholds,
     block_sparse_attention,
+    fused_fraction,
+    group_rows,
     load_thresholds,
     pool_blocks,
     predict_block_mask,
@@ -119,25 +122,59 @@ def test_pv_threshold_skips_blocks() -> None:
     assert attention_error(skip, base).rel_l1 < 0.05
 
 
-def test_sparse_gradients_match_masked_dense(video_qkv) -> None:
-    q, k, v = (t[:, :, :512].clone().requires_grad_() for t in video_qkv)
-    mask = predict_block_mask(q.detach(), k.detach(), scale=0.125, cdf_threshold=0.6)
-    assert not bool(mask.all())
-    out, _ = block_sparse_attention(q, k, v, mask, scale=0.125)
-    dense_mask = mask.repeat_interleave(128, 2).repeat_interleave(64, 3)  # (B, H, N, N)
-    s = (q @ k.transpose(-1, -2) * 0.125).masked_fill(~dense_mask, float("-inf"))
-    ref = torch.softmax(s, dim=-1) @ v
+def _sparse_block_mask(*, b: int, h: int, nq: int, nk: int, seed: int) -> torch.Tensor:
+    """A random block mask keeping ~35% of the blocks and at least one per row."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(b, h, nq, nk, generator=g) < 0.35
+    mask[..., 0] |= ~mask.any(dim=-1)
+    return mask
+
+
+def _masked_dense(q, k, v, mask, *, scale, q_block=128, k_block=64):
+    """Softmax attention with the block mask expanded to tokens: the exact reference."""
+    n_q, n_k = q.shape[2], k.shape[2]
+    dense_mask = mask.repeat_interleave(q_block, 2)[:, :, :n_q].repeat_interleave(k_block, 3)[..., :n_k]
+    s = (q @ k.transpose(-1, -2) * scale).masked_fill(~dense_mask, float("-inf"))  # (B, H, Nq, Nk)
+    return torch.softmax(s, dim=-1) @ v
+
+
+@pytest.mark.parametrize("need_lse", [True, False])  # tiled path, fused (SDPA) path
+@pytest.mark.parametrize("q_group", [1, 2])
+def test_sparse_kernel_and_gradients_match_masked_dense(video_qkv, need_lse: bool, q_group: int) -> None:
+    # 600 tokens: partial last Q and K blocks
+    q, k, v = (t[:, :, :600].clone().requires_grad_() for t in video_qkv)
+    mask = _sparse_block_mask(b=1, h=2, nq=5, nk=10, seed=q_group)
+    assert float(group_rows(mask, group=q_group).float().mean()) <= DENSE_ABOVE
+    out, lse = block_sparse_attention(q, k, v, mask, scale=0.125, need_lse=need_lse, q_group=q_group)
+    ref = _masked_dense(q, k, v, group_rows(mask, group=q_group), scale=0.125)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    assert (lse is not None) == need_lse
     g = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), g)
     ref_grads = torch.autograd.grad(ref, (q, k, v), g)
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
-    # through the registry as well
-    attention(q, k, v, backend="sparse").sum().backward()
-    assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+def test_sparse_backend_gradients_flow(video_qkv) -> None:
+    q, k, v = (t[:, :, :512].clone().requires_grad_() for t in video_qkv)
+    attention(q, k, v, backend="sparse", cdf_threshold=0.6).sum().backward()
+    assert all(
+        t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0 for t in (q, k, v)
+    )
+    out, lse = attention(q, k, v, backend="sparse", cdf_threshold=0.6, return_lse=True)
+    (out.sum() + lse.sum()).backward()  # the LSE is differentiable too (tiled path)
     with pytest.raises(ValueError, match="inference-only"):
         attention(q, k, v, backend="sparse_sage")
+
+
+def test_dense_above_threshold_computes_every_block(video_qkv) -> None:
+    q, k, v = (t[:, :, :512] for t in video_qkv)
+    mask = torch.ones(1, 2, 4, 8, dtype=torch.bool)
+    mask[..., 0, 1] = False  # 97% kept: one dense call, exact
+    out, _ = block_sparse_attention(q, k, v, mask, scale=0.125, need_lse=False)
+    torch.testing.assert_close(out, dense_reference(q, k, v, scale=0.125), atol=1e-5, rtol=1e-4)
+    assert fused_fraction(mask) == 1.0 and fused_fraction(~mask) == pytest.approx(1 / 32)
 
 
 def _thresholds(heads: int) -> SparseThresholds:

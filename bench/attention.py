@@ -1,0 +1,231 @@
+"""Benchmark: the attention backends (sage, sparse, sparse_sage) against torch SDPA, same run.
+
+For each token count N, head dim D and kind of input, with batch 1 and 12 heads:
+
+* ``video``: :func:`vdiff.attention.metrics.video_like_qkv` on a grid of N/1024 frames of
+  32x32 tokens in raster order. q = k are random Fourier features of each token's (t, y, x)
+  position (length scales 1.5 frames, 6 rows, 6 columns), so the logit between two tokens is β
+  times a Gaussian kernel of their space-time distance (β from 6 to 14 over the heads), plus
+  noise and per-head channel offsets; v is a smooth random field plus noise. Attention therefore
+  concentrates near each token in space and time, as in a video DiT.
+* ``random``: i.i.d. standard normal q, k, v (no structure: the sparse backends find no block
+  to skip and compute everything).
+
+Every backend is timed on the same tensors; within each repeat the backends run one after
+the other in an order that rotates between repeats, and the median wall time is reported with
+its ratio to SDPA's median (``x SDPA`` > 1: faster than SDPA). ``kept blocks`` is the fraction
+of (Q block, K block) pairs computed (the predicted mask, widened to the union over each run of
+``Q_GROUP`` Q blocks as the kernel runs it, 1 when that keeps more than ``DENSE_ABOVE`` and the
+kernel makes one dense call; 1 for the dense backends). On video inputs the sparse
+backends also run with ``grid=(frames, 32, 32)`` (``+tiles``: blocks are 8x8 tiles of a frame
+instead of raster strips, see ``vdiff.attention.sparse.tile_permutation``). Accuracy
+(cosine similarity, relative L1, RMSE; :func:`vdiff.attention.metrics.attention_error`) is
+against fp32 dense attention, which is torch SDPA on fp32 inputs (the same maths as
+``dense_reference``, tiled, so N = 16384 fits in memory; the test suite checks the two agree).
+
+    python bench/attention.py [--quick] [--repeat N] [--tokens 4096 16384] [--head-dims 128 64]
+                              [--inputs video random] [--threads N] [--cdf 0.95] [--json PATH]
+
+N = 16384 at D = 128 costs tens of seconds per dense call on 2 CPU cores; ``--quick`` runs
+each backend once (no warm-up repeat).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from vdiff.attention import attention
+from vdiff.attention.metrics import attention_error, video_like_qkv
+from vdiff.attention.sparse import Q_GROUP, fused_fraction, group_rows, predict_block_mask, tile_permutation
+
+HEADS = 12
+FRAME = (32, 32)
+"""tokens per frame (rows, columns) of the video-like grid"""
+BACKENDS = ("sdpa", "sage", "sparse", "sparse_sage")
+SPARSE = ("sparse", "sparse_sage")
+TILED = ("sparse+tiles", "sparse_sage+tiles")
+"""the sparse backends with option grid=(frames, 32, 32): blocks are 8x8 tiles (video inputs only)"""
+
+
+@dataclass
+class Row:
+    """One backend on one input."""
+
+    tokens: int
+    head_dim: int
+    inputs: str
+    backend: str
+    seconds: float
+    speedup: float
+    kept: float
+    cos_sim: float
+    rel_l1: float
+    rmse: float
+
+
+def make_inputs(kind: str, *, tokens: int, head_dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """(1, HEADS, tokens, head_dim) contiguous q, k, v of the named kind."""
+    if kind == "video":
+        per_frame = FRAME[0] * FRAME[1]
+        if tokens % per_frame:
+            raise SystemExit(f"--tokens {tokens}: video inputs need a multiple of {per_frame} (32x32 frames)")
+        return video_like_qkv(
+            batch=1,
+            heads=HEADS,
+            frames=tokens // per_frame,
+            height=FRAME[0],
+            width=FRAME[1],
+            head_dim=head_dim,
+            dtype=dtype,
+        )
+    if kind == "random":
+        g = torch.Generator().manual_seed(0)
+        return tuple(torch.randn(1, HEADS, tokens, head_dim, generator=g).to(dtype) for _ in range(3))
+    raise SystemExit(f"--inputs: unknown kind {kind!r}; use video or random")
+
+
+def variant(label: str, *, cdf: float, tokens: int) -> tuple[str, dict]:
+    """(backend, keyword options) of a row label of this benchmark."""
+    name = label.removesuffix("+tiles")
+    opts: dict = {"cdf_threshold": cdf} if name in SPARSE else {}
+    if label in TILED:
+        opts["grid"] = (tokens // (FRAME[0] * FRAME[1]), *FRAME)
+    return name, opts
+
+
+def computed_fraction(q: torch.Tensor, k: torch.Tensor, opts: dict) -> float:
+    """Fraction of (Q block, K block) pairs a sparse backend computes with these options."""
+    if "grid" in opts:
+        idx = tile_permutation(opts["grid"], tokens=q.shape[2], k_block=64)
+        q, k = q.index_select(2, idx), k.index_select(2, idx)
+    mask = predict_block_mask(q, k, scale=q.shape[-1] ** -0.5, cdf_threshold=opts["cdf_threshold"])
+    # NOTE: the kernel computes, for each run of Q_GROUP Q blocks, the union of their K blocks, and
+    # every block (one dense call) when that union keeps more than DENSE_ABOVE of them.
+    return fused_fraction(group_rows(mask, group=Q_GROUP))
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, torch.Tensor]:
+    """(wall seconds, result) of one call."""
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - start, out
+
+
+def bench_case(
+    kind: str, *, tokens: int, head_dim: int, repeat: int, cdf: float, dtype: torch.dtype
+) -> list[Row]:
+    """Time and score every backend on one input; rows in BACKENDS order."""
+    q, k, v = make_inputs(kind, tokens=tokens, head_dim=head_dim, dtype=dtype)
+    labels = BACKENDS + (TILED if kind == "video" else ())
+    times: dict[str, list[float]] = {b: [] for b in labels}
+    outs: dict[str, torch.Tensor] = {}
+    for r in range(repeat):
+        order = labels[r % len(labels) :] + labels[: r % len(labels)]
+        for b in order:
+            name, opts = variant(b, cdf=cdf, tokens=tokens)
+            sec, out = timed(attention, q, k, v, backend=name, **opts)
+            times[b].append(sec)
+            outs[b] = out
+    # NOTE: SDPA on fp32 inputs is exact fp32 dense attention (flash tiling, fp32 accumulation).
+    ref = outs["sdpa"] if dtype == torch.float32 else attention(q.float(), k.float(), v.float())
+    sdpa_median = statistics.median(times["sdpa"])
+    rows = []
+    for b in labels:
+        name, opts = variant(b, cdf=cdf, tokens=tokens)
+        kept = computed_fraction(q, k, opts) if name in SPARSE else 1.0
+        err = attention_error(outs[b], ref)
+        med = statistics.median(times[b])
+        rows.append(
+            Row(tokens, head_dim, kind, b, med, sdpa_median / med, kept, err.cos_sim, err.rel_l1, err.rmse)
+        )
+    return rows
+
+
+def format_table(rows: list[Row]) -> str:
+    """A Markdown table of the rows."""
+    lines = [
+        "| N | D | inputs | backend | time (s) | x SDPA | kept blocks | cos sim | rel L1 | RMSE |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.tokens} | {r.head_dim} | {r.inputs} | {r.backend} | {r.seconds:.3f} | {r.speedup:.2f} | "
+            f"{r.kept:.3f} | {r.cos_sim:.5f} | {r.rel_l1:.4f} | {r.rmse:.2e} |"
+        )
+    return "\n".join(lines)
+
+
+def goal_lines(rows: list[Row]) -> list[str]:
+    """The CPU goal of issue 5: sparse_sage >= 2x SDPA at N = 16384, cos >= 0.99, video inputs."""
+    out = []
+    for r in rows:
+        if r.backend.startswith("sparse_sage") and r.inputs == "video" and r.tokens == 16384:
+            met = r.speedup >= 2.0 and r.cos_sim >= 0.99
+            out.append(
+                f"goal (D={r.head_dim}): {r.backend} {r.speedup:.2f}x SDPA, cos {r.cos_sim:.5f} -> "
+                f"{'met' if met else 'NOT met'}"
+            )
+    return out
+
+
+def warm_up(*, head_dim: int, cdf: float, dtype: torch.dtype) -> None:
+    """One small call per backend (library loading, oneDNN kernels) before anything is timed."""
+    q, k, v = make_inputs("video", tokens=1024, head_dim=head_dim, dtype=dtype)
+    for b in BACKENDS + TILED:
+        name, opts = variant(b, cdf=cdf, tokens=1024)
+        attention(q, k, v, backend=name, **opts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="one timed call per backend and case")
+    p.add_argument("--repeat", type=int, default=3, help="timed calls per backend and case (median reported)")
+    p.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384], help="sequence lengths N")
+    p.add_argument("--head-dims", type=int, nargs="+", default=[128, 64], help="head dims D")
+    p.add_argument("--inputs", nargs="+", default=["video", "random"], help="input kinds: video, random")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--cdf", type=float, default=0.95, help="cdf_threshold of sparse and sparse_sage")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="q, k, v dtype")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    args = p.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    repeat = 1 if args.quick else args.repeat
+    if repeat < 1:
+        raise SystemExit("--repeat must be >= 1")
+    dtype = getattr(torch, args.dtype)
+    torch.set_grad_enabled(False)
+    print(
+        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {args.dtype}, {HEADS} heads, repeat {repeat}, cdf {args.cdf}",
+        flush=True,
+    )
+    for d in sorted(set(args.head_dims)):
+        warm_up(head_dim=d, cdf=args.cdf, dtype=dtype)
+    rows: list[Row] = []
+    for n in args.tokens:
+        for d in args.head_dims:
+            for kind in args.inputs:
+                case = bench_case(kind, tokens=n, head_dim=d, repeat=repeat, cdf=args.cdf, dtype=dtype)
+                print(format_table(case).split("\n", 2)[2], flush=True)
+                rows.extend(case)
+    print()
+    print(format_table(rows))
+    for line in goal_lines(rows):
+        print(line)
+    if args.json is not None:
+        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
