@@ -49,8 +49,8 @@ from vdiff.models import build_model
 from vdiff.optim import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = {"tiny": ("tiny.yaml",), "demo": ("demo.yaml",)}
-"""config name -> file names in configs/ (the first that exists is used)"""
+CONFIGS = {"tiny": "tiny.yaml", "demo": "demo.yaml"}
+"""config name -> its file in configs/"""
 SHAPES = [
     (c, s, d)
     for c in ("red", "blue", "yellow", "green")
@@ -60,11 +60,11 @@ SHAPES = [
 
 
 def config_path(name: str) -> Path:
-    """``configs/<name>.yaml`` (or its older file name)."""
-    for file in CONFIGS[name]:
-        if (ROOT / "configs" / file).is_file():
-            return ROOT / "configs" / file
-    raise FileNotFoundError(f"none of {CONFIGS[name]} in {ROOT / 'configs'}")
+    """``configs/<file>`` of a config name; a clear error if it is not there."""
+    path = ROOT / "configs" / CONFIGS[name]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; bench/loader.py reads the repository's configs/")
+    return path
 
 
 def write_curated(folder: Path, *, clips: int, height: int, width: int, fps: float = 24.0) -> Path:
