@@ -6,15 +6,17 @@ tokenizer; ``tests/pipelines/test_sample_wan.py:write_tiny_wan``). Both pipeline
 get the same prompt embeddings (encoded once by vdiff's text encoder, and checked against
 ``WanPipeline.encode_prompt``), the same initial noise, steps, size, guidance and scheduler.
 
-1. vdiff vs diffusers: the two alternate ``--repeat`` times, end to end (denoising + VAE decode);
-   the ratio printed is vdiff's median wall time over diffusers' (< 1: vdiff is faster), with the
-   max abs difference of the final latents and of the decoded videos.
-2. vdiff dense vs ``cache.enabled=true`` (TeaCache-style, ``--cache-threshold``) vs
+1. vdiff vs diffusers: the two alternate ``--repeat`` times (the order flips every repeat), end
+   to end (denoising + VAE decode); the ratio printed is vdiff's median wall time over
+   diffusers' (< 1: vdiff is faster), with the max abs difference of the final latents and of
+   the decoded videos.
+2. vdiff dense vs ``cache.enabled=true`` (TeaCache-style, each of ``--cache-thresholds``) vs
    ``attention.backend=sparse_sage`` with the dense-first/last-steps policy (AttentionPolicy
-   defaults): they alternate on the denoising loop alone (latents); the speedup is dense's median
-   over the variant's; the error is the decoded video's difference from the dense one (max and
-   mean abs, PSNR in [-1, 1]), and ``eval.evaluate``'s weight-free dimensions score every
-   variant's videos (one per repeat: prompt and seed change each repeat).
+   defaults: 2 dense first steps, 1 dense last): they alternate the same way, on the denoising
+   loop alone (latents); the speedup is dense's median over the variant's; the error is the
+   decoded video's difference from the dense one (max and mean abs, PSNR in [-1, 1]), and
+   ``eval.evaluate``'s weight-free dimensions score every variant's videos (one per repeat:
+   prompt and seed change each repeat).
 
     python bench/sample.py [--repeat N] [--steps N] [--frames N] [--height N] [--width N]
 """
@@ -138,7 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=4, help="transformer blocks of the random model")
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--head-dim", type=int, default=32)
-    p.add_argument("--cache-threshold", type=float, default=0.1, help="cache.threshold of the TeaCache run")
+    p.add_argument(
+        "--cache-thresholds",
+        type=lambda v: [float(x) for x in v.split(",")],
+        default=[0.05, 0.1, 0.2],
+        help="comma-separated cache.threshold values, one TeaCache run each",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--keep", help="folder to keep the weights and videos in (default: a temporary one)")
     args = p.parse_args(argv)
@@ -215,31 +222,39 @@ def main(argv: list[str] | None = None) -> int:
             return out  # (C, T', H', W')
         return torch.from_numpy(out).permute(3, 0, 1, 2).float() * 2 - 1  # (3, T, H, W) in [-1, 1]
 
-    # 1. vdiff vs diffusers, alternating, end to end.
+    # 1. vdiff vs diffusers, alternating: the denoising loop alone, and end to end.
     run_vdiff(0), run_diffusers(0)  # warm-up
-    times: dict[str, list[float]] = {"vdiff": [], "diffusers": []}
-    diffs = []
+    modes = {"denoising": ("latent", "latent"), "denoising + decode": ("video", "np")}
+    times: dict[tuple[str, str], list[float]] = {}
+    diffs: dict[str, list[float]] = {m: [] for m in modes}
+    runs = {"vdiff": run_vdiff, "diffusers": run_diffusers}
     for r in range(args.repeat):
-        tv, v = timed(lambda r=r: run_vdiff(r))
-        td, d = timed(lambda r=r: run_diffusers(r))
-        times["vdiff"].append(tv)
-        times["diffusers"].append(td)
-        diffs.append(float((v - d).abs().max()))
-    lat_diff = float(
-        (run_vdiff(0, output_type="latent") - run_diffusers(0, output_type="latent")).abs().max()
+        for mode, kinds in modes.items():
+            out = {}
+            # NOTE: the order flips every repeat (ABBA), so neither side always runs first.
+            for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+                kind = kinds[0] if name == "vdiff" else kinds[1]
+                t, out[name] = timed(lambda r=r, fn=runs[name], kind=kind: fn(r, output_type=kind))
+                times.setdefault((mode, name), []).append(t)
+            diffs[mode].append(float((out["vdiff"] - out["diffusers"]).abs().max()))
+    print("\n## vdiff vs diffusers WanPipeline")
+    for mode in modes:
+        med = {n: statistics.median(times[(mode, n)]) for n in runs}
+        print(f"{mode}:")
+        for n in runs:
+            print(f"  {n:<10} median {med[n]:.3f} s  runs {[round(t, 3) for t in times[(mode, n)]]}")
+        print(f"  time ratio vdiff / diffusers: {med['vdiff'] / med['diffusers']:.3f}  (goal <= 1.0)")
+    print(
+        f"max abs diff: latents {max(diffs['denoising']):.2e}, "
+        f"videos {max(diffs['denoising + decode']):.2e} (in [-1, 1])"
     )
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print("\n## vdiff vs diffusers WanPipeline (denoising + decode)")
-    print(f"vdiff     median {med['vdiff']:.3f} s  runs {[round(t, 3) for t in times['vdiff']]}")
-    print(f"diffusers median {med['diffusers']:.3f} s  runs {[round(t, 3) for t in times['diffusers']]}")
-    print(f"time ratio vdiff / diffusers: {med['vdiff'] / med['diffusers']:.3f}  (goal <= 1.0)")
-    print(f"max abs diff: latents {lat_diff:.2e}, videos {max(diffs):.2e} (in [-1, 1])")
 
     # 2. Step caching and sparse attention against vdiff's dense run.
     variants: dict[str, dict[str, Any]] = {
         "dense": {},
-        f"teacache {args.cache_threshold}": {
-            "cache": StepCacheConfig(enabled=True, threshold=args.cache_threshold)
+        **{
+            f"teacache {t:g}": {"cache": StepCacheConfig(enabled=True, threshold=t)}
+            for t in args.cache_thresholds
         },
         "sparse_sage": {"attention": AttentionPolicy(backend="sparse_sage")},
     }
@@ -249,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     videos: dict[str, list[tuple[str, int, torch.Tensor]]] = {k: [] for k in variants}
     stats: dict[str, Any] = {}
     for r in range(args.repeat):
-        for name, kw in variants.items():
+        for name, kw in list(variants.items())[:: 1 if r % 2 == 0 else -1]:
             t, lat = timed(lambda r=r, kw=kw: run_vdiff(r, output_type="latent", **kw))
             vtimes[name].append(t)
             if pipe.last_cache_stats is not None:
