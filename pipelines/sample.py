@@ -736,6 +736,23 @@ def sample_to_folder(
     return written
 
 
+def check_video_size(pipe: VideoPipeline, cfg: SampleConfig) -> None:
+    """Raise before sampling when the autoencoder or the transformer cannot take the video size.
+
+    The autoencoder fixes which frame counts and sizes have latents; the transformer's patch
+    size must divide those latents and its input channels must match the autoencoder's.
+    """
+    shape = latent_shape(pipe.vae, frames=cfg.frames, height=cfg.height, width=cfg.width)  # (C, T', H', W')
+    grid = getattr(getattr(pipe.transformer, "embed", None), "grid", None)
+    if grid is not None:
+        try:
+            grid((1, *shape))
+        except ValueError as e:
+            raise ConfigError(
+                f"frames={cfg.frames} height={cfg.height} width={cfg.width} give latents {shape}: {e}"
+            ) from e
+
+
 def make_pipeline(
     transformer: torch.nn.Module,
     text_encoder: Any,
@@ -788,6 +805,7 @@ def main(argv: list[str] | None = None) -> int:
         rank, groups = setup_distributed(cfg.parallel)
         transformer, text, vae = load_components(args.model, cfg)
         pipe = make_pipeline(transformer, text, vae, cfg=cfg, groups=groups)
+        check_video_size(pipe, cfg)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"vdiff sample: {e}", file=sys.stderr)
         return 2

@@ -234,3 +234,16 @@ def test_wan_folder_options_reach_the_components(wan_dir):
     assert type(text.model).__name__ == "UMT5EncoderModel" and transformer.config.text_dim == 32
     _, text, vae = load_components(wan_dir, SampleConfig())
     assert not vae.vae.use_tiling and vae.dtype == torch.float32
+
+
+def test_sizes_the_wan_vae_cannot_take_fail_before_sampling(wan_dir, tmp_path, capsys):
+    from pipelines.sample import main
+
+    args = ["--model", str(wan_dir), "--prompt", PROMPT, "--out", str(tmp_path / "o"), "progress=false"]
+    assert main([*args, "frames=16"]) == 2  # Wan's VAE takes 1 + 4k frames
+    assert "1 + a multiple of 4" in capsys.readouterr().err
+    assert main([*args, "frames=5", "height=36"]) == 2
+    assert "multiples of the VAE's compression 8" in capsys.readouterr().err
+    assert main([*args, "frames=5", "height=40"]) == 2  # 5 latent rows, patch 2
+    assert "not divisible by the patch size" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
