@@ -2,7 +2,9 @@
 
 from vdiff.data.clips import clip_frame_indices, decode_mp4_frames, frames_to_video, resize_crop
 from vdiff.data.loader import (
+    BatchPlan,
     DataConfig,
+    SampleReader,
     ShardLoader,
     cached_settings,
     collate,
@@ -14,7 +16,9 @@ from vdiff.data.loader import (
 from vdiff.data.shards import SampleRef, index_shard, list_shards, read_sample, split_member_name
 
 __all__ = [
+    "BatchPlan",
     "DataConfig",
+    "SampleReader",
     "SampleRef",
     "ShardLoader",
     "cached_settings",

@@ -10,6 +10,11 @@ resume. Iteration never ends; the last incomplete global batch of an epoch is dr
 Aspect-ratio buckets (``data.buckets``, sizes ``HxW``): each clip goes to the bucket whose
 aspect ratio is closest to its own (in log ratio), and an epoch's global batches are filled
 in permutation order, one bucket at a time, so every batch holds clips of one size.
+
+Workers (``data.num_workers``): raw clips are decoded ahead of training in that many processes
+per rank (a torch DataLoader over the planned batches, :mod:`vdiff.data.workers`). The
+batches are bit-identical to in-process decoding, and the position (so the checkpointed
+state) only moves when a batch is handed to training: batches read ahead are not consumed.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch
 
 from vdiff.data.clips import clip_frame_indices, decode_mp4_frames, frames_to_video, max_start
 from vdiff.data.shards import SampleRef, index_shard, list_shards, read_sample
+from vdiff.data.workers import Prefetcher
 
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov")
 """member extensions read as raw video"""
@@ -56,6 +62,8 @@ class DataConfig:
     """permute samples every epoch (seeded); false keeps shard order"""
     buckets: list[str] = field(default_factory=list)
     """aspect-ratio buckets as HxW sizes, e.g. [32x32, 32x48, 48x32]; empty = height x width only"""
+    num_workers: int = 2
+    """processes per rank decoding raw clips ahead of training (same batches); 0 = in the training process"""
 
     def validate(self) -> None:
         for name in ("num_frames", "height", "width"):
@@ -63,6 +71,10 @@ class DataConfig:
                 raise ValueError(f"data.{name} must be > 0, got {getattr(self, name)}")
         if self.fps <= 0:
             raise ValueError(f"data.fps must be > 0, got {self.fps}")
+        if self.num_workers < 0:
+            raise ValueError(
+                f"data.num_workers must be >= 0 (0: decode in the training process), got {self.num_workers}"
+            )
         self.sizes()
 
     def sizes(self) -> list[tuple[int, int]]:
@@ -201,8 +213,86 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+class SampleReader:
+    """Loads samples by index: all a worker process holds (shard index, data config, seed; no position)."""
+
+    def __init__(self, refs: list[SampleRef], cfg: DataConfig, *, kind: str, seed: int) -> None:
+        self.refs, self.cfg, self.kind, self.seed = refs, cfg, kind, seed
+
+    def load(self, index: int, epoch: int) -> dict[str, Any]:
+        """One sample; a raw clip's random start is seeded by (seed, epoch, index), not by rank."""
+        ref = self.refs[index]
+        if self.kind == "cached":
+            return load_cached_sample(ref)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+        return load_raw_sample(ref, self.cfg, generator=g)
+
+    def batch(self, indices: list[int], epoch: int) -> dict[str, Any]:
+        """The samples ``indices`` of ``epoch``, collated."""
+        return collate([self.load(i, epoch) for i in indices])
+
+
+class BatchPlan:
+    """Which samples form each global batch of an epoch, and this rank's slice of it (no I/O)."""
+
+    def __init__(
+        self, bucket: list[int], *, batch_size: int, rank: int, world: int, seed: int, shuffle: bool
+    ) -> None:
+        self.bucket = bucket
+        self.batch_size, self.rank, self.seed, self.shuffle = batch_size, rank, seed, shuffle
+        self.global_batch = batch_size * world
+        self._batches: dict[int, list[list[int]]] = {}
+
+    def order(self, epoch: int) -> list[int]:
+        """Sample indices of an epoch (the same on every rank)."""
+        if not self.shuffle:
+            return list(range(len(self.bucket)))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.bucket), generator=g).tolist()
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """The global batches of an epoch: filled in permutation order, one bucket at a time."""
+        if epoch not in self._batches:
+            # NOTE: two epochs are kept, since read-ahead plans the next epoch before this one is done.
+            if len(self._batches) >= 2:
+                del self._batches[min(self._batches)]
+            pending: dict[int, list[int]] = {}
+            batches = []
+            for i in self.order(epoch):
+                group = pending.setdefault(self.bucket[i], [])
+                group.append(i)
+                if len(group) == self.global_batch:
+                    batches.append(group)
+                    pending[self.bucket[i]] = []
+            self._batches[epoch] = batches
+        return self._batches[epoch]
+
+    def batch_indices(self, epoch: int, step: int) -> list[int]:
+        """This rank's sample indices of global batch ``step`` of ``epoch``."""
+        lo = self.rank * self.batch_size
+        return self.batches(epoch)[step][lo : lo + self.batch_size]
+
+    def normalize(self, epoch: int, step: int) -> tuple[int, int]:
+        """The position ``(epoch, step)`` of the next batch to read: past an epoch's end is the next epoch."""
+        while step >= len(self.batches(epoch)):
+            epoch, step = epoch + 1, 0
+        return epoch, step
+
+    def positions(self, epoch: int, step: int) -> Iterator[tuple[int, int]]:
+        """Every batch position from ``(epoch, step)`` on (never ends)."""
+        while True:
+            epoch, step = self.normalize(epoch, step)
+            yield epoch, step
+            step += 1
+
+
 class ShardLoader:
-    """Infinite, deterministic, resumable batches for one data-parallel rank (see module doc)."""
+    """Infinite, deterministic, resumable batches for one data-parallel rank (see module doc).
+
+    With ``data.num_workers > 0`` raw clips are decoded ahead in worker processes
+    (:class:`vdiff.data.workers.Prefetcher`); the batches are the same as in-process. Call
+    :meth:`close` (or use ``with``) to stop the workers early; dropping the loader stops them too.
+    """
 
     def __init__(
         self,
@@ -215,6 +305,7 @@ class ShardLoader:
     ) -> None:
         if not 0 <= rank < world:
             raise ValueError(f"data rank {rank} is outside the data-parallel world of {world}")
+        cfg.validate()
         self.cfg = cfg
         self.batch_size, self.rank, self.world, self.seed = batch_size, rank, world, seed
         self.refs = [ref for shard in list_shards(cfg.path) for ref in index_shard(shard)]
@@ -229,9 +320,13 @@ class ShardLoader:
                 bucket_index(_meta(r, read_sample(r, ("json",))), sizes, name=f"{r.shard}:{r.key}")
                 for r in self.refs
             ]
+        self.reader = SampleReader(self.refs, cfg, kind=self.kind, seed=seed)
+        self.schedule = BatchPlan(
+            self.bucket, batch_size=batch_size, rank=rank, world=world, seed=seed, shuffle=cfg.shuffle
+        )
         self.epoch = 0
         self.step_in_epoch = 0
-        self._plan: tuple[int, list[list[int]]] = (-1, [])
+        self._prefetch: Prefetcher | None = None
         if not self.plan(0):
             raise ValueError(
                 f"data.path={cfg.path} has {len(self.refs)} samples, fewer than one global batch of "
@@ -240,24 +335,11 @@ class ShardLoader:
 
     def order(self, epoch: int) -> list[int]:
         """Sample indices of an epoch (the same on every rank)."""
-        if not self.cfg.shuffle:
-            return list(range(len(self.refs)))
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.refs), generator=g).tolist()
+        return self.schedule.order(epoch)
 
     def plan(self, epoch: int) -> list[list[int]]:
         """The global batches of an epoch: filled in permutation order, one bucket at a time."""
-        if self._plan[0] != epoch:
-            pending: dict[int, list[int]] = {}
-            batches = []
-            for i in self.order(epoch):
-                group = pending.setdefault(self.bucket[i], [])
-                group.append(i)
-                if len(group) == self.global_batch:
-                    batches.append(group)
-                    pending[self.bucket[i]] = []
-            self._plan = (epoch, batches)
-        return self._plan[1]
+        return self.schedule.batches(epoch)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -266,29 +348,62 @@ class ShardLoader:
 
     def batch_indices(self, epoch: int, step: int) -> list[int]:
         """This rank's sample indices of global batch ``step`` of ``epoch``."""
-        lo = self.rank * self.batch_size
-        return self.plan(epoch)[step][lo : lo + self.batch_size]
+        return self.schedule.batch_indices(epoch, step)
 
     def load(self, index: int, epoch: int) -> dict[str, Any]:
         """One sample; a raw clip's random start is seeded by (seed, epoch, index), not by rank."""
-        ref = self.refs[index]
-        if self.kind == "cached":
-            return load_cached_sample(ref)
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
-        return load_raw_sample(ref, self.cfg, generator=g)
+        return self.reader.load(index, epoch)
+
+    @property
+    def uses_workers(self) -> bool:
+        """Whether batches come from worker processes (``data.num_workers > 0``, raw shards)."""
+        # NOTE: cached samples are a file read and a safetensors parse (~0.2 ms); sending them
+        # through worker processes costs more than it saves (bench/loader.py), so they stay here.
+        return self.cfg.num_workers > 0 and self.kind != "cached"
+
+    def next_batch(self) -> dict[str, Any]:
+        """The batch at the current position; the position then moves past it."""
+        epoch, step = self.schedule.normalize(self.epoch, self.step_in_epoch)
+        if self.uses_workers:
+            batch = self._from_workers(epoch, step)
+        else:
+            batch = self.reader.batch(self.batch_indices(epoch, step), epoch)
+        self.epoch, self.step_in_epoch = epoch, step + 1
+        return batch
+
+    def _from_workers(self, epoch: int, step: int) -> dict[str, Any]:
+        # NOTE: the workers read ahead from where they started; a position they are not at
+        # (first batch, load_state_dict, after an error) starts them afresh there.
+        if self._prefetch is None or self._prefetch.next_position != (epoch, step):
+            self.close()
+            workers = self.cfg.num_workers
+            self._prefetch = Prefetcher(
+                self.reader, self.schedule, start=(epoch, step), num_workers=workers, seed=self.seed
+            )
+        try:
+            return self._prefetch.next()
+        except BaseException:
+            self.close()
+            raise
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while True:
-            while self.step_in_epoch < self.steps_per_epoch:
-                idx = self.batch_indices(self.epoch, self.step_in_epoch)
-                batch = collate([self.load(i, self.epoch) for i in idx])
-                self.step_in_epoch += 1
-                yield batch
-            self.epoch += 1
-            self.step_in_epoch = 0
+            yield self.next_batch()
+
+    def close(self) -> None:
+        """Stop the worker processes and drop what they read ahead (the position is kept)."""
+        prefetch, self._prefetch = self._prefetch, None
+        if prefetch is not None:
+            prefetch.close()
+
+    def __enter__(self) -> ShardLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def state_dict(self) -> dict[str, int]:
-        """The position after the last yielded batch."""
+        """The position after the last yielded batch (batches read ahead but not yielded do not count)."""
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
