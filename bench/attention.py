@@ -24,7 +24,7 @@ against fp32 dense attention, which is torch SDPA on fp32 inputs (the same maths
 ``dense_reference``, tiled, so N = 16384 fits in memory; the test suite checks the two agree).
 
     python bench/attention.py [--quick] [--repeat N] [--tokens 4096 16384] [--head-dims 128 64]
-                              [--inputs video random] [--threads N] [--cdf 0.95] [--json PATH]
+                              [--inputs video random] [--threads N] [--cdf 0.9] [--json PATH]
 
 N = 16384 at D = 128 costs tens of seconds per dense call on 2 CPU cores; ``--quick`` runs
 each backend once (no warm-up repeat).
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--head-dims", type=int, nargs="+", default=[128, 64], help="head dims D")
     p.add_argument("--inputs", nargs="+", default=["video", "random"], help="input kinds: video, random")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--cdf", type=float, default=0.95, help="cdf_threshold of sparse and sparse_sage")
+    p.add_argument("--cdf", type=float, default=0.9, help="cdf_threshold of sparse and sparse_sage")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="q, k, v dtype")
     p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     args = p.parse_args(argv)

@@ -67,10 +67,14 @@ def pool_blocks(x: torch.Tensor, *, block: int) -> tuple[torch.Tensor, torch.Ten
     xb = xf.view(b, h, nb, block, d)  # (B, H, nb, block, D)
     counts = torch.full((nb,), float(block), device=x.device)
     counts[-1] = n - (nb - 1) * block
-    pooled = xb.sum(dim=3) / counts[:, None]  # (B, H, nb, D)
-    unit = torch.nn.functional.normalize(xb, dim=-1)  # padded rows stay 0
-    # NOTE: sum over pairs i != j of cos(x_i, x_j) = |sum_i x̂_i|² - n, no n² matrix needed.
-    pair_sum = unit.sum(dim=3).pow(2).sum(dim=-1) - counts  # (B, H, nb)
+    # NOTE: both block sums in one pass over x, as a (2, block) x (block, D) product per block:
+    # row 0 weighs tokens by 1/count (the mean), row 1 by 1/|x| (the sum of unit vectors; padded
+    # rows are 0 either way). Sum over pairs i != j of cos(x_i, x_j) = |sum_i x̂_i|² - n.
+    inv_norm = torch.linalg.vector_norm(xb, dim=-1).clamp_min_(1e-12).reciprocal_()  # (B, H, nb, block)
+    weights = torch.stack([(1.0 / counts)[:, None].expand(nb, block).expand_as(inv_norm), inv_norm], dim=-2)
+    sums = torch.matmul(weights, xb)  # (B, H, nb, 2, D)
+    pooled = sums[..., 0, :]
+    pair_sum = sums[..., 1, :].pow(2).sum(dim=-1) - counts  # (B, H, nb)
     pairs = counts * (counts - 1)
     sim = torch.where(pairs > 0, pair_sum / pairs.clamp_min(1), torch.ones_like(pair_sum))
     return pooled, sim, counts

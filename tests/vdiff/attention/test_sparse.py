@@ -21,6 +21,7 @@ from vdiff.attention.sparse import (
     load_thresholds,
     pool_blocks,
     predict_block_mask,
+    tile_permutation,
 )
 
 # Bounds documented in docs/attention.md for the video-like inputs: at cdf_threshold=0.99 (with or
@@ -243,3 +244,53 @@ def test_ring_merge_of_two_k_shards(video_qkv) -> None:
     err = attention_error(out, dense_reference(q, k, v))
     assert err.cos_sim >= COS_MIN and err.rel_l1 <= L1_MAX, err
     assert math.isfinite(float(lse.sum()))
+
+
+def test_tile_permutation_makes_k_blocks_square_tiles() -> None:
+    idx = tile_permutation((2, 16, 8), tokens=256, k_block=64)
+    assert sorted(idx.tolist()) == list(range(256))
+    t, y, x = idx // 128, (idx % 128) // 8, idx % 8  # raster coordinates of each reordered token
+    for blk in range(4):  # every K block of 64 reordered tokens is one 8x8 tile of one frame
+        sl = slice(64 * blk, 64 * (blk + 1))
+        assert t[sl].unique().numel() == 1 and y[sl].max() - y[sl].min() == 7 and x[sl].unique().numel() == 8
+    with pytest.raises(ValueError, match="multiples of the 8x8 tile"):
+        tile_permutation((2, 12, 8), tokens=192, k_block=64)
+    with pytest.raises(ValueError, match="holds 256 tokens"):
+        tile_permutation((2, 16, 8), tokens=300, k_block=64)
+    with pytest.raises(ValueError, match="square k_block"):
+        tile_permutation((2, 16, 8), tokens=256, k_block=32)
+
+
+@pytest.mark.parametrize("backend", ["sparse", "sparse_sage"])
+def test_grid_option_keeps_input_order_and_bounds(video_qkv, backend: str) -> None:
+    q, k, v = video_qkv  # 12 frames of 8x16 tokens
+    ref = dense_reference(q, k, v)
+    # every block kept: the reordering must be undone exactly
+    full = attention(q, k, v, backend=backend, grid=(12, 8, 16), cdf_threshold=1.0, sim_threshold=-2.0)
+    plain = attention(q, k, v, backend=backend, cdf_threshold=1.0, sim_threshold=-2.0)
+    torch.testing.assert_close(full, plain, atol=2e-3 if backend == "sparse_sage" else 1e-5, rtol=1e-3)
+    idx = tile_permutation((12, 8, 16), tokens=q.shape[2], k_block=64)
+    tiled = predict_block_mask(q[:, :, idx], k[:, :, idx], scale=0.125, cdf_threshold=0.99)
+    raster = predict_block_mask(q, k, scale=0.125, cdf_threshold=0.99)
+    assert tiled.float().mean() < raster.float().mean()  # compact tiles summarise better
+    err = attention_error(attention(q, k, v, backend=backend, grid=[12, 8, 16], cdf_threshold=0.99), ref)
+    assert err.cos_sim >= COS_MIN and err.rel_l1 <= L1_MAX, err
+    with pytest.raises(ValueError, match="self-attention"):
+        attention(q, k[:, :, :640], v[:, :, :640], backend=backend, grid=(12, 8, 16))
+
+
+@pytest.mark.parametrize("backend", ["sparse", "sparse_sage"])
+def test_sparse_clear_errors(random_qkv, backend: str) -> None:
+    q, k, v = random_qkv
+    with pytest.raises(ValueError, match="must agree"):
+        attention(q, k[:, :1], v[:, :1], backend=backend)
+    with pytest.raises(ValueError, match="dtypes"):
+        attention(q.double(), k.double(), v.double(), backend=backend)
+    with pytest.raises(ValueError, match="k_block"):
+        attention(q, k, v, backend=backend, k_block=-1)
+    with pytest.raises(ValueError, match="share one dtype"):
+        attention(q, k.bfloat16(), v, backend=backend)
+    with pytest.raises(ValueError, match="block mask has shape"):
+        block_sparse_attention(q, k, v, torch.ones(1, 2, 3, 3, dtype=torch.bool), scale=0.125)
+    with pytest.raises(RuntimeError, match="keeps no K block"):
+        block_sparse_attention(q, k, v, torch.zeros(1, 2, 3, 5, dtype=torch.bool), scale=0.125)
