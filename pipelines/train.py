@@ -692,6 +692,7 @@ def train(cfg: TrainConfig) -> Path:
             break
 
     # 7. Final checkpoint.
+    loader.close()  # NOTE: stops the data workers now; the checkpoint keeps the loader's position
     bar.close()
     if writer is not None:
         writer.close()
