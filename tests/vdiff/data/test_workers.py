@@ -159,3 +159,8 @@ def test_each_torchrun_rank_reads_its_slice_with_its_own_workers(clip_shards: Pa
     cfg.num_workers = 0
     one = [b["key"] for b in take(ShardLoader(cfg, batch_size=4, seed=3), 6)]
     assert [a + b for a, b in zip(*ranks)] == one
+
+
+def test_a_negative_worker_count_is_a_clear_error(clip_shards: Path) -> None:
+    with pytest.raises(ValueError, match=r"data\.num_workers must be >= 0"):
+        ShardLoader(DataConfig(path=str(clip_shards), num_workers=-1), batch_size=2)
