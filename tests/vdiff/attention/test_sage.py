@@ -7,7 +7,7 @@ import torch
 
 from vdiff.attention import attention
 from vdiff.attention.metrics import attention_error, dense_reference
-from vdiff.attention.sage import int8_matmul, quantize_per_block
+from vdiff.attention.sage import dequantize, int8_matmul, quantize_per_block
 
 # Bounds documented in docs/attention.md (fp32 P·V; bf16/fp16 P·V; fp8 P·V numerics).
 COS_MIN, L1_MAX = 0.999, 0.03
@@ -102,3 +102,22 @@ def test_sage_clear_errors(random_qkv) -> None:
         attention(q.requires_grad_(), k, v, backend="sage")
     with pytest.raises(ValueError, match="dtypes"):
         attention(q.detach().double(), k.double(), v.double(), backend="sage")
+
+
+@pytest.mark.parametrize("pv_dtype", ["fp32", "bf16"])
+def test_fused_and_tiled_paths_agree(video_qkv, pv_dtype: str) -> None:
+    # NOTE: return_lse=True takes the tiled path (torch._int_mm scores), False the fused one (SDPA
+    # on exactly dequantised blocks); with power-of-two scales both compute the same scores.
+    q, k, v = video_qkv
+    fused = attention(q, k, v, backend="sage", pv_dtype=pv_dtype)
+    tiled, _ = attention(q, k, v, backend="sage", pv_dtype=pv_dtype, return_lse=True)
+    tol = 1e-5 if pv_dtype == "fp32" else 1e-2  # bf16 P and output rounding differ by an ulp
+    torch.testing.assert_close(fused, tiled, atol=tol, rtol=tol)
+
+
+def test_dequantize_is_exact_in_bf16() -> None:
+    x = torch.randn(1, 2, 300, 64) * 3
+    xi, s = quantize_per_block(x, block=64)
+    exact = xi.double() * s.double().repeat_interleave(64, dim=-1)[..., :300, None]
+    assert torch.equal(dequantize(xi, s, block=64, dtype=torch.bfloat16).double(), exact)
+    assert torch.equal(dequantize(xi, s, block=64, dtype=torch.float16).double(), exact)
