@@ -18,8 +18,14 @@ online softmax; this PyTorch path has every score of the row at hand and uses th
 
 Thresholds per layer and head come from :mod:`vdiff.attention.calibrate` (``thresholds_file``
 plus ``layer_index`` and, under Ulysses, ``head_offset``); a plain ``cdf_threshold`` or ``topk``
-needs no calibration. Implementation: PyTorch, one Q block at a time over its kept K blocks
-(``torch._int_mm`` for INT8), so skipped blocks cost no FLOPs on any device.
+needs no calibration. Option ``grid`` reorders raster tokens into square tiles first
+(:func:`tile_permutation`).
+
+Implementation: PyTorch, no Python loop per block. Q blocks are grouped in runs of
+:data:`Q_GROUP` that share the union of their K blocks; the fused path runs torch SDPA per chunk
+of such query tiles over their gathered K/V blocks (dense heads in one call), the tiled path
+materialises each chunk's scores (``torch._int_mm`` for INT8) for the λ skip, the LSE and fp8.
+Skipped blocks cost no FLOPs on any device. See docs/attention.md.
 """
 
 from __future__ import annotations
