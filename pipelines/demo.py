@@ -7,7 +7,7 @@
    into WebDataset shards, and ``vdiff cache`` encodes them once (latents and MiniLM caption
    embeddings), so training steps spend their time on the model;
 3. ``vdiff train configs/demo.yaml`` trains a small DiT (pixel autoencoder, MiniLM text
-   encoder) for a fixed time budget;
+   encoder) on the videos resized to ``clip_size`` for a fixed step count, capped by a time budget;
 4. ``vdiff sample`` generates videos of the held-out combinations;
 5. ``vdiff eval`` scores them (weight-free dimensions) and ``eval.demo_metrics`` measures
    colour, shape and direction-of-motion accuracy with classical computer vision;
@@ -49,7 +49,9 @@ class DemoConfig:
     fps: float = 8.0
     """frame rate of the world videos"""
     size: int = 32
-    """frame width and height in pixels"""
+    """frame width and height of the world's videos in pixels"""
+    clip_size: int = 16
+    """frame width and height of the model's clips and of the generated videos (world frames are resized)"""
     clip_frames: int = 8
     """frames the model trains on and generates"""
     clip_fps: float = 4.0
@@ -59,7 +61,7 @@ class DemoConfig:
     train_config: str = "configs/demo.yaml"
     """training config (relative paths are looked up in the working folder, then the repository)"""
     train_minutes: float = 8.0
-    """training wall-time budget in minutes"""
+    """training wall-time cap in minutes (training stops at the config's train.steps or here, if sooner)"""
     train_overrides: list[str] = field(default_factory=list)
     """extra key=value overrides for vdiff train, e.g. [optim.lr=0.002]"""
     samples_per_combo: int = 4
@@ -68,8 +70,8 @@ class DemoConfig:
     """denoising steps"""
     guidance: float = 4.0
     """classifier-free guidance scale"""
-    shift: float = 1.0
-    """time shift of the sampling schedule"""
+    shift: float = 3.0
+    """time shift of the sampling schedule (the demo trains with flow.shift=3 too)"""
     sampler: str = "euler"
     """euler or unipc"""
     workers: int = 2
@@ -87,6 +89,7 @@ class DemoConfig:
             "held_out",
             "frames",
             "size",
+            "clip_size",
             "clip_frames",
             "samples_per_combo",
             "steps",
@@ -174,8 +177,8 @@ def _data_overrides(cfg: DemoConfig) -> list[str]:
     return [
         f"data.num_frames={cfg.clip_frames}",
         f"data.fps={cfg.clip_fps}",
-        f"data.height={cfg.size}",
-        f"data.width={cfg.size}",
+        f"data.height={cfg.clip_size}",
+        f"data.width={cfg.clip_size}",
         "data.random_offset=false",
     ]
 
@@ -214,8 +217,8 @@ def sample_args(cfg: DemoConfig, out: Path, prompts_file: Path) -> list[str]:
         f"shift={cfg.shift}",
         f"sampler={cfg.sampler}",
         f"frames={cfg.clip_frames}",
-        f"height={cfg.size}",
-        f"width={cfg.size}",
+        f"height={cfg.clip_size}",
+        f"width={cfg.clip_size}",
         f"fps={cfg.clip_fps}",
         f"videos_per_prompt={cfg.samples_per_combo}",
         f"batch_size={cfg.samples_per_combo}",
@@ -337,7 +340,7 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     _check(cache.main(cache_args(cfg, out)), "vdiff cache")
     timings["curate"] = time.perf_counter() - t
 
-    t = _stage(f"3/6 vdiff train: {cfg.train_minutes:g} minutes")
+    t = _stage(f"3/6 vdiff train: {cfg.train_config}, at most {cfg.train_minutes:g} minutes")
     _check(train.main(train_args(cfg, out)), "vdiff train")
     timings["train"] = time.perf_counter() - t
 
@@ -364,7 +367,8 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     rows, truth = [], []
     for (path, _), r in zip(videos, demo["videos"]):
         gif = Path("gifs") / (path.stem + ".gif")
-        write_gif(read_frames(path), out / gif, fps=cfg.clip_fps)
+        # NOTE: generated clips (clip_size) are shown as large as the world's videos (size × 4).
+        write_gif(read_frames(path), out / gif, fps=cfg.clip_fps, scale=max(1, 4 * cfg.size // cfg.clip_size))
         rows.append({**r, "gif": str(gif), "prompt": path.stem.rsplit("-", 1)[0]})
     for h in world["videos"]:
         if h["split"] == "heldout":

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
-from pipelines.demo import DemoConfig, main, render_html, train_args
+from pipelines.demo import REPO, DemoConfig, main, render_html, sample_args, train_args
+from pipelines.train import TrainConfig
 from vdiff.config import ConfigError, load_config
 
 TINY = [
@@ -61,6 +63,27 @@ def test_train_args_point_at_the_curated_data(tmp_path):
     args = train_args(load_config(DemoConfig, None, ["train_minutes=3"]), tmp_path)
     assert args[0].endswith("configs/demo.yaml")
     assert f"data.path={tmp_path / 'cache'}" in args and "train.max_minutes=3.0" in args
+
+
+def test_clip_size_sets_training_and_sampling_sizes(tmp_path):
+    cfg = load_config(DemoConfig, None, ["size=32", "clip_size=8"])
+    train = train_args(cfg, tmp_path)
+    assert "data.height=8" in train and "data.width=8" in train
+    sample = sample_args(cfg, tmp_path, tmp_path / "prompts.txt")
+    assert "height=8" in sample and "width=8" in sample
+
+
+def test_demo_model_is_wider_than_its_tokens():
+    """Each token carries in_channels × prod(patch) numbers, noise included; the model must hold them.
+
+    NOTE: the velocity target noise − x0 has the full dimension of a token. A model narrower
+    than its tokens cannot pass the noise through, so its loss stalls (~0.72 with 384-number
+    tokens in a 128-wide model) and its samples stay noisy; this was why the demo's direction
+    accuracy sat at chance.
+    """
+    m = load_config(TrainConfig, REPO / "configs/demo.yaml").model
+    token = m.in_channels * math.prod(m.patch_size)
+    assert token < m.dim, f"{token}-number tokens in a {m.dim}-wide model"
 
 
 def test_html_marks_right_and_wrong_readings():
