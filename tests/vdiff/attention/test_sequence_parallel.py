@@ -55,11 +55,25 @@ def _run(rank: int, world_size: int, mode: str) -> dict[str, dict]:
 def test_ulysses_gives_each_backend_the_full_sequence_of_its_heads() -> None:
     per_rank = spawn_gloo(_run, 2, "ulysses")
     q, k, v = _qkv()
-    for backend, opts in OPTIONS.items():
-        shards = sorted((r[backend] for r in per_rank), key=lambda r: r["sp_rank"])
-        got = torch.cat([s["out"] for s in shards], dim=2)  # (B, H, N, D)
-        # NOTE: rank r attended head r over all tokens; the same call in one process must agree.
-        torch.testing.assert_close(got, attention(q, k, v, backend=backend, **opts), atol=1e-5, rtol=1e-5)
+    threads = torch.get_num_threads()
+    # NOTE: one thread as in the workers, so that reductions run in the same order and no block
+    # at the cdf boundary flips between the two runs.
+    torch.set_num_threads(1)
+    try:
+        for backend, opts in OPTIONS.items():
+            shards = sorted((r[backend] for r in per_rank), key=lambda r: r["sp_rank"])
+            got = torch.cat([s["out"] for s in shards], dim=2)  # (B, H, N, D)
+            # NOTE: rank r attended head r over all tokens; the same call in one process must agree.
+            ref = torch.cat(
+                [
+                    attention(q[:, h : h + 1], k[:, h : h + 1], v[:, h : h + 1], backend=backend, **opts)
+                    for h in range(2)
+                ],
+                dim=1,
+            )
+            torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.dist

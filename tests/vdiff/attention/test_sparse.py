@@ -169,6 +169,22 @@ def test_sparse_backend_gradients_flow(video_qkv) -> None:
         attention(q, k, v, backend="sparse_sage")
 
 
+@pytest.mark.parametrize("need_lse", [True, False])
+def test_a_heads_result_does_not_depend_on_the_other_heads(video_qkv, need_lse: bool) -> None:
+    # NOTE: Ulysses gives each rank a subset of the heads; the dense-or-gathered decision must be
+    # made per head (a global one changed head 1's result when head 0 went along, by up to 1e-2).
+    q, k, v = (t[:, :, :512] for t in video_qkv)
+    mask = torch.zeros(1, 2, 4, 8, dtype=torch.bool)
+    mask[:, 0] = True  # head 0 keeps everything: alone it is computed densely
+    mask[:, 1, :, :2] = True  # head 1 keeps 25%
+    both, _ = block_sparse_attention(q, k, v, mask, scale=0.125, need_lse=need_lse)
+    alone, _ = block_sparse_attention(
+        q[:, 1:], k[:, 1:], v[:, 1:], mask[:, 1:], scale=0.125, need_lse=need_lse
+    )
+    torch.testing.assert_close(both[:, 1:], alone, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(alone, _masked_dense(q[:, 1:], k[:, 1:], v[:, 1:], mask[:, 1:], scale=0.125))
+
+
 def test_dense_above_threshold_computes_every_block(video_qkv) -> None:
     q, k, v = (t[:, :, :512] for t in video_qkv)
     mask = torch.ones(1, 2, 4, 8, dtype=torch.bool)
