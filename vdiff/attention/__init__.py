@@ -139,7 +139,7 @@ class AttentionConfig:
     per_layer: dict[int, str] = field(default_factory=dict)
     """per-layer backend overrides, layer index -> backend name, e.g. {0: sdpa}"""
     options: dict[str, Any] = field(default_factory=dict)
-    """extra keyword options passed to the backend of every layer (e.g. sparsity settings)"""
+    """extra keyword options (e.g. sparsity settings), passed to each layer's backend if it takes them"""
 
     def backend_for(self, layer_index: int) -> str:
         """The backend name that layer ``layer_index`` uses."""
@@ -152,16 +152,31 @@ class AttentionConfig:
         bad = [i for i in self.per_layer if not isinstance(i, int) or i < 0]
         if bad:
             raise ValueError(f"attention.per_layer: layer indices must be integers >= 0, got {bad}")
+        names = sorted({self.backend, *self.per_layer.values()})
+        for key in self.options:
+            if not any(_takes_option(name, key) for name in names):
+                raise ValueError(
+                    f"attention.options: no backend in use ({', '.join(names)}) takes the option {key!r}; "
+                    "check its spelling, or pick a backend that has it"
+                )
+
+
+def _takes_option(backend: str, key: str) -> bool:
+    """Whether ``backend``'s function accepts the keyword ``key`` (any key for a ``**kwargs`` one)."""
+    params = inspect.signature(get_backend(backend).fn).parameters
+    return key in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def attention_op(cfg: AttentionConfig, *, layer_index: int) -> Callable[..., Any]:
     """The ``(q, k, v) -> out`` callable that layer ``layer_index`` uses under ``cfg``.
 
     Backends whose function takes a ``layer_index`` keyword (per-layer calibrated ones, such as
-    ``sparse``) receive it, unless ``cfg.options`` sets it.
+    ``sparse``) receive it, unless ``cfg.options`` sets it. Each layer gets only the options its
+    backend takes, so ``per_layer={0: sdpa}`` works beside sparsity options for the other layers
+    (:meth:`AttentionConfig.validate` rejects an option that no backend in use takes).
     """
     name = cfg.backend_for(layer_index)
-    options = dict(cfg.options)
+    options = {k: v for k, v in cfg.options.items() if _takes_option(name, k)}
     if "layer_index" in inspect.signature(get_backend(name).fn).parameters:
         options.setdefault("layer_index", layer_index)
     return functools.partial(attention, backend=name, **options)

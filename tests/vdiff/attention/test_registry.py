@@ -117,6 +117,22 @@ def test_attention_config_and_op():
         AttentionConfig(per_layer={1: "nope"}).validate()
 
 
+def test_options_reach_only_the_backends_that_take_them():
+    # A dense first layer beside sparse layers with sparsity options (this raised a TypeError).
+    cfg = AttentionConfig(backend="sparse_sage", per_layer={0: "sdpa"}, options={"topk": 0.5})
+    cfg.validate()
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 256, 32, generator=g) for _ in range(3))
+    with torch.no_grad():
+        torch.testing.assert_close(attention_op(cfg, layer_index=0)(q, k, v), attention(q, k, v))
+        want = attention(q, k, v, backend="sparse_sage", topk=0.5, layer_index=1)
+        assert torch.equal(attention_op(cfg, layer_index=1)(q, k, v), want)
+    with pytest.raises(ValueError, match=r"no backend in use .* takes the option 'topkk'"):
+        AttentionConfig(backend="sparse_sage", options={"topkk": 0.5}).validate()
+    with pytest.raises(ValueError, match="takes the option 'topk'"):
+        AttentionConfig(backend="sdpa", options={"topk": 0.5}).validate()
+
+
 def test_attention_config_from_overrides():
     cfg = load_config(AttentionConfig, overrides=["backend=sdpa", "per_layer={0: _test_cpu_fp32_only}"])
     assert cfg.per_layer == {0: "_test_cpu_fp32_only"}
