@@ -553,11 +553,11 @@ def load_run(path: Path, *, weights: str, step: int) -> tuple[torch.nn.Module, A
     from vdiff.models import build_model
 
     run_cfg = load_config(TrainConfig, path / "config.yaml")
-    ckpt = latest_checkpoint(path / "checkpoints") if step < 0 else path / "checkpoints" / f"step-{step}"
+    ckpt = latest_checkpoint(path / "checkpoints") if step < 0 else path / "checkpoints" / f"step_{step:08d}"
     if ckpt is None or not (ckpt / ".metadata").is_file():
         raise FileNotFoundError(
             f"--model {path}: no complete checkpoint {'under checkpoints/' if step < 0 else ckpt}; "
-            "train longer or pick checkpoint_step= from the step-N folders there"
+            "train longer or pick checkpoint_step= from the step_XXXXXXXX folders there"
         )
     keys = dcp.FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
     if not any(k.startswith(f"{weights}.") for k in keys):

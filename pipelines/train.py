@@ -6,7 +6,7 @@ shards are cached, (3) draw σ, noise and caption dropout per sample, (4) regres
 ``noise − x0`` at ``x_t`` with an MSE loss, (5) clip, step the optimizer at the scheduled lr,
 update the EMA, (6) log, write validation videos and checkpoint. ``RUN = run_dir`` receives
 ``config.yaml``, ``metrics.jsonl``, TensorBoard events in ``tb/``, ``samples/step_XXXXXXXX/``
-and ``checkpoints/step-N/`` (torch.distributed.checkpoint); ``resume=auto`` continues from the
+and ``checkpoints/step_XXXXXXXX/`` (torch.distributed.checkpoint); ``resume=auto`` continues from the
 latest checkpoint and reproduces the losses an uninterrupted run would have had (all randomness
 is a function of seed, step and sample). ``init_from`` starts from a model folder; ``lora.rank``
 trains peft LoRA adapters only, and ``--merge-lora RUN OUT`` folds them into a model folder.
@@ -116,7 +116,7 @@ class LoopConfig:
 
 @dataclass
 class CheckpointConfig:
-    """When checkpoints are written (to RUN/checkpoints/step-N/)."""
+    """When checkpoints are written (to RUN/checkpoints/step_XXXXXXXX/)."""
 
     every: int = 50
     """checkpoint every this many steps (and at the end); 0 = only at the end"""
@@ -161,7 +161,7 @@ class TrainConfig:
     run_dir: str = "runs/train"
     """run folder (config.yaml, metrics.jsonl, tb/, samples/, checkpoints/)"""
     resume: str = "auto"
-    """auto: latest complete checkpoint in run_dir if any; none: start fresh; or a step-N folder"""
+    """auto: latest complete checkpoint in run_dir if any; none: start fresh; or a step_XXXXXXXX folder"""
     seed: int = 0
     """seed of model init, data order and every noise draw"""
     init_from: str = ""
@@ -359,7 +359,7 @@ def resolve_resume(resume: str, ckpt_root: Path) -> Path | None:
         return latest_checkpoint(ckpt_root)
     path = Path(resume)
     if not (path / ".metadata").is_file():
-        raise ConfigError(f"resume={resume}: not a checkpoint folder (want RUN/checkpoints/step-N)")
+        raise ConfigError(f"resume={resume}: not a checkpoint folder (want RUN/checkpoints/step_XXXXXXXX)")
     return path
 
 

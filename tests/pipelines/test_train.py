@@ -80,7 +80,7 @@ def tb_scalars(run: Path, tag: str) -> list[tuple[int, float]]:
 def killed_after_step_3(full: Path, cut: Path) -> Path:
     """A copy of a 4-step run (checkpoints at 2 and 4) as if killed after step 3: step-2 and 3 rows."""
     shutil.copytree(full, cut)
-    shutil.rmtree(cut / "checkpoints" / "step-4")
+    shutil.rmtree(cut / "checkpoints" / "step_00000004")
     (cut / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(full)[:3]))
     return cut
 
@@ -129,7 +129,7 @@ def test_tiny_model_overfits_the_clips(shards: Path, tmp_path: Path) -> None:
         assert v == pytest.approx(r["loss"], rel=1e-6)
     model = build_model(cfg.model)
     ckpt = latest_checkpoint(run / "checkpoints")
-    assert ckpt is not None and ckpt.name == "step-30"
+    assert ckpt is not None and ckpt.name == "step_00000030"
     state = load_checkpoint(ckpt, model=model, optimizer=build_optimizer(model, cfg.optim))
     assert state["step"] == 30 and state["data"] == {"epoch": 14, "step_in_epoch": 2}  # 2 batches per epoch
     after = eval_loss(cfg, model)
@@ -161,7 +161,7 @@ def test_resume_reproduces_the_uninterrupted_run(shards: Path, tmp_path: Path) -
     for run in (full, cut):
         m, e = build_model(cfg.model), build_model(cfg.model)
         load_checkpoint(
-            run / "checkpoints" / "step-4", model=m, optimizer=build_optimizer(m, cfg.optim), ema=e
+            run / "checkpoints" / "step_00000004", model=m, optimizer=build_optimizer(m, cfg.optim), ema=e
         )
         models.append((m, e))
     for (m1, e1), (m2, e2) in [models]:
@@ -252,7 +252,7 @@ def test_bf16_autocast_and_time_budget(shards: Path, tmp_path: Path) -> None:
     run = train(cfg)
     metrics = rows(run)
     assert [r["step"] for r in metrics] == [1] and torch.isfinite(torch.tensor(metrics[0]["loss"]))
-    assert latest_checkpoint(run / "checkpoints") == run / "checkpoints" / "step-1"
+    assert latest_checkpoint(run / "checkpoints") == run / "checkpoints" / "step_00000001"
 
 
 LORA = ("lora.rank=4", "lora.alpha=8")
@@ -278,7 +278,7 @@ def test_lora_checkpoints_hold_only_adapters_and_resume_exactly(
 ) -> None:
     common = (*LORA, f"init_from={lora_base}", "train.steps=4", "checkpoint.every=2", "optim.warmup_steps=1")
     full = train(tiny_config(shards, tmp_path / "full", *common))
-    keys = checkpoint_keys(full / "checkpoints" / "step-4")
+    keys = checkpoint_keys(full / "checkpoints" / "step_00000004")
     weights = [k for k in keys if k.startswith(("model.", "ema."))]
     # 2 blocks x 10 targets (self/cross q, k, v, o; ffn fc1, fc2) x (lora_A, lora_B), for model and EMA
     assert len(weights) == 2 * 2 * 10 * 2 and all(".lora_A." in k or ".lora_B." in k for k in weights)
@@ -320,7 +320,7 @@ def test_lora_merge_gives_the_adapter_models_output(shards: Path, lora_base: Pat
     base = load_model(base_dir)
     for folder, weights in ((merged_dir, "ema"), (tmp_path / "raw", "model")):
         adapted = apply_lora(base_model(cfg), cfg.lora).eval()
-        load_trained_weights(adapted, run / "checkpoints" / "step-3", weights=weights)
+        load_trained_weights(adapted, run / "checkpoints" / "step_00000003", weights=weights)
         merged = load_model(folder)
         assert {n for n, _ in merged.named_parameters()} == {n for n, _ in base.named_parameters()}
         with torch.no_grad():
@@ -389,7 +389,7 @@ def test_kill_9_then_resume_auto_gives_the_uninterrupted_losses(shards: Path, tm
     proc = subprocess.Popen([*cmd, f"run_dir={killed}"], cwd=root, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 300
-    while not (killed / "checkpoints" / "step-3").is_dir() and time.monotonic() < deadline:
+    while not (killed / "checkpoints" / "step_00000003").is_dir() and time.monotonic() < deadline:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

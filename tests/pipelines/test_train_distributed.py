@@ -178,14 +178,14 @@ def test_bf16_parameters_train_close_to_float32(cached: Path, reference: Path, t
 
 @pytest.mark.dist
 def test_fsdp_checkpoint_resumes_on_one_rank(cached: Path, reference: Path, fsdp2: Path, tmp_path: Path):
-    launch(1, argv(cached, tmp_path, f"resume={fsdp2 / 'checkpoints' / 'step-3'}"))
+    launch(1, argv(cached, tmp_path, f"resume={fsdp2 / 'checkpoints' / 'step_00000003'}"))
     got = losses(tmp_path)
     assert_same_losses(got, {s: v for s, v in losses(reference).items() if s > 3})
 
 
 @pytest.mark.dist
 def test_one_rank_checkpoint_resumes_on_two_ulysses_ranks(cached: Path, reference: Path, tmp_path: Path):
-    resume = f"resume={reference / 'checkpoints' / 'step-3'}"
+    resume = f"resume={reference / 'checkpoints' / 'step_00000003'}"
     launch(2, argv(cached, tmp_path, resume, "parallel.ulysses=2"))
     assert_same_losses(losses(tmp_path), {s: v for s, v in losses(reference).items() if s > 3})
 

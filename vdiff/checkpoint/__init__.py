@@ -1,13 +1,13 @@
 """Training checkpoints: torch.distributed.checkpoint (DCP) folders that any mesh can reload.
 
-``RUN/checkpoints/step-N/`` holds a DCP checkpoint of ``{"model", "optim", "ema"}`` (sharded
+``RUN/checkpoints/step_XXXXXXXX/`` holds a DCP checkpoint of ``{"model", "optim", "ema"}`` (sharded
 tensors stay sharded, so a run saved on one mesh reloads on another) plus
 ``trainer/rank-NNNNN.json`` per rank with the step, the data loader position and the random
 generator states (base64), which differ per rank. With ``trainable_only`` (LoRA runs) the model,
 EMA and optimizer entries cover only the parameters that train; the frozen base weights are
 rebuilt from the run's config. A checkpoint is written under
-``step-N.tmp`` and renamed when every rank has finished, so a killed run never leaves a
-partial ``step-N``; :func:`latest_checkpoint` ignores the temporary folders.
+``step_XXXXXXXX.tmp`` and renamed when every rank has finished, so a killed run never leaves a
+partial ``step_XXXXXXXX``; :func:`latest_checkpoint` ignores the temporary folders.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 
 from vdiff.io.files import atomic_write_json
 
-_STEP_DIR = re.compile(r"^step-(\d+)$")
+_STEP_DIR = re.compile(r"^step_(\d{8,})$")
 
 
 def _barrier() -> None:
@@ -79,12 +79,12 @@ def save_checkpoint(
     trainer_state: dict[str, Any] | None = None,
     trainable_only: bool = False,
 ) -> Path:
-    """Write ``root/step-{step}`` (every rank calls this); return its path.
+    """Write ``root/step_{step:08d}`` (every rank calls this); return its path.
 
     ``trainable_only``: keep only parameters with ``requires_grad`` (and their EMA), e.g. LoRA adapters.
     """
     root = Path(root)
-    final, tmp = root / f"step-{step}", root / f"step-{step}.tmp"
+    final, tmp = root / f"step_{step:08d}", root / f"step_{step:08d}.tmp"
     rank = _rank()
     if rank == 0 and tmp.exists():
         shutil.rmtree(tmp)
@@ -104,7 +104,7 @@ def save_checkpoint(
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
-    """The complete ``step-N`` folder with the largest N under ``root``, or None."""
+    """The complete ``step_XXXXXXXX`` folder with the largest N under ``root``, or None."""
     root = Path(root)
     if not root.is_dir():
         return None
@@ -130,7 +130,9 @@ def load_checkpoint(
     """
     path = Path(path)
     if not (path / ".metadata").is_file():
-        raise FileNotFoundError(f"{path} is not a complete checkpoint (no .metadata); pick another step-N")
+        raise FileNotFoundError(
+            f"{path} is not a complete checkpoint (no .metadata); pick another step_ folder"
+        )
     state = _state(model, optimizer, ema, trainable_only=trainable_only)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")

@@ -33,7 +33,7 @@ def test_round_trip_restores_everything(tmp_path: Path) -> None:
     state = {"data": {"epoch": 2, "step_in_epoch": 5}, "rng": rng_to_json(g.get_state())}
     root = tmp_path / "ckpt"
     path = save_checkpoint(root, step=3, model=model, optimizer=opt, ema=ema, trainer_state=state)
-    assert path == tmp_path / "ckpt" / "step-3" and latest_checkpoint(tmp_path / "ckpt") == path
+    assert path == tmp_path / "ckpt" / "step_00000003" and latest_checkpoint(tmp_path / "ckpt") == path
     m2, o2, e2 = _trained(1)
     got = load_checkpoint(path, model=m2, optimizer=o2, ema=e2)
     assert got["step"] == 3 and got["data"] == {"epoch": 2, "step_in_epoch": 5}
@@ -60,8 +60,8 @@ def test_latest_ignores_partial_and_temporary_folders(tmp_path: Path) -> None:
     assert latest_checkpoint(root) is None
     save_checkpoint(root, step=2, model=model, optimizer=opt)
     save_checkpoint(root, step=10, model=model, optimizer=opt)
-    (root / "step-20.tmp").mkdir()
-    (root / "step-30").mkdir()  # no .metadata: a partial copy
-    assert latest_checkpoint(root) == root / "step-10"
+    (root / "step_00000020.tmp").mkdir()
+    (root / "step_00000030").mkdir()  # no .metadata: a partial copy
+    assert latest_checkpoint(root) == root / "step_00000010"
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
-        load_checkpoint(root / "step-30", model=model, optimizer=opt)
+        load_checkpoint(root / "step_00000030", model=model, optimizer=opt)
