@@ -564,6 +564,12 @@ def load_run(path: Path, *, weights: str, step: int) -> tuple[torch.nn.Module, A
         raise FileNotFoundError(
             f"{ckpt} holds no {weights!r} weights (the run had ema.enabled=false?); pass weights=model"
         )
+    if run_cfg.lora.rank > 0:
+        # NOTE: a LoRA run's checkpoints hold only adapters: rebuild its base and fold them in.
+        from pipelines.train import merged_lora_model
+
+        model = merged_lora_model(run_cfg, ckpt, weights=weights)
+        return model, build_text_encoder(run_cfg.text), build_vae(run_cfg.vae)
     model = build_model(run_cfg.model, init=False)
     state = {weights: model.state_dict()}
     with warnings.catch_warnings():

@@ -332,12 +332,17 @@ def merge_run(run: str | Path, out: str | Path, *, weights: str = "auto") -> Pat
     ckpt = latest_checkpoint(run / "checkpoints")
     if ckpt is None:
         raise FileNotFoundError(f"{run}/checkpoints holds no complete checkpoint to merge")
+    weights = ("ema" if cfg.ema.enabled else "model") if weights == "auto" else weights
+    return save_model(merged_lora_model(cfg, ckpt, weights=weights), out)
+
+
+def merged_lora_model(cfg: TrainConfig, ckpt: Path, *, weights: str) -> torch.nn.Module:
+    """The base of a LoRA run (config ``cfg``) with the adapters of ``ckpt`` (``weights``: ema or model)
+    folded in, in eval mode: a plain VideoDiT."""
     check_weights_exist(cfg)
     model = apply_lora(base_model(cfg), cfg.lora)
-    load_trained_weights(
-        model, ckpt, weights=("ema" if cfg.ema.enabled else "model") if weights == "auto" else weights
-    )
-    return save_model(merge_lora(model).eval(), out)
+    load_trained_weights(model, ckpt, weights=weights)
+    return merge_lora(model).eval()
 
 
 def check_cache(cfg: TrainConfig, made_with: dict[str, Any]) -> None:

@@ -296,6 +296,7 @@ def test_lora_checkpoints_hold_only_adapters_and_resume_exactly(
 
 
 def test_lora_merge_gives_the_adapter_models_output(shards: Path, lora_base: Path, tmp_path: Path) -> None:
+    from pipelines.sample import load_run
     from pipelines.train import apply_lora, base_model, load_trained_weights
 
     base_dir = lora_base
@@ -328,6 +329,9 @@ def test_lora_merge_gives_the_adapter_models_output(shards: Path, lora_base: Pat
             # NOTE: fp32; W x + s·B(A x) vs (W + s·B A) x differ only by rounding
             torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
             assert (got - base(x, t, ctx)).abs().max() > 1e-4  # the adapters changed the model
+            # vdiff sample --model RUN folds the adapters in itself (this was a DCP missing-key error)
+            sampled = load_run(run, weights=weights, step=-1)[0]
+            torch.testing.assert_close(sampled(x, t, ctx), want, atol=1e-5, rtol=0)
 
 
 def test_missing_weights_and_other_architectures_stop_before_work(
