@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from vdiff.io.files import atomic_write_json
@@ -116,6 +117,13 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def _first_line(e: BaseException) -> str:
+    """The first line of ``e`` that names a cause (e.g. "Missing key in checkpoint state_dict: ...")."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    named = [ln for ln in lines if "key" in ln.lower() or "size" in ln.lower() or "shape" in ln.lower()]
+    return (named or lines or [type(e).__name__])[0][:300]
+
+
 def load_checkpoint(
     path: str | Path,
     *,
@@ -136,7 +144,15 @@ def load_checkpoint(
     state = _state(model, optimizer, ema, trainable_only=trainable_only)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        dcp.load(state, checkpoint_id=str(path))
+        try:
+            dcp.load(state, checkpoint_id=str(path))
+        except CheckpointException as e:
+            # NOTE: DCP's exception is a BaseException listing every rank's traceback; name the cause.
+            raise ValueError(
+                f"{path} does not fit this run's model/optimizer ({_first_line(e)}): resume with the "
+                "model.*, optim.name/optim.* and lora.* settings of the run that wrote it, "
+                "or start fresh with resume=none"
+            ) from e
     set_state_dict(
         model,
         optimizer,

@@ -65,3 +65,13 @@ def test_latest_ignores_partial_and_temporary_folders(tmp_path: Path) -> None:
     assert latest_checkpoint(root) == root / "step_00000010"
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
         load_checkpoint(root / "step_00000030", model=model, optimizer=opt)
+
+
+def test_a_checkpoint_of_another_optimizer_is_a_clear_error(tmp_path: Path) -> None:
+    model, opt, ema = _trained(0)
+    path = save_checkpoint(tmp_path, step=3, model=model, optimizer=opt, ema=ema, trainer_state={})
+    m2, _, e2 = _trained(1)
+    # NOTE: was a DCP CheckpointException (a BaseException that `except Exception` does not catch)
+    with pytest.raises(ValueError, match=r"does not fit this run's model/optimizer .*resume=none"):
+        sgd = torch.optim.SGD(m2.parameters(), lr=0.1, momentum=0.9)
+        load_checkpoint(path, model=m2, optimizer=sgd, ema=e2)
