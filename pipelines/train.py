@@ -232,6 +232,20 @@ def check_shapes(cfg: TrainConfig, *, latent_channels: int, text_dim: int) -> No
         raise ConfigError(f"model.text_dim={m.text_dim} but the text embeddings have {text_dim} dims; set it")
 
 
+def check_ring_backend(cfg: TrainConfig) -> None:
+    """Ring attention trains through its own dense block kernels and their backward only."""
+    att = cfg.model.attention
+    other = sorted({att.backend, *att.per_layer.values()} - {"sdpa"})
+    if cfg.parallel.ring > 1 and other:
+        # NOTE: the ring's backward is the dense one; under a sparse forward it would be the
+        # gradient of another function.
+        raise ConfigError(
+            f"parallel.ring={cfg.parallel.ring} with attention backend {', '.join(other)}: ring attention "
+            "trains with dense attention only; set model.attention.backend=sdpa, or use parallel.ulysses "
+            "for sequence parallelism with that backend"
+        )
+
+
 def check_weights_exist(cfg: TrainConfig) -> None:
     """Every weight folder the config names must exist (checked before any work starts)."""
     named = [("init_from", cfg.init_from), ("text.path", cfg.text.path)]
@@ -480,6 +494,7 @@ def truncate_metrics(path: Path, step: int) -> None:
 def train(cfg: TrainConfig) -> Path:
     """Run the training loop of ``cfg``; return the run folder."""
     check_weights_exist(cfg)
+    check_ring_backend(cfg)
     run = Path(cfg.run_dir)
     ckpt_root = run / "checkpoints"
     metrics_path = run / "metrics.jsonl"

@@ -403,3 +403,11 @@ def test_kill_9_then_resume_auto_gives_the_uninterrupted_losses(shards: Path, tm
     a, b = rows(tmp_path / "full"), rows(killed)
     assert [r["step"] for r in b] == list(range(1, 9))
     assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], abs=1e-6)
+
+
+def test_ring_with_a_sparse_backend_is_refused_before_work(shards: Path, tmp_path: Path, capsys) -> None:
+    # the ring's backward is dense: under a sparse forward it would train on another function's gradient
+    args = [str(CONFIG), f"data.path={shards}", f"run_dir={tmp_path / 'r'}", "parallel.ring=2"]
+    assert main([*args, "model.attention.backend=sparse"]) == 2
+    assert "ring attention trains with dense attention only" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
