@@ -45,6 +45,8 @@ class ModelConfig:
     """RoPE base frequency"""
     rope_max_seq_len: int = 1024
     """kept for diffusers round trips; vdiff computes RoPE tables for any grid size"""
+    abs_pos_embed: bool = False
+    """add a fixed sin-cos embedding of each token's absolute (t, h, w) position (not in Wan2.1)"""
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     """self-attention backends (not part of the weights; may differ between training and sampling)"""
 

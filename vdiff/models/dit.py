@@ -40,6 +40,7 @@ from vdiff.models.layers import (
     MLP,
     Attention,
     DiTBlock,
+    absolute_position_table,
     build_block,
     layer_norm_fp32,
     rope_table,
@@ -77,6 +78,7 @@ class Embedder(nn.Module):
         freq_dim: int,
         rope_dims: tuple[int, int, int],
         rope_theta: float,
+        abs_pos_embed: bool = False,
     ) -> None:
         super().__init__()
         self.patch = patch
@@ -86,6 +88,7 @@ class Embedder(nn.Module):
         self.freq_dim = freq_dim
         self.rope_dims = rope_dims
         self.rope_theta = rope_theta
+        self.abs_pos_embed = abs_pos_embed
 
     def grid(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
         """Token grid (T', H', W') of a latent shape (B, C, T, H, W); clear error if it does not patch."""
@@ -112,6 +115,11 @@ class Embedder(nn.Module):
         # NOTE: inputs follow the weights' dtype (fp32 text embeddings into a bf16 model work).
         x, context = x.to(self.patch.weight.dtype), context.to(self.text_embed.fc1.weight.dtype)
         tokens = self.patch(x).flatten(2).transpose(1, 2).contiguous()  # (B, N, dim)
+        if self.abs_pos_embed:
+            # NOTE: RoPE gives attention relative positions only; a small model trained briefly
+            # then cannot tell where in the frame (or when in the clip) content belongs.
+            pos = absolute_position_table(grid, tokens.shape[-1], device=x.device)  # (N, dim)
+            tokens = tokens + pos.to(tokens.dtype)
         rope = rope_table(grid, self.rope_dims, theta=self.rope_theta, device=x.device)  # (N, D/2, 2)
         timestep = torch.as_tensor(timestep, device=x.device)
         if timestep.ndim == 0:
@@ -223,6 +231,7 @@ def build_model(
             freq_dim=cfg.freq_dim,
             rope_dims=cfg.rope_dims(),
             rope_theta=cfg.rope_theta,
+            abs_pos_embed=cfg.abs_pos_embed,
         )
         blocks = [
             build_block(

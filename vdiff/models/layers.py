@@ -57,6 +57,28 @@ def rope_table(
     return torch.stack([angles.cos(), angles.sin()], dim=-1).float()  # (N, head_dim/2, 2)
 
 
+def absolute_position_table(
+    grid: tuple[int, int, int], dim: int, *, base: float = 100.0, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Fixed sin-cos embedding (N, dim) of each token's absolute (t, h, w) grid position.
+
+    ``dim`` is split into t, h and w parts as RoPE splits a head (``dim - 4·(dim//6)``,
+    ``2·(dim//6)``, ``2·(dim//6)``); a part of width d holds ``[sin(pos·ω), cos(pos·ω)]`` with
+    ``ω_j = base^(-j / (d/2))``. Tokens are ordered t-major, as the patch embedding flattens them.
+    """
+    hw = 2 * (dim // 6)
+    parts = []
+    for axis, (n, d) in enumerate(zip(grid, (dim - 2 * hw, hw, hw))):
+        half = d // 2
+        freq = base ** (-torch.arange(half, dtype=torch.float64, device=device) / half)  # (d/2,)
+        angles = torch.outer(torch.arange(n, dtype=torch.float64, device=device), freq)  # (n, d/2)
+        emb = torch.cat([angles.sin(), angles.cos()], dim=-1)  # (n, d)
+        shape = [1, 1, 1, d]
+        shape[axis] = n
+        parts.append(emb.view(shape).expand(*grid, d))  # (T, H, W, d)
+    return torch.cat(parts, dim=-1).reshape(math.prod(grid), dim).float()  # (N, dim)
+
+
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved channel pairs of x (B, N, H, D) by the table ``rope`` (N, D/2, 2)."""
     pairs = x.float().unflatten(-1, (-1, 2))  # (B, N, H, D/2, 2)

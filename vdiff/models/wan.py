@@ -157,6 +157,11 @@ def config_from_diffusers(config: dict[str, Any], *, source: str = "config.json"
 
 def config_to_diffusers(cfg: ModelConfig, *, diffusers_version: str | None = None) -> dict[str, Any]:
     """The diffusers WanTransformer3DModel config dict for ``cfg`` (``from_pretrained`` reads it)."""
+    if cfg.abs_pos_embed:
+        raise ValueError(
+            "diffusers' WanTransformer3DModel has no absolute position embedding; "
+            "this model has abs_pos_embed=True"
+        )
     if cfg.rope_theta != 10000.0:
         raise ValueError(
             f"diffusers' WanTransformer3DModel fixes rope_theta=10000; this model has {cfg.rope_theta}"

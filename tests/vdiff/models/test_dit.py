@@ -17,7 +17,7 @@ from vdiff.models import (
     videodit_wan21_1_3b,
     videodit_wan21_14b,
 )
-from vdiff.models.layers import apply_rope, rope_table, timestep_features
+from vdiff.models.layers import absolute_position_table, apply_rope, rope_table, timestep_features
 
 CALLS: list[tuple[str, int | None, int]] = []
 
@@ -184,6 +184,35 @@ def test_timestep_features_closed_form():
     w = torch.tensor([10000 ** (-i / 4) for i in range(4)])
     expected = torch.cat([torch.cos(t[:, None] * w), torch.sin(t[:, None] * w)], dim=-1)
     torch.testing.assert_close(f, expected, atol=1e-4, rtol=1e-5)
+
+
+def test_absolute_position_table_closed_form():
+    table = absolute_position_table((2, 3, 4), 12)  # dim 12: 4 channels each for t, h, w
+    assert table.shape == (24, 12)
+    t, h, w = 1, 2, 3
+    n = (t * 3 + h) * 4 + w
+    part = [math.sin(t), math.sin(t / 10), math.cos(t), math.cos(t / 10)]  # ω = 100^(-j/2)
+    part += [math.sin(h), math.sin(h / 10), math.cos(h), math.cos(h / 10)]
+    part += [math.sin(w), math.sin(w / 10), math.cos(w), math.cos(w / 10)]
+    torch.testing.assert_close(table[n], torch.tensor(part), atol=1e-6, rtol=0)
+
+
+def test_abs_pos_embed_is_opt_in_and_adds_no_weights(inputs):
+    from tests.vdiff.models.conftest import INIT_DICT
+
+    assert ModelConfig().abs_pos_embed is False
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig(**INIT_DICT))
+    torch.manual_seed(0)
+    with_pos = build_model(ModelConfig(**INIT_DICT, abs_pos_embed=True))
+    assert plain.state_dict().keys() == with_pos.state_dict().keys()
+    with_pos.load_state_dict(plain.state_dict())
+    x, t, c = inputs
+    e0, e1 = plain.embed(x, t, c), with_pos.embed(x, t, c)
+    grid = plain.embed.grid(tuple(x.shape))
+    # exactly the table added to every sample's tokens
+    table = absolute_position_table(grid, plain.config.dim)  # (N, dim)
+    torch.testing.assert_close(e1.tokens - e0.tokens, table.expand_as(e0.tokens))
 
 
 def test_rope_table_closed_form_and_relative_positions():

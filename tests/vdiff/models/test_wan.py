@@ -195,3 +195,10 @@ def test_load_and_convert_original_wan_folder(wan, tmp_path):
     (src / "config.json").write_text(json.dumps({**config, "model_type": "i2v"}))
     with pytest.raises(ValueError, match="text-to-video"):
         load_model(src)
+
+
+def test_a_model_with_absolute_positions_does_not_convert_to_diffusers():
+    cfg = model_config("tiny")
+    cfg.abs_pos_embed = True
+    with pytest.raises(ValueError, match="abs_pos_embed"):
+        config_to_diffusers(cfg)
