@@ -78,8 +78,8 @@ def test_demo_model_is_wider_than_its_tokens():
 
     NOTE: the velocity target noise − x0 has the full dimension of a token. A model narrower
     than its tokens cannot pass the noise through, so its loss stalls (~0.72 with 384-number
-    tokens in a 128-wide model) and its samples stay noisy; this was why the demo's direction
-    accuracy sat at chance.
+    tokens in a 128-wide model) and its samples stay noisy; this was one of the two reasons the
+    demo's direction accuracy sat at chance (the other: no absolute positions, docs/demo.md).
     """
     m = load_config(TrainConfig, REPO / "configs/demo.yaml").model
     token = m.in_channels * math.prod(m.patch_size)
