@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         "--crf", type=int, default=22, help="vdiff output.crf (default 22: what scenedetect split-video uses)"
     )
     p.add_argument(
-        "--threads", type=int, default=None, help="vdiff output.threads (default: the config; 0 = one per core)"
+        "--threads", type=int, default=None, help="vdiff output.threads (0 = one per core)"
     )
     args = p.parse_args(argv)
     if shutil.which("scenedetect") is None or shutil.which("ffmpeg") is None:
