@@ -62,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--crf", type=int, default=22, help="vdiff output.crf (default 22: what scenedetect split-video uses)"
     )
-    p.add_argument(
-        "--threads", type=int, default=None, help="vdiff output.threads (0 = one per core)"
-    )
+    p.add_argument("--threads", type=int, default=None, help="vdiff output.threads (0 = one per core)")
     args = p.parse_args(argv)
     if shutil.which("scenedetect") is None or shutil.which("ffmpeg") is None:
         print("bench/curate.py needs the scenedetect CLI and ffmpeg on PATH", file=sys.stderr)
