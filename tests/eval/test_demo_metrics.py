@@ -45,6 +45,18 @@ def test_shuffled_labels_score_chance(world):
     assert score(preds, labels) == {"color_accuracy": 1.0, "shape_accuracy": 1.0, "direction_accuracy": 1.0}
 
 
+def test_random_noise_videos_score_near_chance():
+    rng = np.random.default_rng(0)
+    labels = [_label(c) for c in all_combinations()] * 2  # 96 labels
+    noise = rng.integers(0, 256, (len(labels), 16, 32, 32, 3), dtype=np.uint8)  # (96, T, H, W, 3)
+    preds = [analyse_video(v, palette=PALETTE) for v in noise]
+    s = score(preds, labels)
+    # chance 1/4, 1/3, 1/4; 96 videos give a std of about 0.045: 0.15 is over 3 std
+    assert abs(s["color_accuracy"] - 1 / 4) < 0.15
+    assert abs(s["shape_accuracy"] - 1 / 3) < 0.15
+    assert abs(s["direction_accuracy"] - 1 / 4) < 0.15
+
+
 def test_blank_video_reads_nothing_and_scores_zero():
     frames = np.full((8, 32, 32, 3), 90, np.uint8)
     p = analyse_video(frames, palette=PALETTE)
