@@ -557,7 +557,7 @@ def load_run(path: Path, *, weights: str, step: int) -> tuple[torch.nn.Module, A
     if ckpt is None or not (ckpt / ".metadata").is_file():
         raise FileNotFoundError(
             f"--model {path}: no complete checkpoint {'under checkpoints/' if step < 0 else ckpt}; "
-            "train longer or pick checkpoint_step= from the step_XXXXXXXX folders there"
+            "train longer or pick checkpoint_step= from the step_ folders there (step_00000100 is step 100)"
         )
     keys = dcp.FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
     if not any(k.startswith(f"{weights}.") for k in keys):

@@ -5,8 +5,8 @@ the global batch, (2) turn clips into latents and captions into text embeddings 
 shards are cached, (3) draw σ, noise and caption dropout per sample, (4) regress the velocity
 ``noise − x0`` at ``x_t`` with an MSE loss, (5) clip, step the optimizer at the scheduled lr,
 update the EMA, (6) log, write validation videos and checkpoint. ``RUN = run_dir`` receives
-``config.yaml``, ``metrics.jsonl``, TensorBoard events in ``tb/``, ``samples/step_XXXXXXXX/``
-and ``checkpoints/step_XXXXXXXX/`` (torch.distributed.checkpoint); ``resume=auto`` continues from the
+``config.yaml``, ``metrics.jsonl``, TensorBoard events in ``tb/``, ``samples/step_{step:08d}/``
+and ``checkpoints/step_{step:08d}/`` (torch.distributed.checkpoint); ``resume=auto`` continues from the
 latest checkpoint and reproduces the losses an uninterrupted run would have had (all randomness
 is a function of seed, step and sample). ``init_from`` starts from a model folder; ``lora.rank``
 trains peft LoRA adapters only, and ``--merge-lora RUN OUT`` folds them into a model folder.
@@ -103,7 +103,7 @@ class LoopConfig:
     tensorboard: bool = True
     """also write the metrics as TensorBoard scalars to RUN/tb/ (needs the tensorboard package)"""
     sample_every: int = 0
-    """every this many steps, write validation videos to RUN/samples/step_XXXXXXXX/; 0 = never"""
+    """every this many steps, write validation videos to RUN/samples/step_{step:08d}/; 0 = never"""
     sample_prompts: list[str] = field(default_factory=lambda: ["a red circle moving left"])
     """prompts of the validation videos (one mp4 each)"""
     sample_steps: int = 20
@@ -116,7 +116,7 @@ class LoopConfig:
 
 @dataclass
 class CheckpointConfig:
-    """When checkpoints are written (to RUN/checkpoints/step_XXXXXXXX/)."""
+    """When checkpoints are written (to RUN/checkpoints/step_{step:08d}/)."""
 
     every: int = 50
     """checkpoint every this many steps (and at the end); 0 = only at the end"""
@@ -161,7 +161,7 @@ class TrainConfig:
     run_dir: str = "runs/train"
     """run folder (config.yaml, metrics.jsonl, tb/, samples/, checkpoints/)"""
     resume: str = "auto"
-    """auto: latest complete checkpoint in run_dir if any; none: start fresh; or a step_XXXXXXXX folder"""
+    """auto: latest complete checkpoint in run_dir if any; none: start fresh; or a step_{step:08d} folder"""
     seed: int = 0
     """seed of model init, data order and every noise draw"""
     init_from: str = ""
@@ -378,7 +378,9 @@ def resolve_resume(resume: str, ckpt_root: Path) -> Path | None:
         return latest_checkpoint(ckpt_root)
     path = Path(resume)
     if not (path / ".metadata").is_file():
-        raise ConfigError(f"resume={resume}: not a checkpoint folder (want RUN/checkpoints/step_XXXXXXXX)")
+        raise ConfigError(
+            f"resume={resume}: not a complete checkpoint folder (want RUN/checkpoints/step_00000100 or so)"
+        )
     return path
 
 

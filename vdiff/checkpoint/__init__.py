@@ -1,13 +1,13 @@
 """Training checkpoints: torch.distributed.checkpoint (DCP) folders that any mesh can reload.
 
-``RUN/checkpoints/step_XXXXXXXX/`` holds a DCP checkpoint of ``{"model", "optim", "ema"}`` (sharded
+``RUN/checkpoints/step_{step:08d}/`` holds a DCP checkpoint of ``{"model", "optim", "ema"}`` (sharded
 tensors stay sharded, so a run saved on one mesh reloads on another) plus
 ``trainer/rank-NNNNN.json`` per rank with the step, the data loader position and the random
 generator states (base64), which differ per rank. With ``trainable_only`` (LoRA runs) the model,
 EMA and optimizer entries cover only the parameters that train; the frozen base weights are
 rebuilt from the run's config. A checkpoint is written under
-``step_XXXXXXXX.tmp`` and renamed when every rank has finished, so a killed run never leaves a
-partial ``step_XXXXXXXX``; :func:`latest_checkpoint` ignores the temporary folders.
+``step_{step:08d}.tmp`` and renamed when every rank has finished, so a killed run never leaves a
+partial ``step_{step:08d}``; :func:`latest_checkpoint` ignores the temporary folders.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def save_checkpoint(
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
-    """The complete ``step_XXXXXXXX`` folder with the largest N under ``root``, or None."""
+    """The complete ``step_{step:08d}`` folder with the largest N under ``root``, or None."""
     root = Path(root)
     if not root.is_dir():
         return None
