@@ -28,6 +28,10 @@ against fp32 dense attention, which is torch SDPA on fp32 inputs (the same maths
 
 N = 16384 at D = 128 costs tens of seconds per dense call on 2 CPU cores; ``--quick`` runs
 each backend once (no warm-up repeat).
+
+``--device cuda --dtype bfloat16 --tokens 16384 32768`` runs the same on a GPU: the backends take
+their Triton kernels (:mod:`vdiff.attention.triton_kernels`) and ``sdpa`` is pinned to SDPA's
+flash backend, the peer of the GPU goal (>= 2x at N = 32768, cosine >= 0.99).
 """
 
 from __future__ import annotations
@@ -72,8 +76,14 @@ class Row:
     rmse: float
 
 
-def make_inputs(kind: str, *, tokens: int, head_dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """(1, HEADS, tokens, head_dim) contiguous q, k, v of the named kind."""
+def make_inputs(
+    kind: str, *, tokens: int, head_dim: int, dtype: torch.dtype, device: str = "cpu"
+) -> tuple[torch.Tensor, ...]:
+    """(1, HEADS, tokens, head_dim) contiguous q, k, v of the named kind, on ``device``."""
+    return tuple(x.to(device) for x in _make_inputs(kind, tokens=tokens, head_dim=head_dim, dtype=dtype))
+
+
+def _make_inputs(kind: str, *, tokens: int, head_dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     if kind == "video":
         per_frame = FRAME[0] * FRAME[1]
         if tokens % per_frame:
@@ -108,23 +118,40 @@ def computed_fraction(q: torch.Tensor, k: torch.Tensor, opts: dict) -> float:
         idx = tile_permutation(opts["grid"], tokens=q.shape[2], k_block=64)
         q, k = q.index_select(2, idx), k.index_select(2, idx)
     mask = predict_block_mask(q, k, scale=q.shape[-1] ** -0.5, cdf_threshold=opts["cdf_threshold"])
+    if q.is_cuda:
+        return float(mask.float().mean())  # the Triton kernel computes exactly the predicted mask
     # NOTE: the kernel computes, for each run of Q_GROUP Q blocks, the union of their K blocks, and
     # every block (one dense call) when that union keeps more than DENSE_ABOVE of them.
     return fused_fraction(group_rows(mask, group=Q_GROUP))
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, torch.Tensor]:
-    """(wall seconds, result) of one call."""
+    """(wall seconds, result) of one call (CUDA work waited for)."""
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     out = fn(*args, **kwargs)
+    if cuda:
+        torch.cuda.synchronize()
     return time.perf_counter() - start, out
 
 
+def run_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, name: str, opts: dict) -> torch.Tensor:
+    """One attention call; on CUDA, ``sdpa`` is pinned to SDPA's flash backend (the GPU peer)."""
+    if q.is_cuda and name == "sdpa":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return attention(q, k, v, backend=name, **opts)
+    return attention(q, k, v, backend=name, **opts)
+
+
 def bench_case(
-    kind: str, *, tokens: int, head_dim: int, repeat: int, cdf: float, dtype: torch.dtype
+    kind: str, *, tokens: int, head_dim: int, repeat: int, cdf: float, dtype: torch.dtype, device: str = "cpu"
 ) -> list[Row]:
     """Time and score every backend on one input; rows in BACKENDS order."""
-    q, k, v = make_inputs(kind, tokens=tokens, head_dim=head_dim, dtype=dtype)
+    q, k, v = make_inputs(kind, tokens=tokens, head_dim=head_dim, dtype=dtype, device=device)
     labels = BACKENDS + (TILED if kind == "video" else ())
     times: dict[str, list[float]] = {b: [] for b in labels}
     outs: dict[str, torch.Tensor] = {}
@@ -132,7 +159,7 @@ def bench_case(
         order = labels[r % len(labels) :] + labels[: r % len(labels)]
         for b in order:
             name, opts = variant(b, cdf=cdf, tokens=tokens)
-            sec, out = timed(attention, q, k, v, backend=name, **opts)
+            sec, out = timed(run_backend, q, k, v, name=name, opts=opts)
             times[b].append(sec)
             outs[b] = out
     # NOTE: SDPA on fp32 inputs is exact fp32 dense attention (flash tiling, fp32 accumulation).
@@ -164,11 +191,13 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def goal_lines(rows: list[Row]) -> list[str]:
-    """The CPU goal of issue 5: sparse_sage >= 2x SDPA at N = 16384, cos >= 0.99, video inputs."""
+def goal_lines(rows: list[Row], *, device: str = "cpu") -> list[str]:
+    """Issue 5's goals: sparse_sage >= 2x SDPA (CPU: N = 16384; CUDA: SDPA flash, N = 32768) at
+    cosine >= 0.99 on video inputs."""
     out = []
+    goal_n = 32768 if device == "cuda" else 16384
     for r in rows:
-        if r.backend.startswith("sparse_sage") and r.inputs == "video" and r.tokens == 16384:
+        if r.backend.startswith("sparse_sage") and r.inputs == "video" and r.tokens == goal_n:
             met = r.speedup >= 2.0 and r.cos_sim >= 0.99
             out.append(
                 f"goal (D={r.head_dim}): {r.backend} {r.speedup:.2f}x SDPA, cos {r.cos_sim:.5f} -> "
@@ -177,12 +206,12 @@ def goal_lines(rows: list[Row]) -> list[str]:
     return out
 
 
-def warm_up(*, head_dim: int, cdf: float, dtype: torch.dtype) -> None:
-    """One small call per backend (library loading, oneDNN kernels) before anything is timed."""
-    q, k, v = make_inputs("video", tokens=1024, head_dim=head_dim, dtype=dtype)
+def warm_up(*, head_dim: int, cdf: float, dtype: torch.dtype, device: str = "cpu") -> None:
+    """One small call per backend (library loading, oneDNN kernels, Triton compiles) before timing."""
+    q, k, v = make_inputs("video", tokens=1024, head_dim=head_dim, dtype=dtype, device=device)
     for b in BACKENDS + TILED:
         name, opts = variant(b, cdf=cdf, tokens=1024)
-        attention(q, k, v, backend=name, **opts)
+        run_backend(q, k, v, name=name, opts=opts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,7 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cdf", type=float, default=0.9, help="cdf_threshold of sparse and sparse_sage")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="q, k, v dtype")
     p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    p.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="cuda: Triton kernels vs SDPA flash"
+    )
     args = p.parse_args(argv)
+    if args.device == "cuda" and (not torch.cuda.is_available() or args.dtype == "float32"):
+        raise SystemExit("--device cuda needs a GPU and --dtype bfloat16 (SDPA flash is half-precision only)")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     repeat = 1 if args.quick else args.repeat
@@ -204,23 +238,29 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--repeat must be >= 1")
     dtype = getattr(torch, args.dtype)
     torch.set_grad_enabled(False)
+    machine = platform.processor() or platform.machine()
+    if args.device == "cuda":
+        machine = torch.cuda.get_device_name()
     print(
-        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"# {machine}, "
+        f"torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {args.dtype}, {HEADS} heads, repeat {repeat}, cdf {args.cdf}",
         flush=True,
     )
     for d in sorted(set(args.head_dims)):
-        warm_up(head_dim=d, cdf=args.cdf, dtype=dtype)
+        warm_up(head_dim=d, cdf=args.cdf, dtype=dtype, device=args.device)
     rows: list[Row] = []
     for n in args.tokens:
         for d in args.head_dims:
             for kind in args.inputs:
-                case = bench_case(kind, tokens=n, head_dim=d, repeat=repeat, cdf=args.cdf, dtype=dtype)
+                case = bench_case(
+                    kind, tokens=n, head_dim=d, repeat=repeat, cdf=args.cdf, dtype=dtype, device=args.device
+                )
                 print(format_table(case).split("\n", 2)[2], flush=True)
                 rows.extend(case)
     print()
     print(format_table(rows))
-    for line in goal_lines(rows):
+    for line in goal_lines(rows, device=args.device):
         print(line)
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))

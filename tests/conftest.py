@@ -10,6 +10,14 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# NOTE: without a GPU the Triton attention kernels run in Triton's interpreter (tests/vdiff/
+# attention/test_triton.py). It must be set before anything imports triton: triton.jit reads it
+# when it decorates, triton's own library functions included.
+if importlib.util.find_spec("triton") is not None and importlib.util.find_spec("torch") is not None:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 

@@ -199,11 +199,13 @@ def sage_attention(
     layer_index: int | None = None,
     head_offset: int = 0,
     grid: tuple[int, int, int] | list[int] | None = None,
+    kernel: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """SageAttention-style INT8 Q·Kᵀ with K smoothing and per-block scales (inference only).
 
     ``layer_index``, ``head_offset`` and ``grid`` are accepted so one options dict serves every
-    backend; sage is dense, has no per-layer state and ignores them.
+    backend; sage is dense, has no per-layer state and ignores them. ``kernel`` picks the Triton
+    kernel or the PyTorch path (see :func:`vdiff.attention.sparse.use_triton`).
     """
     # NOTE: imported here because sparse builds on this module's quantisation helpers.
     from vdiff.attention.sparse import block_sparse_attention
@@ -225,5 +227,6 @@ def sage_attention(
         smooth_k=smooth_k,
         pv_dtype=pv,
         need_lse=return_lse,
+        kernel=kernel,
     )
     return (out, lse) if return_lse else out

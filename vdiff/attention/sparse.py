@@ -31,6 +31,7 @@ Skipped blocks cost no FLOPs on any device. See docs/attention.md.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import math
 from dataclasses import dataclass
@@ -193,6 +194,7 @@ def block_sparse_attention(
     pv_dtype: str = "fp32",
     need_lse: bool = True,
     q_group: int = Q_GROUP,
+    kernel: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Stage 2: softmax attention over the blocks ``mask`` (B, H, nqb, nkb) keeps.
 
@@ -211,7 +213,11 @@ def block_sparse_attention(
     blocks over their gathered K/V blocks. Tiled (otherwise): explicit scores per chunk (INT8 by
     ``torch._int_mm``), softmax, the λ skip, LSE, then P·V.
 
-    Both cut the work into rows (one per Q block), sort the rows by how many K blocks they keep
+    ``kernel``: "triton" runs :mod:`vdiff.attention.triton_kernels` (CUDA, fp16/bf16, no
+    gradients; it computes exactly ``mask``, without the grouping below), "torch" the PyTorch
+    paths, "auto" Triton where it can run these inputs (:func:`use_triton`), else PyTorch.
+
+    Both PyTorch paths cut the work into rows (one per Q block), sort the rows by how many K blocks they keep
     and process chunks of similar rows, gathering the kept K and V blocks into dense tensors
     (padded to the chunk's largest count, padding masked with -inf), so skipped blocks cost no
     FLOPs and there is no Python loop per block.
@@ -221,6 +227,24 @@ def block_sparse_attention(
     nq, nk = math.ceil(n_q / q_block), math.ceil(n_k / k_block)
     if mask.shape != (b, h, nq, nk):
         raise ValueError(f"block mask has shape {tuple(mask.shape)}, expected {(b, h, nq, nk)}")
+    if use_triton(kernel, q, k, v, q_block=q_block, k_block=k_block, pv_dtype=pv_dtype, quantize=quantize):
+        from vdiff.attention.triton_kernels import triton_block_attention
+
+        lam_t = None if pv_threshold is None else _per_head(pv_threshold, heads=h, device=q.device).view(h)
+        out, lse = triton_block_attention(
+            q,
+            k,
+            v,
+            mask,
+            scale=scale,
+            q_block=q_block,
+            k_block=k_block,
+            quantize=quantize,
+            smooth_k=smooth_k,
+            pv_dtype=pv_dtype,
+            pv_threshold=lam_t,
+        )
+        return out, (lse if need_lse else None)
     mask = group_rows(mask, group=q_group)
     mask = mask | dense_heads(mask)[..., None, None]  # both paths compute the same blocks
     rows_mask = mask.reshape(b * h * nq, nk)
@@ -298,6 +322,45 @@ def block_sparse_attention(
         return out, None
     lse = torch.cat(lses).index_select(0, inv).view(b, h, nq * q_block)[:, :, :n_q]
     return out, (lse + offset if offset is not None else lse)
+
+
+KERNELS = ("auto", "triton", "torch")
+
+
+def use_triton(
+    kernel: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    q_block: int,
+    k_block: int,
+    pv_dtype: str,
+    quantize: bool,
+) -> bool:
+    """Whether ``kernel`` ("auto", "triton" or "torch") picks the Triton kernel for these inputs.
+
+    "auto" picks it on CUDA when Triton imports, no gradient is needed and the inputs are ones
+    it takes; "triton" insists, and inputs it cannot run are an error saying why.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"sparse/sage option kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == "torch":
+        return False
+    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+    no_triton = importlib.util.find_spec("triton") is None
+    if kernel == "auto" and (q.device.type != "cuda" or needs_grad or no_triton):
+        return False
+    if needs_grad:
+        raise ValueError("kernel='triton' is forward-only; use kernel='torch' (or 'auto') for gradients")
+    try:
+        from vdiff.attention.triton_kernels import unsupported_reason
+    except ImportError as e:
+        raise ValueError(f"kernel='triton' needs the triton package ({e}); pip install triton") from e
+    reason = unsupported_reason(q, q_block=q_block, k_block=k_block, pv_dtype=pv_dtype, quantize=quantize)
+    if reason is not None and kernel == "triton":
+        raise ValueError(f"kernel='triton' cannot run {reason}; use kernel='torch' or 'auto'")
+    return reason is None
 
 
 # NOTE: a chunk's score tile holds at most this many elements (16 MiB in fp32): large enough that
@@ -598,22 +661,20 @@ def tile_permutation(grid: tuple[int, int, int] | list[int], *, tokens: int, k_b
     """Token order that makes every K block one square tile of a frame (SpargeAttn-style reordering).
 
     ``grid`` is (frames, height, width) of tokens laid out in raster order (t, y, x), as a video
-    DiT does. Returns idx (tokens,) with ``x[:, :, idx]`` in tile order: frames, then rows of
-    s x s tiles (s² = k_block), then the tiles' tokens in raster order; a Q block of 128 tokens
-    is then two side-by-side 8x8 tiles instead of a 4-row strip, so its mean is a good summary.
+    DiT does. Returns idx (tokens,) with ``x[:, :, idx]`` in tile order (:func:`tile_order` with
+    s x s tiles, s² = k_block; ragged tiles at the edges where s does not divide the height or
+    width); a Q block of 128 tokens is then two side-by-side 8x8 tiles instead of a 4-row strip,
+    so its mean is a good summary.
     """
+    from vdiff.attention.token_order import tile_order
+
     t, h, w = (int(x) for x in grid)
     s = math.isqrt(k_block)
     if s * s != k_block:
         raise ValueError(f"sparse option grid needs a square k_block (e.g. 64 = 8x8 tiles), got {k_block}")
     if t * h * w != tokens:
         raise ValueError(f"sparse option grid={tuple(grid)} holds {t * h * w} tokens, q and k have {tokens}")
-    if h % s or w % s:
-        raise ValueError(
-            f"sparse option grid={tuple(grid)}: height and width must be multiples of the {s}x{s} tile "
-            f"(k_block={k_block}); pass grid=None to keep raster order"
-        )
-    return torch.arange(tokens).view(t, h // s, s, w // s, s).permute(0, 1, 3, 2, 4).reshape(-1)
+    return tile_order((t, h, w), tile=s)
 
 
 # ----------------------------------------------------------------------------- backends
@@ -641,6 +702,7 @@ def _sparse(
     pv_dtype: str,
     smooth_k: bool,
     grid: tuple[int, int, int] | list[int] | None,
+    kernel: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     check_qkv(name, q, k, v)
     check_blocks(name, q_block=q_block, k_block=k_block)
@@ -690,6 +752,7 @@ def _sparse(
         smooth_k=smooth_k,
         pv_dtype=pv,
         need_lse=return_lse,
+        kernel=kernel,
     )
     if idx is not None:
         inv = idx.argsort()
@@ -717,6 +780,7 @@ def sparse_attention(
     layer_index: int | None = None,
     head_offset: int = 0,
     grid: tuple[int, int, int] | list[int] | None = None,
+    kernel: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """SpargeAttn-style block-sparse attention, mask predicted per call (fp32 math; differentiable).
 
@@ -744,6 +808,7 @@ def sparse_attention(
         pv_dtype="fp32",
         smooth_k=False,
         grid=grid,
+        kernel=kernel,
     )
 
 
@@ -768,6 +833,7 @@ def sparse_sage_attention(
     pv_dtype: str = "auto",
     smooth_k: bool = True,
     grid: tuple[int, int, int] | list[int] | None = None,
+    kernel: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Block-sparse attention with INT8 Q·Kᵀ on the kept blocks (inference only; ``grid`` as sparse's)."""
     return _sparse(
@@ -791,4 +857,5 @@ def sparse_sage_attention(
         pv_dtype=pv_dtype,
         smooth_k=smooth_k,
         grid=grid,
+        kernel=kernel,
     )

@@ -1,0 +1,265 @@
+"""Triton kernels for ``sage``, ``sparse`` and ``sparse_sage`` on CUDA: one fused forward.
+
+:func:`triton_block_attention` runs, per (batch x head, Q block) program, an online-softmax
+(flash) loop over the K blocks that the block mask keeps, read from a look-up table of their
+indices (SpargeAttn's layout), so skipped blocks cost neither FLOPs nor memory traffic:
+
+* ``quantize=True``: Q·Kᵀ is an INT8 x INT8 -> INT32 ``tl.dot`` of the blocks quantised by
+  :func:`vdiff.attention.sage.smooth_and_quantize` (K smoothed, softmax scale folded into Q, one
+  scale per Q block and per K block), times the two scales;
+  ``quantize=False``: a half-precision ``tl.dot`` of q and k, fp32 accumulation;
+* P·V in V's dtype (fp16 or bf16) with fp32 accumulation;
+* with ``pv_threshold`` (λ < 0), P·V is skipped for a K block when, for every row of the Q block,
+  the block's largest score is below the row's *running* maximum by more than |λ|, exactly as
+  SpargeAttn does; the normaliser still counts the block. (The PyTorch path compares with the
+  final row maximum, which skips at least as much: the running maximum is never larger.)
+* the log-sum-exp of the (unsmoothed) scores comes out for ring attention.
+
+Forward only: the backends use it for inference; training (``sparse`` with gradients) takes the
+PyTorch path. On CPU the kernels run only under Triton's interpreter (``TRITON_INTERPRET=1``
+set before this module is imported), which is how the tests check them against the PyTorch
+reference on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from vdiff.attention.sage import smooth_and_quantize
+
+HEAD_DIMS = (64, 128)
+"""head dims the kernel is built and tested for"""
+Q_BLOCKS = (64, 128)
+"""Q block sizes (rows per program) the kernel takes"""
+K_BLOCKS = (32, 64, 128)
+"""K block sizes the kernel takes"""
+DTYPES = (torch.float16, torch.bfloat16)
+"""input dtypes (q, k, v) the kernel takes"""
+
+_LOG2E = 1.4426950408889634
+_LN2 = 0.6931471805599453
+
+
+# NOTE: triton.jit reads TRITON_INTERPRET when it decorates, so the flag is fixed at import.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def interpreted() -> bool:
+    """Whether this module's kernels were built for Triton's CPU interpreter."""
+    return _INTERPRETED
+
+
+def unsupported_reason(
+    q: torch.Tensor, *, q_block: int, k_block: int, pv_dtype: str, quantize: bool
+) -> str | None:
+    """Why the kernel cannot run these inputs (None when it can), phrased for an error message."""
+    if q.device.type != "cuda" and not interpreted():
+        return f"the Triton kernels run on CUDA, not {q.device.type} (on CPU only under TRITON_INTERPRET=1)"
+    if q.shape[-1] not in HEAD_DIMS:
+        return f"head dim {q.shape[-1]} (the Triton kernels take {HEAD_DIMS})"
+    if q.dtype not in DTYPES:
+        return f"dtype {q.dtype} (the Triton kernels take fp16 and bf16 inputs)"
+    if q_block not in Q_BLOCKS or k_block not in K_BLOCKS:
+        return (
+            f"blocks ({q_block}, {k_block}) (the Triton kernels take q_block {Q_BLOCKS}, k_block {K_BLOCKS})"
+        )
+    if quantize and pv_dtype not in ("fp16", "bf16"):
+        return f"pv_dtype {pv_dtype!r} (the Triton kernels compute P·V in fp16 or bf16)"
+    return None
+
+
+@triton.jit
+def _block_attn_fwd(
+    Q,
+    K,
+    V,
+    QS,
+    KS,
+    LUT,
+    CNT,
+    LAM,
+    OUT,
+    LSE,
+    n_q,
+    n_k,
+    nqb,
+    nkb,
+    heads,
+    score_scale,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    QUANT: tl.constexpr,
+    SPARSE: tl.constexpr,
+    SKIP_PV: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    # Q, OUT (BH, n_q, D); K, V (BH, n_k, D), contiguous; QS (BH, nqb), KS (BH, nkb) fp32 scales;
+    # LUT (BH, nqb, nkb) int32 kept K blocks first; CNT (BH, nqb) int32; LAM (heads,) fp32;
+    # LSE (BH, n_q) fp32. Scores are kept in log2 units (exp2 is the fast path).
+    qb = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    row_ok = offs_m < n_q
+    q = tl.load(Q + bh * n_q * D + offs_m[:, None] * D + offs_d[None, :], mask=row_ok[:, None], other=0)
+    if QUANT:
+        q_scale = tl.load(QS + bh * nqb + qb) * score_scale
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    if SPARSE:
+        count = tl.load(CNT + bh * nqb + qb)
+    else:
+        count = nkb
+    if SKIP_PV:
+        lam = tl.load(LAM + bh % heads) * 1.4426950408889634
+    for i in range(0, count):
+        if SPARSE:
+            kb = tl.load(LUT + (bh * nqb + qb) * nkb + i)
+        else:
+            kb = i
+        offs_k = kb * BLOCK_N + offs_n
+        key_ok = offs_k < n_k
+        k = tl.load(K + bh * n_k * D + offs_k[:, None] * D + offs_d[None, :], mask=key_ok[:, None], other=0)
+        if QUANT:
+            k_scale = tl.load(KS + bh * nkb + kb)
+            s = tl.dot(q, tl.trans(k), out_dtype=tl.int32).to(tl.float32) * (q_scale * k_scale)
+        else:
+            if UPCAST:
+                s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32))) * score_scale
+            else:
+                s = tl.dot(q, tl.trans(k)) * score_scale
+        s = tl.where(key_ok[None, :], s, float("-inf"))  # (BLOCK_M, BLOCK_N)
+        m_blk = tl.max(s, 1)
+        m_new = tl.maximum(m_i, m_blk)
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        m_i = m_new
+        do_pv = True
+        if SKIP_PV:
+            do_pv = tl.max(tl.where(row_ok, m_blk - m_new, float("-inf")), 0) >= lam
+        if do_pv:
+            v_ptrs = V + bh * n_k * D + offs_k[:, None] * D + offs_d[None, :]
+            v = tl.load(v_ptrs, mask=key_ok[:, None], other=0)
+            if UPCAST:
+                acc = tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32), acc)
+            else:
+                acc = tl.dot(p.to(v.dtype), v, acc)
+    acc = acc / l_i[:, None]
+    o_ptrs = OUT + bh * n_q * D + offs_m[:, None] * D + offs_d[None, :]
+    tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(LSE + bh * n_q + offs_m, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, mask=row_ok)
+
+
+def block_lut(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kept K blocks of each Q block, ascending and first: mask (B, H, nqb, nkb) bool ->
+    LUT (B*H, nqb, nkb) int32 and counts (B*H, nqb) int32."""
+    b, h, nq, nk = mask.shape
+    rows = mask.reshape(b * h, nq, nk)
+    lut = rows.to(torch.int8).argsort(dim=-1, descending=True, stable=True).to(torch.int32)
+    return lut.contiguous(), rows.sum(dim=-1, dtype=torch.int32).contiguous()
+
+
+def triton_block_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    scale: float,
+    q_block: int = 128,
+    k_block: int = 64,
+    quantize: bool = False,
+    smooth_k: bool = True,
+    pv_dtype: str = "bf16",
+    pv_threshold: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over the K blocks ``mask`` keeps (None: all) with the Triton kernel.
+
+    q (B, H, Nq, D), k, v (B, H, Nk, D) in fp16 or bf16; ``pv_threshold`` a per-head (H,) λ or
+    None. Returns out (B, H, Nq, D) in q's dtype and the log-sum-exp (B, H, Nq) fp32. Unsupported
+    inputs are a ValueError naming what to change (:func:`unsupported_reason`).
+    """
+    reason = unsupported_reason(q, q_block=q_block, k_block=k_block, pv_dtype=pv_dtype, quantize=quantize)
+    if reason is not None:
+        raise ValueError(f"Triton attention kernel: unsupported {reason}; use kernel='torch'")
+    b, h, n_q, d = q.shape
+    n_k = k.shape[2]
+    nqb, nkb = math.ceil(n_q / q_block), math.ceil(n_k / k_block)
+    dev = q.device
+    if quantize:
+        qi, q_scale, ki, k_scale, offset = smooth_and_quantize(
+            q, k, scale=scale, q_block=q_block, k_block=k_block, smooth_k=smooth_k
+        )
+        qx, kx = qi.reshape(b * h, n_q, d).contiguous(), ki.reshape(b * h, n_k, d).contiguous()
+        qs, ks = q_scale.reshape(b * h, nqb).contiguous(), k_scale.reshape(b * h, nkb).contiguous()
+        score_scale = _LOG2E
+        vx = v.to(torch.float16 if pv_dtype == "fp16" else torch.bfloat16)
+    else:
+        qx, kx = q.reshape(b * h, n_q, d).contiguous(), k.reshape(b * h, n_k, d).contiguous()
+        qs = ks = torch.empty(1, device=dev)
+        score_scale = scale * _LOG2E
+        offset = None
+        vx = v
+    vx = vx.reshape(b * h, n_k, d).contiguous()
+    if mask is not None and bool(mask.all()):
+        mask = None
+    if mask is not None:
+        if mask.shape != (b, h, nqb, nkb):
+            raise ValueError(f"block mask has shape {tuple(mask.shape)}, expected {(b, h, nqb, nkb)}")
+        lut, cnt = block_lut(mask)
+        if bool((cnt == 0).any()):
+            raise RuntimeError("block mask keeps no K block for some Q block; keep at least one")
+    else:
+        lut = cnt = torch.empty(1, dtype=torch.int32, device=dev)
+    lam = (
+        torch.empty(1, device=dev)
+        if pv_threshold is None
+        else pv_threshold.to(device=dev, dtype=torch.float32).contiguous()
+    )
+    out = torch.empty(b * h, n_q, d, dtype=vx.dtype, device=dev)
+    lse = torch.empty(b * h, n_q, dtype=torch.float32, device=dev)
+    # NOTE: 8 warps for head dim 128 (a 128 x 128 fp32 accumulator), 4 for 64, as FlashAttention-2's
+    # Triton tutorial does; not tuned on an H100 yet (see docs/benchmarks.md).
+    _block_attn_fwd[(nqb, b * h)](
+        qx,
+        kx,
+        vx,
+        qs,
+        ks,
+        lut,
+        cnt,
+        lam,
+        out,
+        lse,
+        n_q,
+        n_k,
+        nqb,
+        nkb,
+        h,
+        score_scale,
+        D=d,
+        BLOCK_M=q_block,
+        BLOCK_N=k_block,
+        QUANT=quantize,
+        SPARSE=mask is not None,
+        SKIP_PV=pv_threshold is not None,
+        # NOTE: Triton's CPU interpreter multiplies bf16 tiles wrongly (numpy has no bf16), so
+        # there the bf16 operands, already rounded to bf16, are multiplied in fp32: the same
+        # products a bf16 MMA with fp32 accumulation computes. CUDA always takes the plain dot.
+        UPCAST=interpreted() and vx.dtype == torch.bfloat16,
+        num_warps=8 if d == 128 else 4,
+        num_stages=2,
+    )
+    out = out.view(b, h, n_q, d).to(q.dtype)
+    lse = lse.view(b, h, n_q)
+    return out, (lse + offset if offset is not None else lse)
