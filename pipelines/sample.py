@@ -335,6 +335,13 @@ class VideoPipeline:
                 threshold=cache.threshold, num_steps=len(timesteps), group=self.groups.sequence
             )
         policy = attention if attention is not None and attention.backend != attention.dense_backend else None
+        previous_order = self.transformer.embed.token_order
+        if policy is not None:
+            # NOTE: with model.attention.token_order=auto a block-sparse policy backend runs every
+            # step in tile order, the dense ones too: the step cache compares and reuses tokens
+            # across steps, so the order must not change within a trajectory.
+            model_attention = self.transformer.config.attention
+            self.transformer.set_token_order(model_attention.resolved_token_order(also=(policy.backend,)))
 
         # 5. The denoising loop.
         try:
@@ -357,6 +364,7 @@ class VideoPipeline:
                 latents = scheduler.step(v, t, latents, return_dict=False)[0]
         finally:
             restore_attention(self.transformer)
+            self.transformer.set_token_order(previous_order)
         self.last_cache_stats = (step_cache.computed, step_cache.skipped) if step_cache else None
 
         # 6. Decode the latents to pixels.
@@ -455,7 +463,7 @@ def cached_forward(
         cache.store(branch, tokens - e.tokens)
     else:
         tokens = e.tokens + cache.reuse(branch)
-    return model.unembed(tokens, e.temb, e.grid)
+    return model.unembed(tokens, e.temb, e.grid, e.order)
 
 
 # ----------------------------------------------------------------------------------------------

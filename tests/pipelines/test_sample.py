@@ -13,7 +13,7 @@ from pipelines.sample import (
     initial_noise,
     latent_shape,
 )
-from vdiff.attention import register_backend, sdpa
+from vdiff.attention import AttentionConfig, register_backend, sdpa
 from vdiff.attention.policy import AttentionPolicy
 from vdiff.diffusion import euler_sample
 from vdiff.encoders import PixelAutoencoder, TextEncoder
@@ -174,6 +174,31 @@ def test_sparse_sage_sampling_stays_close_to_dense(tiny_parts):
     # NOTE: 64 tokens fit one 128-query block, so sparsity keeps every block; what remains is
     # the INT8 quantisation of Q·Kᵀ on the 2 middle steps.
     assert (out - ref).abs().max() < 0.05
+
+
+def test_sparse_policy_runs_every_step_in_tile_order_then_restores_raster(tiny_parts):
+    pipe = _pipe(tiny_parts)
+    pipe.transformer.set_attention(AttentionConfig(tile=2))  # 2x2 tiles of the 4x4-token frames
+    ref = pipe(PROMPTS[:1], seeds=[0], guidance=1.0, **KW)
+    orders: list[bool] = []
+    hook = pipe.transformer.embed.register_forward_hook(lambda _m, _a, e: orders.append(e.order is not None))
+    # NOTE: cdf_threshold=1 keeps every block: the sparse steps are exact, so only the order changes.
+    policy = AttentionPolicy(backend="sparse", options={"cdf_threshold": 1.0}, dense_first_steps=1)
+    out = pipe(PROMPTS[:1], seeds=[0], guidance=1.0, attention=policy, **KW)
+    pipe(PROMPTS[:1], seeds=[0], guidance=1.0, **KW)
+    hook.remove()
+    assert orders == [True] * 4 + [False] * 4  # dense steps of the sparse run too; raster afterwards
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    # the step cache's path (threshold 0: every step computed) restores raster order as well
+    cached = pipe(
+        PROMPTS[:1],
+        seeds=[0],
+        guidance=1.0,
+        attention=policy,
+        cache=StepCacheConfig(enabled=True, threshold=0.0),
+        **KW,
+    )
+    torch.testing.assert_close(cached, ref, atol=1e-5, rtol=0)
 
 
 def test_bad_sizes_are_clear_errors(tiny_parts):

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from vdiff.attention.token_order import SPARSE_BACKENDS, TOKEN_ORDERS
+
 AttentionFn = Callable[..., "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
 
 
@@ -140,18 +142,48 @@ class AttentionConfig:
     """per-layer backend overrides, layer index -> backend name, e.g. {0: sdpa}"""
     options: dict[str, Any] = field(default_factory=dict)
     """extra keyword options (e.g. sparsity settings), passed to each layer's backend if it takes them"""
+    token_order: str = "auto"
+    """token order inside the model: raster, tiles, or auto (tiles when a layer uses sparse or sparse_sage)"""
+    tile: int = 8
+    """side, in tokens, of the square spatial tiles of token_order=tiles"""
 
     def backend_for(self, layer_index: int) -> str:
         """The backend name that layer ``layer_index`` uses."""
         return self.per_layer.get(layer_index, self.backend)
 
+    def resolved_token_order(self, *, also: tuple[str, ...] = ()) -> str:
+        """``"raster"`` or ``"tiles"``: ``token_order`` with ``auto`` resolved.
+
+        ``auto`` is ``tiles`` when ``backend``, a ``per_layer`` value or one of ``also`` (e.g. a
+        sampling policy's backend) is a block-sparse backend, else ``raster``.
+        """
+        if self.token_order != "auto":
+            return self.token_order
+        names = {self.backend, *self.per_layer.values(), *also}
+        return "tiles" if names & set(SPARSE_BACKENDS) else "raster"
+
     def validate(self) -> None:
-        """Raise if a backend name is unknown (the error lists the known ones)."""
+        """Raise if a backend name, an option, ``token_order`` or ``tile`` is wrong (naming the key)."""
         for name in {self.backend, *self.per_layer.values()}:
             get_backend(name)
         bad = [i for i in self.per_layer if not isinstance(i, int) or i < 0]
         if bad:
             raise ValueError(f"attention.per_layer: layer indices must be integers >= 0, got {bad}")
+        if self.token_order not in TOKEN_ORDERS:
+            raise ValueError(
+                f"attention.token_order must be one of {', '.join(TOKEN_ORDERS)}, got {self.token_order!r}"
+            )
+        if isinstance(self.tile, bool) or not isinstance(self.tile, int) or self.tile < 1:
+            raise ValueError(
+                f"attention.tile must be an integer >= 1 (tokens per tile side); got {self.tile!r}"
+            )
+        if "grid" in self.options and self.resolved_token_order() == "tiles":
+            # NOTE: the backends' grid option assumes raster tokens; on tile-ordered ones it
+            # would reorder them a second time.
+            raise ValueError(
+                "attention.options.grid reorders raster tokens, but attention.token_order resolves to "
+                "tiles, so the model already runs in tile order; drop options.grid, or set token_order=raster"
+            )
         names = sorted({self.backend, *self.per_layer.values()})
         for key in self.options:
             if not any(_takes_option(name, key) for name in names):

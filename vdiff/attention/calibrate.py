@@ -66,6 +66,10 @@ def _head_l1(
         quantize=quantize,
         pv_dtype=pv_dtype,
         need_lse=False,
+        # NOTE: the exact mask, as the Triton kernel computes it; the PyTorch path's widened mask
+        # is a superset, and its λ skip (final row maximum) drops at least what Triton's drops.
+        kernel="torch",
+        widen=False,
     )
     return relative_l1(out, ref, dims=(0, 2, 3)).float()  # (H,)
 

@@ -195,6 +195,7 @@ def block_sparse_attention(
     need_lse: bool = True,
     q_group: int = Q_GROUP,
     kernel: str = "auto",
+    widen: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Stage 2: softmax attention over the blocks ``mask`` (B, H, nqb, nkb) keeps.
 
@@ -212,6 +213,9 @@ def block_sparse_attention(
     score matrix), once on whole tensors when every block is kept, else once per chunk of Q
     blocks over their gathered K/V blocks. Tiled (otherwise): explicit scores per chunk (INT8 by
     ``torch._int_mm``), softmax, the λ skip, LSE, then P·V.
+
+    ``widen=False`` computes exactly ``mask`` on the PyTorch paths too (no grouping, no dense
+    heads; slower on CPU): calibration measures that, so its budget holds on every path.
 
     ``kernel``: "triton" runs :mod:`vdiff.attention.triton_kernels` (CUDA, fp16/bf16, no
     gradients; it computes exactly ``mask``, without the grouping below), "torch" the PyTorch
@@ -245,8 +249,11 @@ def block_sparse_attention(
             pv_threshold=lam_t,
         )
         return out, (lse if need_lse else None)
-    mask = group_rows(mask, group=q_group)
-    mask = mask | dense_heads(mask)[..., None, None]  # both paths compute the same blocks
+    if widen:
+        mask = group_rows(mask, group=q_group)
+        mask = mask | dense_heads(mask)[..., None, None]  # both paths compute the same blocks
+    else:
+        q_group = 1  # the fused path reads one mask row per run of q_group Q blocks
     rows_mask = mask.reshape(b * h * nq, nk)
     counts = rows_mask.sum(dim=-1)  # (R,)
     if bool((counts == 0).any()):

@@ -3,15 +3,22 @@
 The forward pass is three public pieces so that parallelism can be applied from outside
 (torchtitan-style) without touching ``forward``::
 
-    e = model.embed(x, timestep, context)          # Embedded(tokens, rope, context, temb, temb_mod, grid)
+    e = model.embed(x, timestep, context)   # Embedded(tokens, rope, context, temb, temb_mod, grid, order)
     tokens = e.tokens
     for block in model.blocks:
         tokens = block(tokens, context=e.context, temb_mod=e.temb_mod, rope=e.rope)
-    v = model.unembed(tokens, e.temb, e.grid)
+    v = model.unembed(tokens, e.temb, e.grid, e.order)
 
 ``embed`` and ``unembed`` are submodules, so a sequence-parallel wrapper can shard the tokens and
 the per-token RoPE table in a forward hook of ``embed`` and gather them in a pre-hook of
 ``unembed``, and FSDP can wrap each piece. See docs/model.md.
+
+Token order: raster (t, y, x) by default; with ``attention.token_order`` resolving to ``tiles``
+(the default for the block-sparse backends) ``embed`` returns tokens and RoPE table in tile
+order (:func:`vdiff.attention.token_order.tile_order`) and ``unembed`` restores raster order
+before unpatchifying. Attention, norms and MLPs are permutation-equivariant, so the output is
+the same up to rounding; only the block-sparse mask, built from runs of consecutive tokens,
+sees the difference.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vdiff.attention import AttentionConfig, attention_op
+from vdiff.attention.token_order import inverse_order, tile_order
 from vdiff.models.config import (
     ModelConfig,
     model_config,
@@ -52,7 +60,7 @@ class Embedded(NamedTuple):
     """What ``model.embed`` returns: everything the blocks and ``unembed`` need."""
 
     tokens: torch.Tensor
-    """(B, N, dim) patch tokens, t-major"""
+    """(B, N, dim) patch tokens, t-major (raster) or in tile order (see ``order``)"""
     rope: torch.Tensor
     """(N, head_dim // 2, 2) per-token RoPE (cos, sin), float32; shard along dim 0 with the tokens"""
     context: torch.Tensor
@@ -63,6 +71,8 @@ class Embedded(NamedTuple):
     """(B, 6, dim) time projection (modulates every block)"""
     grid: tuple[int, int, int]
     """(T', H', W') token grid"""
+    order: torch.Tensor | None = None
+    """(N,) raster index of each token of ``tokens`` and ``rope`` (tile order), None for raster order"""
 
 
 class Embedder(nn.Module):
@@ -79,6 +89,8 @@ class Embedder(nn.Module):
         rope_dims: tuple[int, int, int],
         rope_theta: float,
         abs_pos_embed: bool = False,
+        token_order: str = "raster",
+        tile: int = 8,
     ) -> None:
         super().__init__()
         self.patch = patch
@@ -89,6 +101,10 @@ class Embedder(nn.Module):
         self.rope_dims = rope_dims
         self.rope_theta = rope_theta
         self.abs_pos_embed = abs_pos_embed
+        # NOTE: plain attributes, not buffers: VideoDiT.set_attention keeps them in step with
+        # the config, and they are no part of the weights.
+        self.token_order = token_order  # "raster" or "tiles"
+        self.tile = tile
 
     def grid(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
         """Token grid (T', H', W') of a latent shape (B, C, T, H, W); clear error if it does not patch."""
@@ -121,6 +137,14 @@ class Embedder(nn.Module):
             pos = absolute_position_table(grid, tokens.shape[-1], device=x.device)  # (N, dim)
             tokens = tokens + pos.to(tokens.dtype)
         rope = rope_table(grid, self.rope_dims, theta=self.rope_theta, device=x.device)  # (N, D/2, 2)
+        order = None
+        if self.token_order == "tiles":
+            # NOTE: permuted here, after the raster-order position embedding, so that sequence
+            # parallelism (a forward hook on embed) shards tokens and RoPE table in tile order.
+            order = tile_order(grid, tile=self.tile, device=x.device)  # (N,)
+            tokens, rope = tokens.index_select(1, order), rope.index_select(0, order)
+        elif self.token_order != "raster":
+            raise ValueError(f"Embedder.token_order must be 'raster' or 'tiles', got {self.token_order!r}")
         timestep = torch.as_tensor(timestep, device=x.device)
         if timestep.ndim == 0:
             timestep = timestep.expand(x.shape[0])  # (B,)
@@ -133,7 +157,7 @@ class Embedder(nn.Module):
         )  # (B, freq_dim)
         temb = self.time_embed(feats).to(context.dtype)  # (B, dim)
         temb_mod = self.time_proj(F.silu(temb)).unflatten(1, (6, -1))  # (B, 6, dim)
-        return Embedded(tokens, rope, self.text_embed(context), temb, temb_mod, grid)
+        return Embedded(tokens, rope, self.text_embed(context), temb, temb_mod, grid, order)
 
 
 class OutputHead(nn.Module):
@@ -147,11 +171,24 @@ class OutputHead(nn.Module):
         self.proj = nn.Linear(dim, out_channels * math.prod(patch_size))
         self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
 
-    def forward(self, tokens: torch.Tensor, temb: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        """tokens (B, N, dim), temb (B, dim), grid (T', H', W') -> (B, C, T'*pt, H'*ph, W'*pw)."""
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        temb: torch.Tensor,
+        grid: tuple[int, int, int],
+        order: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """tokens (B, N, dim), temb (B, dim), grid (T', H', W') -> (B, C, T'*pt, H'*ph, W'*pw).
+
+        ``order`` (N,) is ``Embedded.order``: the raster index of each token (None: raster already).
+        """
         shift, scale = (self.modulation.float() + temb.float().unsqueeze(1)).chunk(2, dim=1)  # (B, 1, dim)
         h = (layer_norm_fp32(tokens, self.norm) * (1 + scale) + shift).to(tokens.dtype)
         out = self.proj(h)  # (B, N, pt*ph*pw*C)
+        if order is not None:
+            # NOTE: norm and projection act per token, so raster order is restored after the
+            # projection, on pt*ph*pw*C channels instead of dim.
+            out = out.index_select(1, inverse_order(order))  # (B, N, pt*ph*pw*C), raster
         (t, hh, w), (pt, ph, pw), c = grid, self.patch_size, self.out_channels
         out = out.reshape(out.shape[0], t, hh, w, pt, ph, pw, c)  # (B, T', H', W', pt, ph, pw, C)
         out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, T', pt, H', ph, W', pw)
@@ -179,7 +216,7 @@ class VideoDiT(nn.Module):
         tokens = e.tokens
         for block in self.blocks:
             tokens = block(tokens, context=e.context, temb_mod=e.temb_mod, rope=e.rope)
-        return self.unembed(tokens, e.temb, e.grid)
+        return self.unembed(tokens, e.temb, e.grid, e.order)
 
     def self_attentions(self) -> Iterator[Attention]:
         """Every self-attention module, in layer order (each has ``attn_op`` and ``layer_index``)."""
@@ -188,11 +225,24 @@ class VideoDiT(nn.Module):
                 yield m
 
     def set_attention(self, cfg: AttentionConfig) -> None:
-        """Point every self-attention layer at the backend ``cfg`` chooses for it."""
+        """Point every self-attention layer at the backend ``cfg`` chooses for it, in its token order."""
         cfg.validate()
         for m in self.self_attentions():
             m.attn_op = attention_op(cfg, layer_index=m.layer_index)
+        self.set_token_order(cfg.resolved_token_order(), tile=cfg.tile)
         self.config = dataclasses.replace(self.config, attention=cfg)
+
+    def set_token_order(self, order: str, *, tile: int | None = None) -> None:
+        """Run the tokens in ``order``: ``raster``, or ``tiles`` of ``tile`` x ``tile`` tokens; ops unchanged.
+
+        For callers that replace the attention ops themselves (the sampling pipeline's per-step
+        policy); :meth:`set_attention` calls it with the config's resolved order.
+        """
+        if order not in ("raster", "tiles"):
+            raise ValueError(f"token order must be 'raster' or 'tiles', got {order!r}")
+        self.embed.token_order = order
+        if tile is not None:
+            self.embed.tile = tile
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -232,6 +282,8 @@ def build_model(
             rope_dims=cfg.rope_dims(),
             rope_theta=cfg.rope_theta,
             abs_pos_embed=cfg.abs_pos_embed,
+            token_order=cfg.attention.resolved_token_order(),
+            tile=cfg.attention.tile,
         )
         blocks = [
             build_block(

@@ -8,7 +8,8 @@ import torch
 from vdiff.attention import attention
 from vdiff.attention.calibrate import NO_SKIP, ThresholdCalibrator, calibrate_layer
 from vdiff.attention.metrics import dense_reference, relative_l1
-from vdiff.attention.sparse import load_thresholds
+from vdiff.attention.sage import resolve_pv_dtype
+from vdiff.attention.sparse import block_sparse_attention, load_thresholds, predict_block_mask
 
 GRID = (0.3, 0.7, 0.9, 0.99, 0.999)  # a short grid keeps the tests fast
 
@@ -28,9 +29,36 @@ def test_calibration_meets_budget(video_qkv, backend: str, budget: float) -> Non
         cdf_threshold=torch.tensor(t.cdf_threshold),
         pv_threshold=torch.tensor(t.pv_threshold),
     )
-    l1 = relative_l1(out, dense_reference(q, k, v), dims=(0, 2, 3))  # (H,)
+    ref = dense_reference(q, k, v)
+    l1 = relative_l1(out, ref, dims=(0, 2, 3))  # (H,)
     assert (l1 <= budget).all(), (l1, t)
-    torch.testing.assert_close(l1.float(), torch.tensor(t.rel_l1), rtol=1e-4, atol=1e-7)
+    # The recorded error is that of exactly the predicted mask (what the Triton kernel computes);
+    # the backend's CPU path computes a superset of those blocks, so it is at least as accurate.
+    exact = _exact_mask_run(q, k, v, backend=backend, cdf=t.cdf_threshold, lam=t.pv_threshold)
+    torch.testing.assert_close(
+        relative_l1(exact, ref, dims=(0, 2, 3)).float(), torch.tensor(t.rel_l1), rtol=1e-4, atol=1e-7
+    )
+    assert (torch.tensor(t.rel_l1) <= budget).all()
+
+
+def _exact_mask_run(q, k, v, *, backend: str, cdf: list[float], lam: list[float]) -> torch.Tensor:
+    scale = q.shape[-1] ** -0.5
+    mask = predict_block_mask(q, k, scale=scale, cdf_threshold=torch.tensor(cdf))
+    out, _ = block_sparse_attention(
+        q,
+        k,
+        v,
+        mask,
+        scale=scale,
+        pv_threshold=torch.tensor(lam),
+        quantize=backend == "sparse_sage",
+        pv_dtype=resolve_pv_dtype("auto", device=q.device, in_dtype=q.dtype)
+        if backend == "sparse_sage"
+        else "fp32",
+        need_lse=False,
+        widen=False,
+    )
+    return out
 
 
 def test_looser_budget_is_sparser(video_qkv) -> None:

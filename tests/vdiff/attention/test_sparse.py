@@ -157,6 +157,16 @@ def test_sparse_kernel_and_gradients_match_masked_dense(video_qkv, need_lse: boo
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("need_lse", [True, False])
+def test_unwidened_run_computes_exactly_the_mask(video_qkv, need_lse: bool) -> None:
+    # widen=False (what calibration measures, and what the Triton kernel computes): no union over
+    # runs of Q blocks and no dense heads, even with the default q_group and a mostly-kept mask.
+    q, k, v = (t[:, :, :600] for t in video_qkv)
+    mask = _sparse_block_mask(b=1, h=2, nq=5, nk=10, seed=3) | (torch.rand(1, 2, 5, 10) < 0.5)
+    out, _ = block_sparse_attention(q, k, v, mask, scale=0.125, need_lse=need_lse, widen=False)
+    torch.testing.assert_close(out, _masked_dense(q, k, v, mask, scale=0.125), atol=1e-5, rtol=1e-4)
+
+
 def test_sparse_backend_gradients_flow(video_qkv) -> None:
     q, k, v = (t[:, :, :512].clone().requires_grad_() for t in video_qkv)
     attention(q, k, v, backend="sparse", cdf_threshold=0.6).sum().backward()
@@ -269,8 +279,10 @@ def test_tile_permutation_makes_k_blocks_square_tiles() -> None:
     for blk in range(4):  # every K block of 64 reordered tokens is one 8x8 tile of one frame
         sl = slice(64 * blk, 64 * (blk + 1))
         assert t[sl].unique().numel() == 1 and y[sl].max() - y[sl].min() == 7 and x[sl].unique().numel() == 8
-    with pytest.raises(ValueError, match="multiples of the 8x8 tile"):
-        tile_permutation((2, 12, 8), tokens=192, k_block=64)
+    # a height the tile does not divide: ragged edge tiles (8x8 then 4x8 per frame)
+    ragged = tile_permutation((2, 12, 8), tokens=192, k_block=64)
+    assert sorted(ragged.tolist()) == list(range(192))
+    assert ragged[64:96].tolist() == list(range(64, 96))  # the 4x8 tile: rows 8..11 of frame 0
     with pytest.raises(ValueError, match="holds 256 tokens"):
         tile_permutation((2, 16, 8), tokens=300, k_block=64)
     with pytest.raises(ValueError, match="square k_block"):

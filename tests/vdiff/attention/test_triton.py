@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from vdiff.attention import attention
-from vdiff.attention.metrics import attention_error
-from vdiff.attention.sparse import block_sparse_attention, use_triton
+from vdiff.attention.calibrate import calibrate_layer
+from vdiff.attention.metrics import attention_error, dense_reference, relative_l1, video_like_qkv
+from vdiff.attention.sparse import block_sparse_attention, predict_block_mask, tile_permutation, use_triton
 
 if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed (pip install -e .[dev])", allow_module_level=True)
@@ -179,3 +180,38 @@ def test_kernel_needs_cuda_outside_the_interpreter(monkeypatch: pytest.MonkeyPat
     finally:
         monkeypatch.undo()
         importlib.reload(mod)  # as the environment has it again (the module fixture's interpreter)
+
+
+@pytest.mark.parametrize("backend", ["sparse", "sparse_sage"])
+def test_calibrated_thresholds_hold_on_the_kernel(tk: ModuleType, backend: str) -> None:
+    # Calibration measures exactly the predicted mask, which is what the kernel computes, so its
+    # budget holds here too, up to fp16 rounding of the inputs and P (allowance 2e-3).
+    qkv = video_like_qkv(batch=1, heads=2, frames=2, height=32, width=32, head_dim=64, seed=1)
+    idx = tile_permutation((2, 32, 32), tokens=2048, k_block=64)  # 8x8 tiles: a sparse mask
+    q, k, v = (x.index_select(2, idx).half().to(DEVICE) for x in qkv)
+    budget = 0.05
+    t = calibrate_layer(
+        q,
+        k,
+        v,
+        l1_budget=budget,
+        backend=backend,
+        cdf_grid=(0.3, 0.7, 0.9, 0.99),
+        pv_grid=[-4.0],
+        pv_dtype="fp16",
+    )
+    kept = predict_block_mask(q, k, scale=0.125, cdf_threshold=torch.tensor(t.cdf_threshold, device=DEVICE))
+    assert kept.float().mean() < 0.8  # the test exercises skipped blocks
+    opts = {"pv_dtype": "fp16"} if backend == "sparse_sage" else {}
+    out = attention(
+        q,
+        k,
+        v,
+        backend=backend,
+        kernel="triton",
+        cdf_threshold=torch.tensor(t.cdf_threshold),
+        pv_threshold=torch.tensor(t.pv_threshold),
+        **opts,
+    )
+    l1 = relative_l1(out.float(), dense_reference(q.float(), k.float(), v.float()), dims=(0, 2, 3))  # (H,)
+    assert (l1 <= budget + 2e-3).all(), (l1, t)

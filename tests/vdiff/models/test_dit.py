@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from vdiff.attention import AttentionConfig, register_backend
+from vdiff.attention.token_order import tile_order
 from vdiff.models import (
     ModelConfig,
     build_model,
@@ -77,15 +78,20 @@ def test_bf16_forward_close_to_fp32(tiny, inputs):
     assert (out.float() - ref).abs().max() / ref.abs().max() < 0.1
 
 
-def test_composition_equals_forward(tiny, inputs):
+@pytest.mark.parametrize("order", ["raster", "tiles"])
+def test_composition_equals_forward(tiny, inputs, order):
+    tiny.set_attention(AttentionConfig(token_order=order, tile=2))
     x, t, c = inputs
     with torch.no_grad():
         e = tiny.embed(x, t, c)
         tokens = e.tokens
         for block in tiny.blocks:
             tokens = block(tokens, context=e.context, temb_mod=e.temb_mod, rope=e.rope)
-        pieces = tiny.unembed(tokens, e.temb, e.grid)
+        pieces = tiny.unembed(tokens, e.temb, e.grid, e.order)
         assert torch.equal(pieces, tiny(x, t, c))
+        assert (e.order is None) == (order == "raster")
+        if order == "tiles":  # without the order, unembed would unpatchify tile-ordered tokens as raster
+            assert not torch.allclose(tiny.unembed(tokens, e.temb, e.grid), pieces)
     n = math.prod(e.grid)
     assert e.grid == (3, 3, 5)
     assert e.tokens.shape == (2, n, 32) and e.rope.shape == (n, 8, 2)
@@ -234,3 +240,64 @@ def test_rope_table_closed_form_and_relative_positions():
 
     torch.testing.assert_close(dot(1, 3), dot(4, 6))
     assert not torch.allclose(dot(1, 3), dot(1, 4))
+
+
+def _raster_and_tiles(randomize, **overrides):
+    """The same random tiny model with attention.token_order=raster and =tiles (2x2 tiles)."""
+    from tests.vdiff.models.conftest import INIT_DICT
+
+    models = []
+    for order in ("raster", "tiles"):
+        cfg = ModelConfig(**INIT_DICT, **overrides, attention=AttentionConfig(token_order=order, tile=2))
+        models.append(randomize(build_model(cfg)).eval())
+    return models
+
+
+@pytest.mark.parametrize("abs_pos_embed", [False, True])
+@pytest.mark.parametrize("latent_hw", [(6, 10), (8, 8)])  # token grids 3x5 (ragged 2x2 tiles) and 4x4
+def test_tile_order_gives_the_raster_output_and_gradients(randomize, make_inputs, abs_pos_embed, latent_hw):
+    raster, tiles = _raster_and_tiles(randomize, abs_pos_embed=abs_pos_embed)
+    x, t, c = make_inputs(height=latent_hw[0], width=latent_hw[1])
+    e_r, e_t = raster.embed(x, t, c), tiles.embed(x, t, c)
+    assert e_r.order is None and e_t.order is not None
+    assert not torch.equal(e_t.order, torch.arange(e_t.order.numel()))  # a real permutation
+    # tokens and RoPE rows (position embedding included) are the raster ones, reordered
+    torch.testing.assert_close(e_t.tokens, e_r.tokens[:, e_t.order], atol=0, rtol=0)
+    torch.testing.assert_close(e_t.rope, e_r.rope[e_t.order], atol=0, rtol=0)
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    outs, grads = [], []
+    for m in (raster, tiles):
+        xi = x.clone().requires_grad_(True)
+        out = m(xi, t, c)
+        (out * w).sum().backward()
+        outs.append(out.detach())
+        grads.append({"x": xi.grad, **{n: p.grad for n, p in m.named_parameters()}})
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+    assert grads[0]["blocks.0.self_attn.q.weight"].abs().sum() > 0
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_sparse_backend_runs_in_tile_order_and_matches_dense_raster(randomize, make_inputs):
+    from tests.vdiff.models.conftest import INIT_DICT
+
+    # NOTE: cdf_threshold=1 keeps every block, so sparse attention is exact; 12x17 = 204 tokens
+    # per frame (2 Q blocks, 4 K blocks, ragged 8x8 tiles).
+    sparse_cfg = AttentionConfig(backend="sparse", options={"cdf_threshold": 1.0})
+    model = randomize(build_model(ModelConfig(**INIT_DICT, attention=sparse_cfg))).eval()
+    x, t, c = make_inputs(batch=1, frames=1, height=24, width=34)
+    with torch.no_grad():
+        e = model.embed(x, t, c)
+        assert model.embed.token_order == "tiles" and e.order is not None
+        assert torch.equal(e.order, tile_order(e.grid, tile=8))
+        out = model(x, t, c)
+        model.set_attention(AttentionConfig())
+        assert model.embed(x, t, c).order is None  # set_attention follows the new config
+        ref = model(x, t, c)
+        model.set_attention(AttentionConfig(per_layer={1: "sparse"}, options={"cdf_threshold": 1.0}))
+        assert model.embed(x, t, c).order is not None
+        model.set_attention(AttentionConfig(backend="sparse", token_order="raster"))
+        assert model.embed(x, t, c).order is None
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="token order must be 'raster' or 'tiles'"):
+        model.set_token_order("auto")

@@ -10,17 +10,19 @@ import pytest
 import torch
 from torch import nn
 
+from vdiff.attention import AttentionConfig
 from vdiff.models import videodit_tiny
 from vdiff.parallel import ParallelConfig, build_mesh
 from vdiff.parallel.parallelize import checkpointed_blocks, parallelize
 
-# NOTE: latents (T, H, W) = (3, 2, 6) with patch (1, 2, 2) give 9 tokens: not divisible by 2 or 4.
-SHAPE = (2, 4, 3, 2, 6)
+# NOTE: latents (T, H, W) = (3, 6, 6) with patch (1, 2, 2) give 27 tokens: not divisible by 2 or 4;
+# 3x3 tokens per frame make 2x2 tiles ragged, so tile order is not raster order.
+SHAPE = (2, 4, 3, 6, 6)
 
 
-def _model() -> nn.Module:
+def _model(token_order: str = "raster") -> nn.Module:
     torch.manual_seed(0)
-    model = videodit_tiny()
+    model = videodit_tiny(attention=AttentionConfig(token_order=token_order, tile=2))
     with torch.no_grad():
         # NOTE: the zero-initialised output projection would hide every block from the gradients.
         nn.init.normal_(model.unembed.proj.weight, std=0.2)
@@ -51,8 +53,11 @@ def _loss_and_grads(model: nn.Module) -> dict:
 def _parallel_run(rank: int, world_size: int, configs: list[dict]) -> list[dict]:
     results = []
     for kw in configs:
+        kw = dict(kw)
+        order = kw.pop("token_order", "raster")
         cfg = ParallelConfig(param_dtype="float32", **kw)
-        model = parallelize(_model(), build_mesh(cfg), cfg)
+        model = parallelize(_model(order), build_mesh(cfg), cfg)
+        assert model.embed.token_order == order
         results.append(_loss_and_grads(model))
     return results
 
@@ -79,7 +84,12 @@ def _check(per_rank: list[list[dict]], configs: list[dict]) -> None:
 
 @pytest.mark.dist
 def test_ulysses_and_ring_model_match_one_process(run_distributed):
-    configs = [{"ulysses": 2}, {"ring": 2, "activation_checkpoint": "full"}]
+    # NOTE: the one-process reference runs in raster order; tile order must give its results too.
+    configs = [
+        {"ulysses": 2},
+        {"ring": 2, "activation_checkpoint": "full"},
+        {"ulysses": 2, "token_order": "tiles"},
+    ]
     _check(run_distributed(_parallel_run, 2, configs), configs)
 
 
