@@ -14,11 +14,13 @@ For each token count N, head dim D and kind of input, with batch 1 and 12 heads:
 Every backend is timed on the same tensors; within each repeat the backends run one after
 the other in an order that rotates between repeats, and the median wall time is reported with
 its ratio to SDPA's median (``x SDPA`` > 1: faster than SDPA). ``kept blocks`` is the fraction
-of (Q block, K block) pairs computed (the predicted mask, widened to the union over each run of
-``Q_GROUP`` Q blocks as the kernel runs it, 1 when that keeps more than ``DENSE_ABOVE`` and the
-kernel makes one dense call; 1 for the dense backends). On video inputs the sparse
-backends also run with ``grid=(frames, 32, 32)`` (``+tiles``: blocks are 8x8 tiles of a frame
-instead of raster strips, see ``vdiff.attention.sparse.tile_permutation``). Accuracy
+of (Q block, K block) pairs computed: the predicted mask on the tiled path (INT8 on a CPU
+without AMX, see ``vdiff.attention.sparse.torch_path``) and on CUDA; on the fused path the mask
+widened to the union over each run of ``Q_GROUP`` Q blocks, 1 when that keeps more than
+``DENSE_ABOVE`` and the kernel makes one dense call; 1 for the dense backends. On video inputs the sparse
+backends also run on the same tokens in tile order (``+tiles``: permuted once before timing, as
+the model's embed does with ``attention.token_order=auto``; K blocks are then 8x8 tiles of a
+frame instead of raster strips, see ``vdiff.attention.token_order``). Accuracy
 (cosine similarity, relative L1, RMSE; :func:`vdiff.attention.metrics.attention_error`) is
 against fp32 dense attention, which is torch SDPA on fp32 inputs (the same maths as
 ``dense_reference``, tiled, so N = 16384 fits in memory; the test suite checks the two agree).
@@ -49,7 +51,8 @@ import torch
 
 from vdiff.attention import attention
 from vdiff.attention.metrics import attention_error, video_like_qkv
-from vdiff.attention.sparse import Q_GROUP, fused_fraction, group_rows, predict_block_mask, tile_permutation
+from vdiff.attention.sparse import Q_GROUP, fused_fraction, group_rows, predict_block_mask, torch_path
+from vdiff.attention.token_order import tile_order
 
 HEADS = 12
 FRAME = (32, 32)
@@ -57,7 +60,8 @@ FRAME = (32, 32)
 BACKENDS = ("sdpa", "sage", "sparse", "sparse_sage")
 SPARSE = ("sparse", "sparse_sage")
 TILED = ("sparse+tiles", "sparse_sage+tiles")
-"""the sparse backends with option grid=(frames, 32, 32): blocks are 8x8 tiles (video inputs only)"""
+"""the sparse backends on the same tokens in tile order, as the model feeds them with
+attention.token_order=auto: K blocks are 8x8 tiles (video inputs only)"""
 
 
 @dataclass
@@ -107,21 +111,21 @@ def variant(label: str, *, cdf: float, tokens: int) -> tuple[str, dict]:
     """(backend, keyword options) of a row label of this benchmark."""
     name = label.removesuffix("+tiles")
     opts: dict = {"cdf_threshold": cdf} if name in SPARSE else {}
-    if label in TILED:
-        opts["grid"] = (tokens // (FRAME[0] * FRAME[1]), *FRAME)
     return name, opts
 
 
-def computed_fraction(q: torch.Tensor, k: torch.Tensor, opts: dict) -> float:
-    """Fraction of (Q block, K block) pairs a sparse backend computes with these options."""
-    if "grid" in opts:
-        idx = tile_permutation(opts["grid"], tokens=q.shape[2], k_block=64)
-        q, k = q.index_select(2, idx), k.index_select(2, idx)
+def tile_index(tokens: int) -> torch.Tensor:
+    """(tokens,) raster index of each token in tile order (the model's order for sparse backends)."""
+    return tile_order((tokens // (FRAME[0] * FRAME[1]), *FRAME), tile=8)
+
+
+def computed_fraction(q: torch.Tensor, k: torch.Tensor, *, name: str, opts: dict) -> float:
+    """Fraction of (Q block, K block) pairs the sparse backend ``name`` computes with these options."""
     mask = predict_block_mask(q, k, scale=q.shape[-1] ** -0.5, cdf_threshold=opts["cdf_threshold"])
-    if q.is_cuda:
-        return float(mask.float().mean())  # the Triton kernel computes exactly the predicted mask
-    # NOTE: the kernel computes, for each run of Q_GROUP Q blocks, the union of their K blocks, and
-    # every block (one dense call) when that union keeps more than DENSE_ABOVE of them.
+    if q.is_cuda or torch_path("auto", q, quantize=name == "sparse_sage") == "tiled":
+        return float(mask.float().mean())  # the Triton kernel and the tiled path: exactly the mask
+    # NOTE: the fused path computes, for each run of Q_GROUP Q blocks, the union of their K blocks,
+    # and every block (one dense call) when that union keeps more than DENSE_ABOVE of them.
     return fused_fraction(group_rows(mask, group=Q_GROUP))
 
 
@@ -153,13 +157,18 @@ def bench_case(
     """Time and score every backend on one input; rows in BACKENDS order."""
     q, k, v = make_inputs(kind, tokens=tokens, head_dim=head_dim, dtype=dtype, device=device)
     labels = BACKENDS + (TILED if kind == "video" else ())
+    # NOTE: the tile-order rows get the tokens permuted once, outside the timed call, as the
+    # model's embed does; their outputs are compared in that order.
+    idx = tile_index(tokens).to(device) if kind == "video" else None
+    inputs = {b: (q, k, v) for b in BACKENDS}
+    inputs.update({b: tuple(x.index_select(2, idx) for x in (q, k, v)) for b in labels if b in TILED})
     times: dict[str, list[float]] = {b: [] for b in labels}
     outs: dict[str, torch.Tensor] = {}
     for r in range(repeat):
         order = labels[r % len(labels) :] + labels[: r % len(labels)]
         for b in order:
             name, opts = variant(b, cdf=cdf, tokens=tokens)
-            sec, out = timed(run_backend, q, k, v, name=name, opts=opts)
+            sec, out = timed(run_backend, *inputs[b], name=name, opts=opts)
             times[b].append(sec)
             outs[b] = out
     # NOTE: SDPA on fp32 inputs is exact fp32 dense attention (flash tiling, fp32 accumulation).
@@ -168,8 +177,8 @@ def bench_case(
     rows = []
     for b in labels:
         name, opts = variant(b, cdf=cdf, tokens=tokens)
-        kept = computed_fraction(q, k, opts) if name in SPARSE else 1.0
-        err = attention_error(outs[b], ref)
+        kept = computed_fraction(*inputs[b][:2], name=name, opts=opts) if name in SPARSE else 1.0
+        err = attention_error(outs[b], ref.index_select(2, idx) if b in TILED else ref)
         med = statistics.median(times[b])
         rows.append(
             Row(tokens, head_dim, kind, b, med, sdpa_median / med, kept, err.cos_sim, err.rel_l1, err.rmse)
@@ -209,7 +218,7 @@ def goal_lines(rows: list[Row], *, device: str = "cpu") -> list[str]:
 def warm_up(*, head_dim: int, cdf: float, dtype: torch.dtype, device: str = "cpu") -> None:
     """One small call per backend (library loading, oneDNN kernels, Triton compiles) before timing."""
     q, k, v = make_inputs("video", tokens=1024, head_dim=head_dim, dtype=dtype, device=device)
-    for b in BACKENDS + TILED:
+    for b in BACKENDS:
         name, opts = variant(b, cdf=cdf, tokens=1024)
         run_backend(q, k, v, name=name, opts=opts)
 

@@ -86,6 +86,12 @@ def cpu_has_fast_bf16() -> bool:
     return any(bool(f()) for f in probes if f is not None)
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (the fused bf16 path is then faster than INT8 ``_int_mm``)."""
+    probe = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
+    return bool(probe()) if probe is not None else False
+
+
 def quantize_per_block(x: torch.Tensor, *, block: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric INT8 with one power-of-two scale per block of ``block`` tokens.
 

@@ -44,6 +44,7 @@ from vdiff.attention.sage import (
     PV_TORCH_DTYPES,
     check_blocks,
     check_qkv,
+    cpu_has_amx,
     dequantize,
     int8_matmul,
     prepare_v,
@@ -208,18 +209,21 @@ def block_sparse_attention(
     ``pv_threshold`` is λ (a float or per-head (H,) tensor; None disables the skip); ``quantize``
     computes Q·Kᵀ in INT8 as ``sage`` does. Differentiable when ``quantize`` is False.
 
-    Two paths, same numerics. Fused (no λ, no LSE, P·V in fp32/bf16/fp16): Q and K (INT8 values
-    dequantised exactly, see ``sage``) go through torch's fused SDPA kernel (flash tiling, no
-    score matrix), once on whole tensors when every block is kept, else once per chunk of Q
-    blocks over their gathered K/V blocks. Tiled (otherwise): explicit scores per chunk (INT8 by
-    ``torch._int_mm``), softmax, the λ skip, LSE, then P·V.
+    Two PyTorch paths, same numerics. Fused (``kernel="fused"``; no λ, no LSE, P·V in
+    fp32/bf16/fp16): Q and K (INT8 values dequantised exactly, see ``sage``) go through torch's
+    fused SDPA kernel (flash tiling, no score matrix), once on whole tensors when every block is
+    kept, else once per chunk of Q blocks over their gathered K/V blocks; it computes the widened
+    mask above, and so does the tiled path when λ, the LSE or fp8 P·V sends a fused call there.
+    Tiled (``kernel="tiled"``): explicit scores per chunk (INT8 by ``torch._int_mm``), softmax,
+    the λ skip, LSE, then P·V, over exactly ``mask`` (no widening).
 
-    ``widen=False`` computes exactly ``mask`` on the PyTorch paths too (no grouping, no dense
-    heads; slower on CPU): calibration measures that, so its budget holds on every path.
+    ``widen=False`` computes exactly ``mask`` on the fused path too (slower on CPU): calibration
+    measures that, so its budget holds on every path.
 
     ``kernel``: "triton" runs :mod:`vdiff.attention.triton_kernels` (CUDA, fp16/bf16, no
-    gradients; it computes exactly ``mask``, without the grouping below), "torch" the PyTorch
-    paths, "auto" Triton where it can run these inputs (:func:`use_triton`), else PyTorch.
+    gradients; exactly ``mask``), "fused" and "tiled" the PyTorch paths above, "torch" the
+    PyTorch path this machine runs faster (:func:`torch_path`), "auto" Triton where it can run
+    these inputs (:func:`use_triton`), else as "torch".
 
     Both PyTorch paths cut the work into rows (one per Q block), sort the rows by how many K blocks they keep
     and process chunks of similar rows, gathering the kept K and V blocks into dense tensors
@@ -249,6 +253,8 @@ def block_sparse_attention(
             pv_threshold=lam_t,
         )
         return out, (lse if need_lse else None)
+    path = torch_path(kernel, q, quantize=quantize)
+    widen = widen and path == "fused"
     if widen:
         mask = group_rows(mask, group=q_group)
         mask = mask | dense_heads(mask)[..., None, None]  # both paths compute the same blocks
@@ -265,7 +271,7 @@ def block_sparse_attention(
         qi, q_scale, ki, k_scale, offset = smooth_and_quantize(
             q, k, scale=scale, q_block=q_block, k_block=k_block, smooth_k=smooth_k
         )
-    if lam is None and not need_lse and pv_dtype in PV_TORCH_DTYPES:
+    if path == "fused" and lam is None and not need_lse and pv_dtype in PV_TORCH_DTYPES:
         dt = PV_TORCH_DTYPES[pv_dtype]
         if quantize:
             qd, kd = (
@@ -331,7 +337,24 @@ def block_sparse_attention(
     return out, (lse + offset if offset is not None else lse)
 
 
-KERNELS = ("auto", "triton", "torch")
+KERNELS = ("auto", "triton", "torch", "fused", "tiled")
+
+
+def torch_path(kernel: str, q: torch.Tensor, *, quantize: bool) -> str:
+    """The PyTorch path ("fused" or "tiled") that ``kernel`` picks when Triton does not run.
+
+    "auto"/"torch": tiled for INT8 Q·Kᵀ on a CPU without AMX, else fused.
+    """
+    if kernel in ("fused", "tiled"):
+        return kernel
+    # NOTE: measured at N = 16384, 12 heads, D = 128, video-like inputs in tile order, cdf 0.9
+    # (docs/benchmarks.md): on an AMD EPYC with AVX512-VNNI/BF16 but no AMX, SDPA runs bf16 no
+    # faster than fp32, while torch._int_mm runs INT8 fast, so the tiled INT8 path over the exact
+    # mask took 2.46 s against 4.68 s fused (same blocks) and 6.38 s fused over the widened mask.
+    # With AMX (Sapphire Rapids) the fused bf16 path was the faster one.
+    if quantize and q.device.type == "cpu" and not cpu_has_amx():
+        return "tiled"
+    return "fused"
 
 
 def use_triton(
@@ -352,7 +375,7 @@ def use_triton(
     """
     if kernel not in KERNELS:
         raise ValueError(f"sparse/sage option kernel must be one of {KERNELS}, got {kernel!r}")
-    if kernel == "torch":
+    if kernel in ("torch", "fused", "tiled"):
         return False
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
     no_triton = importlib.util.find_spec("triton") is None

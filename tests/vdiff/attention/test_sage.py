@@ -42,10 +42,12 @@ def test_sage_matches_dense_on_random_inputs(head_dim: int, dtype: torch.dtype) 
     assert err.cos_sim >= COS_MIN and err.rel_l1 <= L1_MAX, err
 
 
+@pytest.mark.parametrize("kernel", ["fused", "tiled"])
 @pytest.mark.parametrize("pv_dtype", ["fp32", "bf16", "fp16"])
-def test_sage_matches_dense_on_video_inputs(video_qkv, pv_dtype: str) -> None:
+def test_sage_matches_dense_on_video_inputs(video_qkv, pv_dtype: str, kernel: str) -> None:
     q, k, v = video_qkv
-    err = attention_error(attention(q, k, v, backend="sage", pv_dtype=pv_dtype), dense_reference(q, k, v))
+    out = attention(q, k, v, backend="sage", pv_dtype=pv_dtype, kernel=kernel)
+    err = attention_error(out, dense_reference(q, k, v))
     assert err.cos_sim >= COS_MIN and err.rel_l1 <= L1_MAX, err
 
 
@@ -106,11 +108,11 @@ def test_sage_clear_errors(random_qkv) -> None:
 
 @pytest.mark.parametrize("pv_dtype", ["fp32", "bf16"])
 def test_fused_and_tiled_paths_agree(video_qkv, pv_dtype: str) -> None:
-    # NOTE: return_lse=True takes the tiled path (torch._int_mm scores), False the fused one (SDPA
-    # on exactly dequantised blocks); with power-of-two scales both compute the same scores.
+    # NOTE: the tiled path (torch._int_mm scores) and the fused one (SDPA on exactly dequantised
+    # blocks); with power-of-two scales both compute the same scores.
     q, k, v = video_qkv
-    fused = attention(q, k, v, backend="sage", pv_dtype=pv_dtype)
-    tiled, _ = attention(q, k, v, backend="sage", pv_dtype=pv_dtype, return_lse=True)
+    fused = attention(q, k, v, backend="sage", pv_dtype=pv_dtype, kernel="fused")
+    tiled = attention(q, k, v, backend="sage", pv_dtype=pv_dtype, kernel="tiled")
     tol = 1e-5 if pv_dtype == "fp32" else 1e-2  # bf16 P and output rounding differ by an ulp
     torch.testing.assert_close(fused, tiled, atol=tol, rtol=tol)
 
