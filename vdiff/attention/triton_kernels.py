@@ -8,7 +8,9 @@ indices (SpargeAttn's layout), so skipped blocks cost neither FLOPs nor memory t
   :func:`vdiff.attention.sage.smooth_and_quantize` (K smoothed, softmax scale folded into Q, one
   scale per Q block and per K block), times the two scales;
   ``quantize=False``: a half-precision ``tl.dot`` of q and k, fp32 accumulation;
-* P·V in V's dtype (fp16 or bf16) with fp32 accumulation;
+* P·V in V's dtype (fp16 or bf16) with fp32 accumulation, or for ``pv_dtype="fp8"`` (GPUs of
+  compute capability 8.9+) in e4m3 with P stretched to [0, 448] and V scaled per channel, as
+  SageAttention2 does;
 * with ``pv_threshold`` (λ < 0), P·V is skipped for a K block when, for every row of the Q block,
   the block's largest score is below the row's *running* maximum by more than |λ|, exactly as
   SpargeAttn does; the normaliser still counts the block. (The PyTorch path compares with the
@@ -68,8 +70,13 @@ def unsupported_reason(
         return (
             f"blocks ({q_block}, {k_block}) (the Triton kernels take q_block {Q_BLOCKS}, k_block {K_BLOCKS})"
         )
-    if quantize and pv_dtype not in ("fp16", "bf16"):
-        return f"pv_dtype {pv_dtype!r} (the Triton kernels compute P·V in fp16 or bf16)"
+    if quantize and pv_dtype not in ("fp16", "bf16", "fp8"):
+        return f"pv_dtype {pv_dtype!r} (the Triton kernels compute P·V in fp16, bf16 or fp8)"
+    if quantize and pv_dtype == "fp8":
+        if k_block < 32:
+            return "k_block < 32 with fp8 P·V (an fp8 MMA reduces over at least 32 keys)"
+        if q.device.type == "cuda" and torch.cuda.get_device_capability(q.device) < (8, 9):
+            return "fp8 P·V on this GPU (it needs compute capability 8.9 or newer: Ada, Hopper)"
     return None
 
 
@@ -83,6 +90,7 @@ def _block_attn_fwd(
     LUT,
     CNT,
     LAM,
+    VS,
     OUT,
     LSE,
     n_q,
@@ -98,6 +106,7 @@ def _block_attn_fwd(
     SPARSE: tl.constexpr,
     SKIP_PV: tl.constexpr,
     UPCAST: tl.constexpr,
+    PV_FP8: tl.constexpr,
 ):
     # Q, OUT (BH, n_q, D); K, V (BH, n_k, D), contiguous; QS (BH, nqb), KS (BH, nkb) fp32 scales;
     # LUT (BH, nqb, nkb) int32 kept K blocks first; CNT (BH, nqb) int32; LAM (heads,) fp32;
@@ -149,12 +158,20 @@ def _block_attn_fwd(
             do_pv = tl.max(tl.where(row_ok, m_blk - m_new, float("-inf")), 0) >= lam
         if do_pv:
             v_ptrs = V + bh * n_k * D + offs_k[:, None] * D + offs_d[None, :]
-            v = tl.load(v_ptrs, mask=key_ok[:, None], other=0)
-            if UPCAST:
-                acc = tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32), acc)
+            v = tl.load(v_ptrs, mask=key_ok[:, None], other=0.0)
+            if PV_FP8:
+                # NOTE: P in [0, 1] stretched to e4m3's largest finite value, 448 (SageAttention2);
+                # V was divided by its per-channel scale when it was cast to fp8.
+                p_op = (p * 448.0).to(tl.float8e4nv)
             else:
-                acc = tl.dot(p.to(v.dtype), v, acc)
+                p_op = p.to(v.dtype)
+            if UPCAST:
+                acc = tl.dot(p_op.to(tl.float32), v.to(tl.float32), acc)
+            else:
+                acc = tl.dot(p_op, v, acc)
     acc = acc / l_i[:, None]
+    if PV_FP8:
+        acc = acc * (tl.load(VS + bh * D + offs_d) / 448.0)[None, :]
     o_ptrs = OUT + bh * n_q * D + offs_m[:, None] * D + offs_d[None, :]
     tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=row_ok[:, None])
     tl.store(LSE + bh * n_q + offs_m, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, mask=row_ok)
@@ -211,6 +228,13 @@ def triton_block_attention(
         offset = None
         vx = v
     vx = vx.reshape(b * h, n_k, d).contiguous()
+    out_dtype = vx.dtype
+    vs = torch.empty(1, device=dev)
+    if quantize and pv_dtype == "fp8":
+        # NOTE: one scale per head and channel, as the PyTorch path's prepare_v.
+        vs = (v.float().abs().amax(dim=2).clamp_min(1e-12) / 448.0).reshape(b * h, d).contiguous()
+        vx = (v.float().reshape(b * h, n_k, d) / vs[:, None, :]).to(torch.float8_e4m3fn).contiguous()
+        out_dtype = torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float16
     if mask is not None and bool(mask.all()):
         mask = None
     if mask is not None:
@@ -226,7 +250,7 @@ def triton_block_attention(
         if pv_threshold is None
         else pv_threshold.to(device=dev, dtype=torch.float32).contiguous()
     )
-    out = torch.empty(b * h, n_q, d, dtype=vx.dtype, device=dev)
+    out = torch.empty(b * h, n_q, d, dtype=out_dtype, device=dev)
     lse = torch.empty(b * h, n_q, dtype=torch.float32, device=dev)
     # NOTE: 8 warps for head dim 128 (a 128 x 128 fp32 accumulator), 4 for 64, as FlashAttention-2's
     # Triton tutorial does; not tuned on an H100 yet (see docs/benchmarks.md).
@@ -239,6 +263,7 @@ def triton_block_attention(
         lut,
         cnt,
         lam,
+        vs,
         out,
         lse,
         n_q,
@@ -253,10 +278,11 @@ def triton_block_attention(
         QUANT=quantize,
         SPARSE=mask is not None,
         SKIP_PV=pv_threshold is not None,
-        # NOTE: Triton's CPU interpreter multiplies bf16 tiles wrongly (numpy has no bf16), so
-        # there the bf16 operands, already rounded to bf16, are multiplied in fp32: the same
-        # products a bf16 MMA with fp32 accumulation computes. CUDA always takes the plain dot.
-        UPCAST=interpreted() and vx.dtype == torch.bfloat16,
+        # NOTE: Triton's CPU interpreter multiplies bf16 (and fp8) tiles wrongly (numpy has
+        # neither), so there the operands, already rounded to bf16/fp8, are multiplied in fp32:
+        # the same products an MMA with fp32 accumulation computes. CUDA always takes the plain dot.
+        UPCAST=interpreted() and vx.dtype in (torch.bfloat16, torch.float8_e4m3fn),
+        PV_FP8=vx.dtype == torch.float8_e4m3fn,
         num_warps=8 if d == 128 else 4,
         num_stages=2,
     )

@@ -115,6 +115,24 @@ def test_int8_kernel_equals_the_pytorch_sage_path(tk: ModuleType, head_dim: int,
     assert attention_error(out, exact).cos_sim > 0.999
 
 
+def test_fp8_pv_matches_the_pytorch_fp8_numerics(tk: ModuleType, video_qkv) -> None:
+    q, k, v = (x[:, :, :640].half().to(DEVICE) for x in video_qkv)
+    out, lse = tk.triton_block_attention(q, k, v, None, scale=0.125, quantize=True, pv_dtype="fp8")
+    full = torch.ones(1, 2, 5, 10, dtype=torch.bool, device=DEVICE)
+    ref, ref_lse = block_sparse_attention(
+        q, k, v, full, scale=0.125, quantize=True, pv_dtype="fp8", need_lse=True, kernel="tiled"
+    )
+    # Same INT8 scores; P is rounded to e4m3 (3 mantissa bits) relative to the running maximum
+    # here and to the final one there, so single values differ by up to an e4m3 step.
+    assert (lse - ref_lse).abs().max() < 1e-4
+    assert attention_error(out, ref).rel_l1 < 0.05
+    exact = dense_reference(q.float(), k.float(), v.float())
+    err = attention_error(out, exact)
+    assert err.cos_sim >= 0.995 and err.rel_l1 <= 0.08, err  # sage's documented fp8 bound
+    fp16 = tk.triton_block_attention(q, k, v, None, scale=0.125, quantize=True, pv_dtype="fp16")[0]
+    assert attention_error(fp16, exact).rel_l1 < err.rel_l1  # fp8 did round P and V
+
+
 def test_pv_skip_drops_far_blocks_like_the_pytorch_path(tk: ModuleType) -> None:
     # K block 0 holds every row's largest scores, so the running maximum equals the final one
     # after the first block and both implementations skip exactly the same blocks.
