@@ -177,6 +177,14 @@ def _block_attn_fwd(
     tl.store(LSE + bh * n_q + offs_m, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, mask=row_ok)
 
 
+def num_warps(*, head_dim: int, q_block: int) -> int:
+    """Warps per program: 8 for a 128-row Q block or head dim 128, else 4."""
+    # NOTE: chosen from ptxas's resource report (python -m vdiff.attention.triton_kernels), not
+    # from GPU timings (none yet): with 4 warps a 128 x 64 tile spilled on sm_80 (248-412 bytes
+    # of stack) and needed 233-239 registers on sm_90; 8 warps spill nothing there.
+    return 8 if head_dim == 128 or q_block == 128 else 4
+
+
 def block_lut(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Kept K blocks of each Q block, ascending and first: mask (B, H, nqb, nkb) bool ->
     LUT (B*H, nqb, nkb) int32 and counts (B*H, nqb) int32."""
@@ -252,8 +260,6 @@ def triton_block_attention(
     )
     out = torch.empty(b * h, n_q, d, dtype=out_dtype, device=dev)
     lse = torch.empty(b * h, n_q, dtype=torch.float32, device=dev)
-    # NOTE: 8 warps for head dim 128 (a 128 x 128 fp32 accumulator), 4 for 64, as FlashAttention-2's
-    # Triton tutorial does; not tuned on an H100 yet (see docs/benchmarks.md).
     _block_attn_fwd[(nqb, b * h)](
         qx,
         kx,
@@ -283,9 +289,103 @@ def triton_block_attention(
         # the same products an MMA with fp32 accumulation computes. CUDA always takes the plain dot.
         UPCAST=interpreted() and vx.dtype in (torch.bfloat16, torch.float8_e4m3fn),
         PV_FP8=vx.dtype == torch.float8_e4m3fn,
-        num_warps=8 if d == 128 else 4,
+        num_warps=num_warps(head_dim=d, q_block=q_block),
         num_stages=2,
     )
     out = out.view(b, h, n_q, d).to(q.dtype)
     lse = lse.view(b, h, n_q)
     return out, (lse + offset if offset is not None else lse)
+
+
+# ----------------------------------------------------------------------------- ahead-of-time check
+
+
+def compile_for_gpu(
+    *,
+    arch: int,
+    head_dim: int,
+    q_block: int = 128,
+    k_block: int = 64,
+    quantize: bool = True,
+    sparse: bool = True,
+    skip_pv: bool = False,
+    pv_dtype: str = "bf16",
+) -> object:
+    """Compile the kernel for CUDA compute capability ``arch`` (80 = A100, 90 = H100) without a GPU.
+
+    Runs Triton's whole pipeline down to a cubin (its bundled ptxas) for one variant, so type
+    errors and dot shapes the architecture lacks surface on any machine. Returns Triton's
+    ``CompiledKernel`` (``.asm["cubin"]``, ``.metadata.shared``). Needs this module imported
+    without ``TRITON_INTERPRET``.
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if interpreted():
+        raise RuntimeError("compile_for_gpu needs the module built without TRITON_INTERPRET=1")
+    half = "fp16" if pv_dtype == "fp16" else "bf16"
+    qk = "i8" if quantize else half
+    sig = dict.fromkeys(["QS", "KS", "LAM", "VS", "LSE"], "*fp32")
+    sig.update(Q=f"*{qk}", K=f"*{qk}", V="*fp8e4nv" if pv_dtype == "fp8" else f"*{half}", OUT=f"*{half}")
+    sig.update(
+        LUT="*i32",
+        CNT="*i32",
+        score_scale="fp32",
+        **dict.fromkeys(["n_q", "n_k", "nqb", "nkb", "heads"], "i32"),
+    )
+    consts = {
+        "D": head_dim,
+        "BLOCK_M": q_block,
+        "BLOCK_N": k_block,
+        "QUANT": quantize,
+        "SPARSE": sparse,
+        "SKIP_PV": skip_pv,
+        "UPCAST": False,
+        "PV_FP8": pv_dtype == "fp8",
+    }
+    sig.update(dict.fromkeys(consts, "constexpr"))
+    src = ASTSource(fn=_block_attn_fwd, signature=sig, constexprs=consts)
+    options = {"num_warps": num_warps(head_dim=head_dim, q_block=q_block), "num_stages": 2}
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def resource_usage(kernel: object) -> str:
+    """cuobjdump's register / stack (spill) / shared-memory line for a :func:`compile_for_gpu` result."""
+    import subprocess
+    import tempfile
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])  # type: ignore[attr-defined]
+        f.flush()
+        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    return next(
+        (line.split("Resource usage:")[-1].strip() for line in out.splitlines() if "REG:" in line), out
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vdiff.attention.triton_kernels``: compile each variant for sm_80/sm_90, print resources."""
+    import argparse
+    import itertools
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--arch", type=int, nargs="+", default=[80, 90], help="compute capabilities")
+    args = p.parse_args(argv)
+    print("| arch | D | q_block | Q·K | P·V | λ skip | registers, stack (spills), shared |")
+    print("|---|---|---|---|---|---|---|")
+    for arch, d, bm, quant, pv, skip in itertools.product(
+        args.arch, HEAD_DIMS, Q_BLOCKS, (False, True), ("bf16", "fp8"), (False, True)
+    ):
+        if pv == "fp8" and (not quant or arch < 89):
+            continue
+        k = compile_for_gpu(arch=arch, head_dim=d, q_block=bm, quantize=quant, skip_pv=skip, pv_dtype=pv)
+        use = resource_usage(k)
+        print(
+            f"| sm_{arch} | {d} | {bm} | {'int8' if quant else 'bf16'} | {pv} | {skip} | {use} |", flush=True
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
