@@ -21,11 +21,13 @@ plus ``layer_index`` and, under Ulysses, ``head_offset``); a plain ``cdf_thresho
 needs no calibration. Option ``grid`` reorders raster tokens into square tiles first
 (:func:`tile_permutation`).
 
-Implementation: PyTorch, no Python loop per block. Q blocks are grouped in runs of
-:data:`Q_GROUP` that share the union of their K blocks; the fused path runs torch SDPA per chunk
-of such query tiles over their gathered K/V blocks (dense heads in one call), the tiled path
-materialises each chunk's scores (``torch._int_mm`` for INT8) for the λ skip, the LSE and fp8.
-Skipped blocks cost no FLOPs on any device. See docs/attention.md.
+Implementation (option ``kernel``, see :func:`block_sparse_attention`): on CUDA the Triton
+kernel of :mod:`vdiff.attention.triton_kernels`; else PyTorch, no Python loop per block. The
+fused path groups Q blocks in runs of :data:`Q_GROUP` that share the union of their K blocks and
+runs torch SDPA per chunk of such query tiles over their gathered K/V blocks (dense heads in one
+call); the tiled path materialises each chunk's scores (``torch._int_mm`` for INT8) over exactly
+the mask, with the λ skip, the LSE and fp8 (:func:`torch_path` picks per machine). Skipped
+blocks cost no FLOPs on any path. See docs/attention.md.
 """
 
 from __future__ import annotations
