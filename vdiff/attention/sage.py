@@ -88,7 +88,16 @@ def cpu_has_fast_bf16() -> bool:
 
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles (the fused bf16 path is then faster than INT8 ``_int_mm``)."""
-    probe = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
+    return _cpu_probe("_is_amx_tile_supported")
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has VNNI INT8 dot products (what makes ``torch._int_mm`` fast)."""
+    return _cpu_probe("_is_vnni_supported")
+
+
+def _cpu_probe(name: str) -> bool:
+    probe = getattr(getattr(torch, "cpu", None), name, None)
     return bool(probe()) if probe is not None else False
 
 

@@ -47,6 +47,7 @@ from vdiff.attention.sage import (
     check_blocks,
     check_qkv,
     cpu_has_amx,
+    cpu_has_vnni,
     dequantize,
     int8_matmul,
     prepare_v,
@@ -345,7 +346,7 @@ KERNELS = ("auto", "triton", "torch", "fused", "tiled")
 def torch_path(kernel: str, q: torch.Tensor, *, quantize: bool) -> str:
     """The PyTorch path ("fused" or "tiled") that ``kernel`` picks when Triton does not run.
 
-    "auto"/"torch": tiled for INT8 Q·Kᵀ on a CPU without AMX, else fused.
+    "auto"/"torch": tiled for INT8 Q·Kᵀ on a CPU with VNNI but no AMX, else fused.
     """
     if kernel in ("fused", "tiled"):
         return kernel
@@ -353,8 +354,9 @@ def torch_path(kernel: str, q: torch.Tensor, *, quantize: bool) -> str:
     # (docs/benchmarks.md): on an AMD EPYC with AVX512-VNNI/BF16 but no AMX, SDPA runs bf16 no
     # faster than fp32, while torch._int_mm runs INT8 fast, so the tiled INT8 path over the exact
     # mask took 2.46 s against 4.68 s fused (same blocks) and 6.38 s fused over the widened mask.
-    # With AMX (Sapphire Rapids) the fused bf16 path was the faster one.
-    if quantize and q.device.type == "cpu" and not cpu_has_amx():
+    # With AMX (Sapphire Rapids) the fused bf16 path was the faster one. CPUs without VNNI were
+    # not measured and keep the fused path.
+    if quantize and q.device.type == "cpu" and cpu_has_vnni() and not cpu_has_amx():
         return "tiled"
     return "fused"
 

@@ -336,10 +336,14 @@ def test_sparse_clear_errors(random_qkv, backend: str) -> None:
 def test_torch_kernel_picks_the_path_this_cpu_runs_faster(monkeypatch: pytest.MonkeyPatch) -> None:
     q = torch.zeros(1, 1, 128, 64)
     monkeypatch.setattr(sparse_mod, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(sparse_mod, "cpu_has_vnni", lambda: True)
     assert torch_path("torch", q, quantize=True) == "tiled"  # INT8 _int_mm beats bf16 SDPA there
     assert torch_path("auto", q, quantize=False) == "fused"  # no INT8: SDPA
     monkeypatch.setattr(sparse_mod, "cpu_has_amx", lambda: True)
     assert torch_path("torch", q, quantize=True) == "fused"  # AMX: bf16 SDPA is the faster
+    monkeypatch.setattr(sparse_mod, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(sparse_mod, "cpu_has_vnni", lambda: False)
+    assert torch_path("torch", q, quantize=True) == "fused"  # no VNNI: not measured, kept fused
     assert torch_path("tiled", q, quantize=False) == "tiled"  # explicit choices are kept
     with pytest.raises(ValueError, match="kernel must be one of"):
         attention(q, q, q, backend="sparse", kernel="fast")
