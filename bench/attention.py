@@ -14,8 +14,8 @@ For each token count N, head dim D and kind of input, with batch 1 and 12 heads:
 Every backend is timed on the same tensors; within each repeat the backends run one after
 the other in an order that rotates between repeats, and the median wall time is reported with
 its ratio to SDPA's median (``x SDPA`` > 1: faster than SDPA). ``kept blocks`` is the fraction
-of (Q block, K block) pairs computed: the predicted mask on the tiled path (INT8 on a CPU
-without AMX, see ``vdiff.attention.sparse.torch_path``) and on CUDA; on the fused path the mask
+of (Q block, K block) pairs computed: the predicted mask on the tiled path (INT8 on a CPU with VNNI
+and no AMX, see ``vdiff.attention.sparse.torch_path``) and on CUDA; on the fused path the mask
 widened to the union over each run of ``Q_GROUP`` Q blocks, 1 when that keeps more than
 ``DENSE_ABOVE`` and the kernel makes one dense call; 1 for the dense backends. On video inputs the sparse
 backends also run on the same tokens in tile order (``+tiles``: permuted once before timing, as
