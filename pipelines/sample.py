@@ -31,6 +31,7 @@ from vdiff.attention.policy import AttentionPolicy
 from vdiff.config import ConfigError, describe, is_override, load_config, save_config
 from vdiff.encoders import TextEncoderConfig, VAEConfig, VideoAutoencoder
 from vdiff.parallel.config import ParallelConfig
+from vdiff.parallel.distributed import destroy_distributed
 
 
 @dataclass
@@ -829,8 +830,10 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         save_config(cfg, out / "sample_config.yaml")
         print(f"wrote {len(paths)} videos to {out} in {time.perf_counter() - t0:.1f} s")
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    # NOTE: barrier first (destroy_distributed): once a rank of the 4-rank cfg x ulysses test
+    # aborted at exit ("terminate called without an active exception") when it tore gloo down
+    # while rank 0 was still writing; the training pipeline leaves the same way.
+    destroy_distributed()
     return 0
 
 
