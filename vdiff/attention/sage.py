@@ -29,6 +29,7 @@ useful gradient).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -96,6 +97,7 @@ def cpu_has_vnni() -> bool:
     return _cpu_probe("_is_vnni_supported")
 
 
+@functools.cache
 def _cpu_probe(name: str) -> bool:
     probe = getattr(getattr(torch, "cpu", None), name, None)
     return bool(probe()) if probe is not None else False

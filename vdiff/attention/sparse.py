@@ -238,10 +238,10 @@ def block_sparse_attention(
     nq, nk = math.ceil(n_q / q_block), math.ceil(n_k / k_block)
     if mask.shape != (b, h, nq, nk):
         raise ValueError(f"block mask has shape {tuple(mask.shape)}, expected {(b, h, nq, nk)}")
+    lam = None if pv_threshold is None else _per_head(pv_threshold, heads=h, device=q.device).view(h)
     if use_triton(kernel, q, k, v, q_block=q_block, k_block=k_block, pv_dtype=pv_dtype, quantize=quantize):
         from vdiff.attention.triton_kernels import triton_block_attention
 
-        lam_t = None if pv_threshold is None else _per_head(pv_threshold, heads=h, device=q.device).view(h)
         out, lse = triton_block_attention(
             q,
             k,
@@ -253,7 +253,7 @@ def block_sparse_attention(
             quantize=quantize,
             smooth_k=smooth_k,
             pv_dtype=pv_dtype,
-            pv_threshold=lam_t,
+            pv_threshold=lam,
         )
         return out, (lse if need_lse else None)
     path = torch_path(kernel, q, quantize=quantize)
@@ -268,7 +268,6 @@ def block_sparse_attention(
     if bool((counts == 0).any()):
         first = int((counts == 0).nonzero()[0, 0]) % nq
         raise RuntimeError(f"block mask keeps no K block for Q block {first}; keep at least one")
-    lam = None if pv_threshold is None else _per_head(pv_threshold, heads=h, device=q.device).view(h)
     offset = None
     if quantize:
         qi, q_scale, ki, k_scale, offset = smooth_and_quantize(
@@ -361,6 +360,12 @@ def torch_path(kernel: str, q: torch.Tensor, *, quantize: bool) -> str:
     return "fused"
 
 
+@functools.cache
+def _triton_installed() -> bool:
+    # NOTE: asked once, not on every attention call of every layer.
+    return importlib.util.find_spec("triton") is not None
+
+
 def use_triton(
     kernel: str,
     q: torch.Tensor,
@@ -382,8 +387,7 @@ def use_triton(
     if kernel in ("torch", "fused", "tiled"):
         return False
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
-    no_triton = importlib.util.find_spec("triton") is None
-    if kernel == "auto" and (q.device.type != "cuda" or needs_grad or no_triton):
+    if kernel == "auto" and (q.device.type != "cuda" or needs_grad or not _triton_installed()):
         return False
     if needs_grad:
         raise ValueError("kernel='triton' is forward-only; use kernel='torch' (or 'auto') for gradients")
