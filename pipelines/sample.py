@@ -618,6 +618,8 @@ def setup_distributed(parallel: ParallelConfig) -> tuple[int, ParallelGroups]:
 
     Ranks are laid out cfg-major, then ring, then Ulysses innermost:
     ``rank = cfg_rank·S + ring_rank·U + ulysses_rank`` with S = ring·U sequence ranks.
+    A script that calls this must end with ``vdiff.parallel.distributed.destroy_distributed()``
+    (as :func:`main` does): a gloo rank that exits with its groups alive can abort at exit.
     """
     import os
 

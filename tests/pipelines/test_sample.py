@@ -222,6 +222,7 @@ spec.loader.exec_module(helpers)
 from pipelines.sample import SampleConfig, make_pipeline, sample_to_folder, setup_distributed
 from vdiff.config import load_config
 from vdiff.encoders import PixelAutoencoder
+from vdiff.parallel.distributed import destroy_distributed
 
 # NOTE: one launch samples every layout (process start-up dominates the cost); each rank
 # writes into its own folder, so the test sees which ranks wrote files.
@@ -235,6 +236,9 @@ for name, overrides in json.loads(sys.argv[2]).items():
     stats = Path(sys.argv[1]) / "cache_stats" / f"{{name}}-rank{{rank}}.json"
     stats.parent.mkdir(exist_ok=True)
     stats.write_text(json.dumps(pipe.last_cache_stats))
+# NOTE: leave the process group as pipelines.sample.main does: a rank that exits with its gloo
+# groups alive can abort in their destructors ('terminate called without an active exception').
+destroy_distributed()
 """
 # NOTE: 3 × 40 × 40 pixels -> 3 × 5 × 5 = 75 tokens: odd, so 2-way sequence parallelism pads.
 DIST_ARGS = [
