@@ -386,14 +386,6 @@ class VideoPipeline:
         return run
 
 
-def _ulysses_head_offset(op: Any, num_heads: int) -> int:
-    """First head this rank's attention sees after the Ulysses all-to-all (0 without Ulysses)."""
-    group = getattr(getattr(op, "layout", None), "ulysses_group", None)
-    if group is None:
-        return 0
-    return dist.get_rank(group) * (num_heads // dist.get_world_size(group))
-
-
 def set_step_attention(model: Any, policy: AttentionPolicy, *, step: int, num_steps: int) -> None:
     """Point every self-attention's ``attn_op`` at ``policy``'s backend for ``step``.
 
@@ -407,9 +399,8 @@ def set_step_attention(model: Any, policy: AttentionPolicy, *, step: int, num_st
     backend = policy.backend_for(step, num_steps)
     for m in model.self_attentions():
         base = m.__dict__.setdefault("_base_attn_op", m.attn_op)
-        opts = policy.options_for(
-            backend, layer_index=m.layer_index, head_offset=_ulysses_head_offset(base, m.num_heads)
-        )
+        # NOTE: under Ulysses the wrapper below tells the backend its heads (head_offset, num_heads).
+        opts = policy.options_for(backend, layer_index=m.layer_index)
         op = functools.partial(attention_fn, backend=backend, **opts)
         if hasattr(base, "inner") and hasattr(base, "layout"):
             op = type(base)(inner=op, layout=base.layout, ring_backend=base.ring_backend)

@@ -95,7 +95,7 @@ def _check(b: Backend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return
         )
     if return_lse and not b.supports_lse:
         raise ValueError(f"attention backend {b.name!r} cannot return the log-sum-exp (needed by ring)")
-    if torch.is_grad_enabled() and q.requires_grad and not b.supports_grad:
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)) and not b.supports_grad:
         raise ValueError(f"attention backend {b.name!r} is inference-only; use 'sdpa' for training")
 
 
@@ -196,6 +196,21 @@ class AttentionConfig:
 def _takes_option(backend: str, key: str) -> bool:
     """Whether ``backend``'s function accepts the keyword ``key`` (any key for a ``**kwargs`` one)."""
     params = inspect.signature(get_backend(backend).fn).parameters
+    return key in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def op_takes(op: Callable[..., Any], key: str) -> bool:
+    """Whether the attention op ``op`` accepts the keyword ``key`` at call time.
+
+    A ``functools.partial`` of :func:`attention` (what :func:`attention_op` builds) takes what its
+    backend takes; any other callable, what its signature names.
+    """
+    if isinstance(op, functools.partial) and op.func is attention:
+        return _takes_option(str(op.keywords.get("backend", "sdpa")), key)
+    try:
+        params = inspect.signature(op).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
     return key in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 

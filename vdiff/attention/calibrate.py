@@ -154,8 +154,10 @@ def calibrate_layer(
 class ThresholdCalibrator:
     """An attention op that returns dense attention and records per-layer, per-head thresholds.
 
-    Call it as ``calib(q, k, v, layer_index=i, head_offset=0)`` from each self-attention layer
-    during a few representative sampling runs, then :meth:`result` or :meth:`save`.
+    Call it as ``calib(q, k, v, layer_index=i)`` from each self-attention layer during a few
+    representative sampling runs, then :meth:`result` or :meth:`save`. Under Ulysses the
+    sequence-parallel wrapper adds ``head_offset`` and ``num_heads`` (the layer's head count),
+    and :meth:`result` then checks that every head was seen.
     """
 
     def __init__(
@@ -179,6 +181,7 @@ class ThresholdCalibrator:
             pv_grid=None if pv_grid is None else tuple(pv_grid),
         )
         self.layers: dict[int, dict[int, tuple[float, float | None, float]]] = {}
+        self.num_heads: dict[int, int] = {}
 
     def __call__(
         self,
@@ -188,9 +191,12 @@ class ThresholdCalibrator:
         *,
         layer_index: int,
         head_offset: int = 0,
+        num_heads: int | None = None,
         scale: float | None = None,
     ) -> torch.Tensor:
         """Record thresholds for this call's heads; return dense attention (B, H, N, D)."""
+        if num_heads is not None:
+            self.num_heads[layer_index] = num_heads
         t = calibrate_layer(q, k, v, scale=scale, **self.settings)  # type: ignore[arg-type]
         per_head = self.layers.setdefault(layer_index, {})
         for i, cdf in enumerate(t.cdf_threshold):
@@ -216,8 +222,12 @@ class ThresholdCalibrator:
         layers = {}
         for li, per_head in self.layers.items():
             heads = sorted(per_head)
-            if heads != list(range(len(heads))):
-                raise ValueError(f"layer {li}: calibrated heads {heads} are not 0..H-1 (check head_offset)")
+            want = self.num_heads.get(li, len(heads))
+            if heads != list(range(want)):
+                raise ValueError(
+                    f"layer {li}: calibrated heads {heads} are not 0..{want - 1} (check head_offset; under "
+                    "Ulysses each rank sees only its own heads, so calibrate in one process)"
+                )
             vals = [per_head[h] for h in heads]
             lams = [x[1] for x in vals]
             layers[li] = LayerThresholds(

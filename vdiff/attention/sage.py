@@ -215,12 +215,13 @@ def sage_attention(
     pv_dtype: str = "auto",
     layer_index: int | None = None,
     head_offset: int = 0,
+    num_heads: int | None = None,
     grid: tuple[int, int, int] | list[int] | None = None,
     kernel: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """SageAttention-style INT8 Q·Kᵀ with K smoothing and per-block scales (inference only).
 
-    ``layer_index``, ``head_offset`` and ``grid`` are accepted so one options dict serves every
+    ``layer_index``, ``head_offset``, ``num_heads`` and ``grid`` are accepted so one options dict serves every
     backend; sage is dense, has no per-layer state and ignores them. ``kernel`` picks the Triton
     kernel or the PyTorch path (see :func:`vdiff.attention.sparse.use_triton`).
     """

@@ -17,7 +17,8 @@ online softmax; this PyTorch path has every score of the row at hand and uses th
 ``sparse_sage`` computes the kept Q·Kᵀ blocks in INT8 with K smoothing as in ``sage``.
 
 Thresholds per layer and head come from :mod:`vdiff.attention.calibrate` (``thresholds_file``
-plus ``layer_index`` and, under Ulysses, ``head_offset``); a plain ``cdf_threshold`` or ``topk``
+plus ``layer_index``; under Ulysses the sequence-parallel wrapper adds ``head_offset`` and
+``num_heads``); a plain ``cdf_threshold`` or ``topk``
 needs no calibration. Option ``grid`` reorders raster tokens into square tiles first
 (:func:`tile_permutation`).
 
@@ -239,6 +240,12 @@ def block_sparse_attention(
     if mask.shape != (b, h, nq, nk):
         raise ValueError(f"block mask has shape {tuple(mask.shape)}, expected {(b, h, nq, nk)}")
     lam = None if pv_threshold is None else _per_head(pv_threshold, heads=h, device=q.device).view(h)
+    if lam is not None and bool((lam > 0).any()):
+        # NOTE: λ > 0 would drop even the block holding a row's maximum (the output becomes 0).
+        raise ValueError(
+            f"pv_threshold (λ) must be <= 0, the score gap below the row maximum past which P·V is "
+            f"skipped (e.g. -8); got {lam.tolist()}"
+        )
     if use_triton(kernel, q, k, v, q_block=q_block, k_block=k_block, pv_dtype=pv_dtype, quantize=quantize):
         from vdiff.attention.triton_kernels import triton_block_attention
 
@@ -326,7 +333,11 @@ def block_sparse_attention(
         p = torch.softmax(s, dim=-1)  # (G, bq, c*bk)
         v_flat = flat
         if lam is not None:
-            p, v_flat = _skip_pv_blocks(s, p, flat, valid, lam=lam.index_select(0, bh % h), k_block=k_block)
+            rows_real = n_q - torch.remainder(sel, nq)[:, None] * q_block  # (G, 1): real rows of each Q block
+            row_ok = torch.arange(q_block, device=q.device) < rows_real  # (G, bq)
+            p, v_flat = _skip_pv_blocks(
+                s, p, flat, valid, row_ok, lam=lam.index_select(0, bh % h), k_block=k_block
+            )
         v_sel = v_rows.reshape(-1, k_block, d).index_select(0, v_flat).view(g, -1, d)  # (G, c', D)
         outs.append(pv_batched(p, v_sel, pv_dtype=pv_dtype, v_scale=None if v_scale is None else v_scale[bh]))
         if need_lse:
@@ -543,21 +554,24 @@ def _skip_pv_blocks(
     p: torch.Tensor,
     flat: torch.Tensor,
     valid: torch.Tensor,
+    row_ok: torch.Tensor,
     *,
     lam: torch.Tensor,
     k_block: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop from P·V the K blocks whose largest score is below every row's maximum by more than |λ|.
+    """Drop from P·V the K blocks whose largest score is below every real row's maximum by more than |λ|.
 
-    s, p (G, bq, c*bk); flat (G*c,) K-block indices; valid (G, c); lam (G,). Returns the compacted
-    P (G, bq, c'*bk) and its K-block indices (G*c',); the softmax normaliser still counts the
-    dropped blocks, as in SpargeAttn.
+    s, p (G, bq, c*bk); flat (G*c,) K-block indices; valid (G, c); row_ok (G, bq), False for the
+    zero padding after the last query (it must not keep blocks alive); lam (G,). Returns the
+    compacted P (G, bq, c'*bk) and its K-block indices (G*c',); the softmax normaliser still
+    counts the dropped blocks, as in SpargeAttn.
     """
     g, bq, _ = s.shape
     c = valid.shape[1]
     with torch.no_grad():
         block_max = s.view(g, bq, c, k_block).amax(dim=-1)  # (G, bq, c)
-        gap = (block_max - block_max.amax(dim=-1, keepdim=True)).amax(dim=1)  # (G, c)
+        gap = block_max - block_max.amax(dim=-1, keepdim=True)  # (G, bq, c)
+        gap = gap.masked_fill(~row_ok[..., None], float("-inf")).amax(dim=1)  # (G, c)
         keep = (gap >= lam[:, None]) & valid
     if bool((keep == valid).all()):
         return p, flat
@@ -653,14 +667,26 @@ class SparseThresholds:
         atomic_write_json(path, self.to_json())
         return path
 
-    def for_layer(self, layer_index: int, *, heads: int, head_offset: int = 0) -> LayerThresholds:
-        """Thresholds of ``heads`` local heads starting at global head ``head_offset``."""
+    def for_layer(
+        self, layer_index: int, *, heads: int, head_offset: int = 0, num_heads: int | None = None
+    ) -> LayerThresholds:
+        """Thresholds of ``heads`` local heads starting at global head ``head_offset``.
+
+        ``num_heads``: the layer's head count (Ulysses passes it with ``head_offset``); the file
+        must hold exactly that many. Without it, ``head_offset=0`` means the call sees every head.
+        """
         if layer_index not in self.layers:
             raise ValueError(
                 f"sparse-attention thresholds have no entry for layer {layer_index} (calibrated layers: "
                 f"{sorted(self.layers)}); recalibrate for this model"
             )
         t = self.layers[layer_index]
+        total = num_heads if num_heads is not None else (heads if head_offset == 0 else None)
+        if total is not None and len(t.cdf_threshold) != total:
+            raise ValueError(
+                f"layer {layer_index} was calibrated for {len(t.cdf_threshold)} heads, but this attention "
+                f"has {total}; the thresholds file belongs to another model: recalibrate for this one"
+            )
         lo, hi = head_offset, head_offset + heads
         if hi > len(t.cdf_threshold):
             raise ValueError(
@@ -739,6 +765,7 @@ def _sparse(
     thresholds: SparseThresholds | None,
     layer_index: int | None,
     head_offset: int,
+    num_heads: int | None,
     pv_dtype: str,
     smooth_k: bool,
     grid: tuple[int, int, int] | list[int] | None,
@@ -764,7 +791,7 @@ def _sparse(
                 f"thresholds were calibrated with blocks ({thresholds.q_block}, {thresholds.k_block}), "
                 f"not ({q_block}, {k_block}); pass the same q_block/k_block or recalibrate"
             )
-        t = thresholds.for_layer(layer_index, heads=q.shape[1], head_offset=head_offset)
+        t = thresholds.for_layer(layer_index, heads=q.shape[1], head_offset=head_offset, num_heads=num_heads)
         cdf = torch.tensor(t.cdf_threshold)
         lam = None if t.pv_threshold is None else torch.tensor(t.pv_threshold)
         sim_threshold = thresholds.sim_threshold
@@ -819,6 +846,7 @@ def sparse_attention(
     thresholds: SparseThresholds | None = None,
     layer_index: int | None = None,
     head_offset: int = 0,
+    num_heads: int | None = None,
     grid: tuple[int, int, int] | list[int] | None = None,
     kernel: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -845,6 +873,7 @@ def sparse_attention(
         thresholds=thresholds,
         layer_index=layer_index,
         head_offset=head_offset,
+        num_heads=num_heads,
         pv_dtype="fp32",
         smooth_k=False,
         grid=grid,
@@ -870,6 +899,7 @@ def sparse_sage_attention(
     thresholds: SparseThresholds | None = None,
     layer_index: int | None = None,
     head_offset: int = 0,
+    num_heads: int | None = None,
     pv_dtype: str = "auto",
     smooth_k: bool = True,
     grid: tuple[int, int, int] | list[int] | None = None,
@@ -894,6 +924,7 @@ def sparse_sage_attention(
         thresholds=thresholds,
         layer_index=layer_index,
         head_offset=head_offset,
+        num_heads=num_heads,
         pv_dtype=pv_dtype,
         smooth_k=smooth_k,
         grid=grid,

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from vdiff.attention import get_backend
+from vdiff.attention import get_backend, op_takes
 from vdiff.parallel.collectives import gather_sequence, heads_to_seq
 from vdiff.parallel.ring import ring_attention
 from vdiff.parallel.ulysses import AttentionOp, check_heads, ulysses_scatter_qkv
@@ -107,6 +107,8 @@ class SequenceParallelAttention:
     Ulysses (if its degree > 1) turns the local tokens into local heads of the ring block; ring
     attention (if its degree > 1) then attends to every ring rank's block, else ``inner`` (the
     layer's own op) attends to the whole gathered sequence. Padding keys never take part.
+    Under Ulysses, an ``inner`` that takes ``head_offset`` / ``num_heads`` (per-head calibrated
+    sparse backends, the threshold calibrator) is told which of the layer's heads it holds.
     """
 
     def __init__(self, *, inner: AttentionOp, layout: SequenceLayout, ring_backend: str = "sdpa") -> None:
@@ -115,9 +117,22 @@ class SequenceParallelAttention:
         self.inner = inner
         self.layout = layout
         self.ring_backend = ring_backend
+        self._head_keys = tuple(key for key in ("head_offset", "num_heads") if op_takes(inner, key))
+
+    def _head_range(self, num_heads: int) -> dict[str, int]:
+        """``head_offset`` / ``num_heads`` keywords for ``inner`` on this Ulysses rank."""
+        lay = self.layout
+        if lay.ulysses_group is None or not self._head_keys:
+            return {}
+        values = {
+            "head_offset": _rank(lay.ulysses_group) * (num_heads // lay.ulysses),
+            "num_heads": num_heads,
+        }
+        return {key: values[key] for key in self._head_keys}
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         lay = self.layout
+        heads = self._head_range(q.shape[1])
         if lay.ulysses_group is not None:
             q, k, v = ulysses_scatter_qkv(q, k, v, lay.ulysses_group)  # (B, H/U, L, D), L = U*Ls
         block = k.shape[2]  # keys of this ring block
@@ -126,7 +141,11 @@ class SequenceParallelAttention:
             out = ring_attention(q, k, v, group=lay.ring_group, valid_lens=valid, backend=self.ring_backend)
         else:
             n = min(lay.valid_len, block)
-            out = self.inner(q, k[:, :, :n], v[:, :, :n]) if n < block else self.inner(q, k, v)
+            out = (
+                self.inner(q, k[:, :, :n], v[:, :, :n], **heads)
+                if n < block
+                else self.inner(q, k, v, **heads)
+            )
         if lay.ulysses_group is not None:
             out = heads_to_seq(out, lay.ulysses_group)  # (B, H, Ls, D)
         return out

@@ -107,3 +107,8 @@ def test_calibration_errors(video_qkv) -> None:
     calib(q[:, 1:], k[:, 1:], v[:, 1:], layer_index=0, head_offset=1)
     with pytest.raises(ValueError, match="head_offset"):
         calib.result()
+    # Regression: a Ulysses rank holding heads 0..H/U-1 used to write a file missing the others.
+    calib = ThresholdCalibrator(l1_budget=0.05)
+    calib(q[:, :1], k[:, :1], v[:, :1], layer_index=0, head_offset=0, num_heads=2)
+    with pytest.raises(ValueError, match=r"heads \[0\] are not 0..1"):
+        calib.result()

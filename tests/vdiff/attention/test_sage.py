@@ -102,6 +102,12 @@ def test_sage_clear_errors(random_qkv) -> None:
         attention(q, k[:, :1], v[:, :1], backend="sage")
     with pytest.raises(ValueError, match="inference-only"):
         attention(q.requires_grad_(), k, v, backend="sage")
+    # Regression: only q was checked, so k/v needing gradients got a silent all-zero k.grad.
+    for i in (1, 2):
+        leaves = [x.detach() for x in (q, k, v)]
+        leaves[i].requires_grad_()
+        with pytest.raises(ValueError, match="inference-only"):
+            attention(*leaves, backend="sage")
     with pytest.raises(ValueError, match="dtypes"):
         attention(q.detach().double(), k.double(), v.double(), backend="sage")
 

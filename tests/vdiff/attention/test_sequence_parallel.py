@@ -15,6 +15,7 @@ import torch
 from tests.vdiff.parallel.conftest import spawn_gloo
 from vdiff.attention import attention
 from vdiff.attention.metrics import attention_error, dense_reference, video_like_qkv
+from vdiff.attention.sparse import LayerThresholds, SparseThresholds
 from vdiff.parallel import ParallelConfig, build_mesh
 from vdiff.parallel.sequence import SequenceParallelAttention
 
@@ -25,6 +26,15 @@ OPTIONS = {
     "sparse": {"cdf_threshold": 0.99},
     "sparse_sage": {"cdf_threshold": 0.99, "pv_dtype": "fp32"},
 }
+# Per-head calibrated thresholds, far apart so that a rank using another head's would differ.
+THRESHOLDS = SparseThresholds(
+    backend="sparse",
+    l1_budget=0.05,
+    q_block=128,
+    k_block=64,
+    sim_threshold=0.3,
+    layers={0: LayerThresholds(cdf_threshold=[0.5, 0.999], pv_threshold=None)},
+)
 
 
 def _qkv() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -48,6 +58,11 @@ def _run(rank: int, world_size: int, mode: str) -> dict[str, dict]:
             else:  # NOTE: ring calls the backend with its default options and return_lse=True
                 op = SequenceParallelAttention(inner=attention, layout=layout, ring_backend=backend)
             results[backend] = {"sp_rank": mesh.rank("sp"), "out": op(q, k, v)}
+        if mode == "ulysses":
+            # NOTE: the wrapper must tell the backend its heads (head_offset, num_heads).
+            inner = functools.partial(attention, backend="sparse", thresholds=THRESHOLDS, layer_index=0)
+            op = SequenceParallelAttention(inner=inner, layout=layout)
+            results["calibrated"] = {"sp_rank": mesh.rank("sp"), "out": op(q, k, v)}
     return results
 
 
@@ -72,6 +87,10 @@ def test_ulysses_gives_each_backend_the_full_sequence_of_its_heads() -> None:
                 dim=1,
             )
             torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+        shards = sorted((r["calibrated"] for r in per_rank), key=lambda r: r["sp_rank"])
+        got = torch.cat([s["out"] for s in shards], dim=2)
+        ref = attention(q, k, v, backend="sparse", thresholds=THRESHOLDS, layer_index=0)
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     finally:
         torch.set_num_threads(threads)
 

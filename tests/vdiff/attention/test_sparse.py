@@ -11,7 +11,7 @@ import torch
 
 import vdiff.attention.sparse as sparse_mod
 from vdiff.attention import attention
-from vdiff.attention.metrics import attention_error, dense_reference
+from vdiff.attention.metrics import attention_error, dense_reference, video_like_qkv
 from vdiff.attention.sparse import (
     DENSE_ABOVE,
     LayerThresholds,
@@ -130,6 +130,39 @@ def test_pv_threshold_skips_blocks() -> None:
     assert attention_error(skip, base).rel_l1 < 0.05
 
 
+def _skip_reference(q, k, v, *, scale, lam, q_block=128, k_block=64):
+    """Dense attention without the K blocks whose score is more than |λ| below every real row's max.
+
+    The exact (float64) meaning of ``pv_threshold`` with the final row maxima; the softmax
+    normaliser still counts the skipped blocks.
+    """
+    n_q, n_k = q.shape[2], k.shape[2]
+    nq, nk = math.ceil(n_q / q_block), math.ceil(n_k / k_block)
+    s = (q.double() @ k.double().transpose(-1, -2)) * scale  # (B, H, Nq, Nk)
+    p = torch.softmax(s, dim=-1)
+    gap = torch.nn.functional.pad(
+        s - s.amax(-1, keepdim=True), (0, nk * k_block - n_k, 0, nq * q_block - n_q), value=-math.inf
+    )
+    gap = gap.unflatten(3, (nk, k_block)).unflatten(2, (nq, q_block)).amax(dim=(3, 5))  # (B, H, nq, nk)
+    keep = (gap >= lam).repeat_interleave(q_block, 2)[:, :, :n_q].repeat_interleave(k_block, 3)[..., :n_k]
+    return (p * keep) @ v.double(), keep
+
+
+@pytest.mark.parametrize("kernel", ["tiled", "fused"])
+def test_pv_skip_ignores_the_padding_of_a_partial_q_block(kernel: str) -> None:
+    # Regression: the padded query rows of the last, partial Q block (zero scores) used to count
+    # as rows, so that block never skipped anything. 1220 tokens: the last Q block has 68 real rows.
+    q, k, v = (
+        t[:, :, :1220].contiguous()
+        for t in video_like_qkv(batch=1, heads=2, frames=4, height=16, width=20, head_dim=64)
+    )
+    full = torch.ones(1, 2, 10, 20, dtype=torch.bool)
+    out, _ = block_sparse_attention(q, k, v, full, scale=0.125, pv_threshold=-4.0, kernel=kernel)
+    ref, keep = _skip_reference(q, k, v, scale=0.125, lam=-4.0)
+    assert not bool(keep[:, :, 1152:].all())  # the reference skips blocks in the last Q block
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=0)  # fp32 maths
+
+
 def _sparse_block_mask(*, b: int, h: int, nq: int, nk: int, seed: int) -> torch.Tensor:
     """A random block mask keeping ~35% of the blocks and at least one per row."""
     g = torch.Generator().manual_seed(seed)
@@ -239,10 +272,25 @@ def test_thresholds_file_roundtrip_and_head_offset(tmp_path, video_qkv) -> None:
         head_offset=2,
     )
     torch.testing.assert_close(part, full[:, 2:])
-    wrong = attention(
-        q[:, 2:], k[:, 2:], v[:, 2:], backend="sparse", thresholds_file=str(path), layer_index=3
+    # The rank holding heads 0..1 passes head_offset=0 with the layer's head count.
+    first = attention(
+        q[:, :2], k[:, :2], v[:, :2], backend="sparse", thresholds=_thresholds(4), layer_index=3, num_heads=4
     )
-    assert not torch.allclose(wrong, full[:, 2:])
+    torch.testing.assert_close(first, full[:, :2])
+    # Regression: a 4-head file on a 2-head call without head_offset/num_heads was silently sliced.
+    with pytest.raises(ValueError, match="calibrated for 4 heads, but this attention has 2"):
+        attention(q[:, 2:], k[:, 2:], v[:, 2:], backend="sparse", thresholds_file=str(path), layer_index=3)
+    with pytest.raises(ValueError, match="calibrated for 4 heads, but this attention has 8"):
+        attention(
+            q[:, 2:],
+            k[:, 2:],
+            v[:, 2:],
+            backend="sparse",
+            thresholds=_thresholds(4),
+            layer_index=3,
+            num_heads=8,
+            head_offset=2,
+        )
 
 
 def test_thresholds_errors(tmp_path, video_qkv) -> None:
@@ -263,6 +311,9 @@ def test_thresholds_errors(tmp_path, video_qkv) -> None:
         load_thresholds(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="topk"):
         attention(q, k, v, backend="sparse", topk=1.5)
+    # Regression: λ > 0 was accepted and dropped every block (an all-zero output).
+    with pytest.raises(ValueError, match="pv_threshold"):
+        attention(q, k, v, backend="sparse", pv_threshold=0.5)
 
 
 def test_ring_merge_of_two_k_shards(video_qkv) -> None:
