@@ -158,12 +158,18 @@ def prepare_v(v: torch.Tensor, *, pv_dtype: str) -> tuple[torch.Tensor, torch.Te
 
 
 def pv_batched(
-    p: torch.Tensor, v: torch.Tensor, *, pv_dtype: str, v_scale: torch.Tensor | None = None
+    p: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    pv_dtype: str,
+    v_scale: torch.Tensor | None = None,
+    p_buf: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """P (G, R, M) fp32 in [0, 1] times V (G, M, D) from :func:`prepare_v` -> (G, R, D).
 
     fp32 and fp8 give fp32; bf16/fp16 accumulate in fp32 inside the GEMM (oneDNN on CPU, cuBLAS
-    on CUDA) and round the result to that dtype.
+    on CUDA) and round the result to that dtype. ``p_buf``: a tensor of P's shape in the bf16/fp16
+    P·V dtype to round P into (reused across calls; no autograd through it).
     """
     if pv_dtype == "fp32":
         return torch.bmm(p, v)
@@ -172,6 +178,8 @@ def pv_batched(
             raise ValueError("pv_batched: fp8 needs the V scales from prepare_v")
         p8 = (p * _FP8_MAX).to(torch.float8_e4m3fn).float()
         return torch.bmm(p8, v) * (v_scale[:, None, :] / _FP8_MAX)
+    if p_buf is not None:
+        return torch.bmm(p_buf.copy_(p), v)
     return torch.bmm(p.to(PV_TORCH_DTYPES[pv_dtype]), v)
 
 
