@@ -193,10 +193,18 @@ class AttentionConfig:
                 )
 
 
-def _takes_option(backend: str, key: str) -> bool:
-    """Whether ``backend``'s function accepts the keyword ``key`` (any key for a ``**kwargs`` one)."""
-    params = inspect.signature(get_backend(backend).fn).parameters
+def _accepts(fn: Callable[..., Any], key: str) -> bool:
+    """Whether ``fn`` accepts the keyword ``key`` (any key for a ``**kwargs`` one)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
     return key in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _takes_option(backend: str, key: str) -> bool:
+    """Whether ``backend``'s function accepts the keyword ``key``."""
+    return _accepts(get_backend(backend).fn, key)
 
 
 def op_takes(op: Callable[..., Any], key: str) -> bool:
@@ -207,11 +215,7 @@ def op_takes(op: Callable[..., Any], key: str) -> bool:
     """
     if isinstance(op, functools.partial) and op.func is attention:
         return _takes_option(str(op.keywords.get("backend", "sdpa")), key)
-    try:
-        params = inspect.signature(op).parameters
-    except (TypeError, ValueError):  # builtins without a signature
-        return False
-    return key in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return _accepts(op, key)
 
 
 def attention_op(cfg: AttentionConfig, *, layer_index: int) -> Callable[..., Any]:

@@ -18,9 +18,8 @@ online softmax; this PyTorch path has every score of the row at hand and uses th
 
 Thresholds per layer and head come from :mod:`vdiff.attention.calibrate` (``thresholds_file``
 plus ``layer_index``; under Ulysses the sequence-parallel wrapper adds ``head_offset`` and
-``num_heads``); a plain ``cdf_threshold`` or ``topk``
-needs no calibration. Option ``grid`` reorders raster tokens into square tiles first
-(:func:`tile_permutation`).
+``num_heads``); a plain ``cdf_threshold`` or ``topk`` needs no calibration. Option ``grid``
+reorders raster tokens into square tiles first (:func:`tile_permutation`).
 
 Implementation (option ``kernel``, see :func:`block_sparse_attention`): on CUDA the Triton
 kernel of :mod:`vdiff.attention.triton_kernels`; else PyTorch, no Python loop per block. The
