@@ -1,12 +1,22 @@
 import os
+import stat
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 
-from vdiff.io.files import atomic_open, safe_extract_path
+from vdiff.io import files
+from vdiff.io.files import (
+    atomic_open,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    current_umask,
+    safe_extract_path,
+)
 from vdiff.io.video import (
     VideoError,
     encode_mp4,
@@ -24,6 +34,54 @@ def test_atomic_open_leaves_nothing_on_failure(tmp_path: Path) -> None:
         f.write(b"partial")
         raise RuntimeError("killed")
     assert not target.exists() and os.listdir(tmp_path) == []
+
+
+@pytest.fixture(params=[0o022, 0o002, 0o077], ids=oct)
+def umask(request: pytest.FixtureRequest) -> Iterator[int]:
+    """Run the test under this umask, restoring the previous one after."""
+    old = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_current_umask_reads_it_without_changing_it(umask: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert current_umask() == umask
+    assert os.umask(umask) == umask  # still set
+
+    # Without /proc (not Linux), the set-and-restore fallback gives the same answer.
+    def no_proc(*args, **kwargs):
+        raise FileNotFoundError("/proc/self/status")
+
+    monkeypatch.setattr(files, "open", no_proc, raising=False)
+    assert current_umask() == umask
+    assert os.umask(umask) == umask
+
+
+def test_temporary_name_writes_honour_the_umask(tmp_path: Path, umask: int) -> None:
+    expected = 0o666 & ~umask
+    atomic_write_bytes(tmp_path / "a.bin", b"x")
+    atomic_write_json(tmp_path / "sub" / "b.json", {"k": 1})
+    with atomic_open(tmp_path / "c.bin") as f:
+        f.write(b"y")
+    with atomic_path(tmp_path / "d.bin") as tmp:
+        tmp.unlink()  # a library that recreates the file (gets the umask) ...
+        tmp.write_bytes(b"z")
+        os.chmod(tmp, 0o600)  # ... or leaves it private
+    write_mp4(tmp_path / "e.mp4", np.zeros((2, 16, 16, 3), np.uint8), fps=8)
+    # Replacing a private file gives the umask's mode too.
+    old = tmp_path / "f.bin"
+    old.write_bytes(b"old")
+    old.chmod(0o600)
+    atomic_write_bytes(old, b"new")
+    for name in ("a.bin", "sub/b.json", "c.bin", "d.bin", "e.mp4", "f.bin"):
+        assert _mode(tmp_path / name) == expected, (name, oct(_mode(tmp_path / name)))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
 
 
 def test_tar_member_outside_target_is_refused(tmp_path: Path) -> None:

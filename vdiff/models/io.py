@@ -12,10 +12,7 @@ a 14B checkpoint is never held twice in memory.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from vdiff.attention import AttentionConfig
-from vdiff.io.files import atomic_write_json
+from vdiff.io.files import atomic_path, atomic_write_json
 from vdiff.models.config import ModelConfig
 from vdiff.models.dit import VideoDiT, build_model
 from vdiff.models.wan import (
@@ -165,16 +162,9 @@ def _check_weights(found: Shapes, model: VideoDiT, *, source: Path) -> None:
 
 
 def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None) -> None:
-    """Write a safetensors file under a temporary name and rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata or {"format": "pt"})
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Write a safetensors file under a temporary name (mode ``0o666 & ~umask``) and rename it into place."""
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata or {"format": "pt"})
 
 
 def _vdiff_config_json(cfg: ModelConfig) -> dict[str, Any]:

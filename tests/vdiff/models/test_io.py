@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -94,3 +96,17 @@ def test_vdiff_diffusers_vdiff_is_bit_exact(tiny, tmp_path):
         convert_checkpoint(tmp_path / "d", tmp_path / "b", to="vdiff")
     with pytest.raises(ValueError, match="already a vdiff model folder"):
         convert_checkpoint(tmp_path / "a", tmp_path / "c", to="vdiff")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002], ids=oct)
+def test_model_folders_honour_the_umask(tiny, tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        save_model(tiny, tmp_path / "v")
+        convert_checkpoint(tmp_path / "v", tmp_path / "d", to="diffusers")
+    finally:
+        os.umask(old)
+    for folder in ("v", "d"):
+        assert stat.S_IMODE((tmp_path / folder).stat().st_mode) == 0o777 & ~umask
+        for p in (tmp_path / folder).iterdir():
+            assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask, p.name
