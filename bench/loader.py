@@ -5,7 +5,7 @@ The peer is the training step the loader feeds, at the batch size, clip size and
 
 * curated (raw): synthetic clips (moving shapes, 2 s at 24 fps, 144x256 by default: the size
   ``vdiff curate --samples`` keeps) packed by curate's own shard writer
-  (``data_prep.shards.write_shards``: ``<key>.mp4`` + ``<key>.json``, 8 clips a shard); the
+  (``data_prep.shards.write_shards``: ``<key>.mp4``, ``.txt``, ``.json``, 8 clips a shard); the
   loader decodes and resizes each clip, and the step then runs the autoencoder and the text
   encoder before the model, as ``pipelines.train`` does on raw shards;
 * cached: the same clips through ``pipelines.cache.cache`` with the config's data, vae and

@@ -1,11 +1,13 @@
 """Precompute VAE latents and text embeddings once: ``vdiff cache DATA --out DIR [--config YAML]``.
 
-Reads curated raw-clip shards (``DATA``), decodes each clip exactly as training would (first
-``data.num_frames`` frames at ``data.fps``, resized and centre-cropped), encodes it with the
-configured autoencoder and text encoder, and writes ``DIR/shards/<same shard name>.tar`` with
-one ``<key>.safetensors`` (tensors ``latents`` (C, T', H', W') and ``context`` (L, D)) and one
-``<key>.json`` (the clip's metadata) per sample; no pickle. ``DIR/empty_prompt.safetensors``
-holds the empty prompt's embedding for caption dropout, ``DIR/cache_config.yaml`` the settings.
+Reads raw-clip shards (``DATA``: `vdiff curate` output, or another tool's ``.mp4`` with
+``.txt``/``.json`` samples, probed as training probes them), decodes each clip exactly as
+training would (first ``data.num_frames`` frames at ``data.fps``, resized and centre-cropped),
+encodes it with the configured autoencoder and text encoder, and writes
+``DIR/shards/<same shard name>.tar`` with one ``<key>.safetensors`` (tensors ``latents``
+(C, T', H', W') and ``context`` (L, D)) and one ``<key>.json`` (the clip's metadata) per
+sample; no pickle. ``DIR/empty_prompt.safetensors`` holds the empty prompt's embedding for
+caption dropout, ``DIR/cache_config.yaml`` the settings.
 
 Resumable: each shard is written under a temporary name and renamed when complete, and
 shards already present are skipped, so a killed run continues where it stopped. Passing a
@@ -24,7 +26,7 @@ import torch
 import yaml
 
 from vdiff.config import ConfigError, describe, is_override, load_config, save_config, to_dict
-from vdiff.data import DataConfig, SampleRef, index_shard, list_shards, load_raw_sample, read_sample
+from vdiff.data import DataConfig, clip_meta, index_shard, list_shards, load_raw_sample
 from vdiff.data.loader import CACHED_EXT, EMPTY_PROMPT_FILE
 from vdiff.encoders import TextEncoderConfig, VAEConfig, VideoAutoencoder, build_text_encoder, build_vae
 from vdiff.io.files import atomic_open, atomic_write_bytes, remove_stale_temps
@@ -108,7 +110,7 @@ def cache(cfg: CacheConfig) -> Path:
                     latents = encode_videos(vae, [s["video"] for s in samples], device=device)
                     context = text.encode([s["caption"] for s in samples]).cpu()  # (B, L, D)
                 for ref, s, z, c in zip(chunk, samples, latents, context):
-                    meta = _source_meta(ref)
+                    meta = clip_meta(ref)  # NOTE: a third-party clip gets its probed frames, fps and size
                     meta.update(caption=s["caption"], cache=settings)
                     writer.write(
                         {
@@ -136,11 +138,6 @@ def encode_videos(
         for i, zi in zip(idx, z):
             out[i] = zi
     return out  # type: ignore[return-value]
-
-
-def _source_meta(ref: SampleRef) -> dict:
-    payload = read_sample(ref, ("json",))
-    return json.loads(payload["json"]) if "json" in payload else {}
 
 
 def _load(argv: list[str]) -> CacheConfig:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from safetensors.torch import load as load_safetensors
 from data_prep.synthetic import moving_shapes, shape_caption
 from pipelines.cache import main
 from pipelines.train import TrainConfig, train
+from pipelines.train import main as train_main
 from vdiff.config import load_config
 from vdiff.data import DataConfig, ShardLoader, index_shard, list_shards, load_raw_sample, read_sample
 from vdiff.encoders import TextEncoderConfig, build_text_encoder, build_vae
@@ -101,6 +104,50 @@ def test_training_on_cache_matches_raw_training(raw: Path, cached: Path, tmp_pat
     # NOTE: identical maths on identical inputs; only the text encoder's batching differs (≤ 1e-5 relative)
     assert len(losses[0]) == 3
     torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-5, atol=1e-6)
+
+
+def test_third_party_shards_cache_and_train_like_curated_ones(
+    raw: Path, cached: Path, tmp_path: Path
+) -> None:
+    """video2dataset-style copies of the raw shards (.mp4, .txt, a foreign .json): same cache, same losses."""
+    v2d = tmp_path / "v2d"
+    v2d.mkdir()
+    for shard in list_shards(raw):
+        with tarfile.open(v2d / shard.name, "w") as tar:
+            for ref in index_shard(shard):
+                payload = read_sample(ref)
+                foreign = {"url": f"https://example.com/{ref.key}.mp4", "status": "success"}
+                caption = json.loads(payload["json"])["caption"]
+                for ext, data in (
+                    ("mp4", payload["mp4"]),
+                    ("txt", caption.encode()),
+                    ("json", json.dumps(foreign).encode()),
+                ):
+                    info = tarfile.TarInfo(f"{ref.key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "cache"
+    assert main([str(v2d), "--out", str(out), "--config", str(CONFIG), *SIZES, "batch_size=3"]) == 0
+    for shard, curated in zip(list_shards(out), list_shards(cached)):
+        for ref, other in zip(index_shard(shard), index_shard(curated)):
+            mine, theirs = read_sample(ref), read_sample(other)
+            a, b = load_safetensors(mine["safetensors"]), load_safetensors(theirs["safetensors"])
+            assert torch.equal(a["latents"], b["latents"])
+            torch.testing.assert_close(a["context"], b["context"], rtol=1e-5, atol=1e-5)
+            meta, want = json.loads(mine["json"]), json.loads(theirs["json"])
+            assert meta["url"] == f"https://example.com/{ref.key}.mp4"  # the foreign keys are kept
+            for key in ("caption", "num_frames", "fps", "width", "height"):  # probed, as curate states them
+                assert meta[key] == want[key], key
+
+    # `vdiff train` takes the third-party shards and sees the same clips and captions.
+    common = [str(CONFIG), *SIZES, "train.steps=2", "train.batch_size=2", "train.log_every=1",
+              "train.device=cpu", "data.shuffle=true"]  # fmt: skip
+    losses = []
+    for name, data in (("curated", raw), ("v2d", v2d)):
+        assert train_main([*common, f"data.path={data}", f"run_dir={tmp_path / name}"]) == 0
+        metrics = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        losses.append([json.loads(line)["loss"] for line in metrics])
+    assert len(losses[0]) == 2 and losses[1] == losses[0]
 
 
 def test_cache_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

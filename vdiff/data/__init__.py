@@ -1,12 +1,19 @@
 """Training data: WebDataset shard indexing, clip decoding, and per-rank deterministic loaders."""
 
-from vdiff.data.clips import clip_frame_indices, decode_mp4_frames, frames_to_video, resize_crop
+from vdiff.data.clips import (
+    clip_frame_indices,
+    decode_mp4_frames,
+    frames_to_video,
+    probe_video_bytes,
+    resize_crop,
+)
 from vdiff.data.loader import (
     BatchPlan,
     DataConfig,
     SampleReader,
     ShardLoader,
     cached_settings,
+    clip_meta,
     collate,
     detect_kind,
     load_cached_sample,
@@ -23,6 +30,7 @@ __all__ = [
     "ShardLoader",
     "cached_settings",
     "clip_frame_indices",
+    "clip_meta",
     "collate",
     "decode_mp4_frames",
     "detect_kind",
@@ -32,6 +40,7 @@ __all__ = [
     "load_cached_sample",
     "load_empty_prompt",
     "load_raw_sample",
+    "probe_video_bytes",
     "read_sample",
     "resize_crop",
     "split_member_name",

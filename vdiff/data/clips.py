@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vdiff.io.video import VideoError
+from vdiff.io.video import VideoError, VideoMeta
 
 
 def clip_frame_indices(
@@ -28,8 +28,43 @@ def clip_frame_indices(
 
 def max_start(src_frames: int, src_fps: float, *, num_frames: int, fps: float) -> int:
     """The latest start frame whose clip still fits inside the source (0 if none fits)."""
-    span = math.floor((num_frames - 1) * src_fps / fps + 0.5)
-    return max(0, src_frames - 1 - span)
+    return max(0, src_frames - frames_spanned(src_fps, num_frames=num_frames, fps=fps))
+
+
+def frames_spanned(src_fps: float, *, num_frames: int, fps: float) -> int:
+    """Source frames a clip of ``num_frames`` at ``fps`` spans, first to last (as sampled by
+    :func:`clip_frame_indices`): a source with fewer frames pads the clip with its last one."""
+    return math.floor((num_frames - 1) * src_fps / fps + 0.5) + 1
+
+
+def probe_video_bytes(data: bytes, *, name: str = "<bytes>") -> VideoMeta:
+    """Frame count, average fps and size of the first video stream of a file held in memory (PyAV).
+
+    The count is the container's; when it states none (e.g. WebM, MPEG-TS), the stream is
+    decoded once to count its frames. Raises :class:`VideoError` naming ``name`` when the bytes
+    are not a decodable video, hold no frames or no frame rate.
+    """
+    import av
+
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.video:
+                raise VideoError(f"{name}: holds no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            width, height = stream.codec_context.width, stream.codec_context.height
+            count = stream.frames
+            if count <= 0:  # NOTE: no frame count in the container: decode once to count
+                count = sum(1 for _ in container.decode(stream))
+            seconds = stream.duration * stream.time_base if stream.duration and stream.time_base else 0
+    except av.error.FFmpegError as e:  # type: ignore[attr-defined]
+        raise VideoError(f"{name}: not a decodable video ({e})") from e
+    if count <= 0:
+        raise VideoError(f"{name}: the video holds no frames")
+    fps = float(rate) if rate else count / float(seconds) if seconds else 0.0
+    if fps <= 0 or width <= 0 or height <= 0:
+        raise VideoError(f"{name}: the container states no frame rate or size ({fps} fps, {width}x{height})")
+    return VideoMeta(num_frames=int(count), fps=fps, width=int(width), height=int(height))
 
 
 def decode_mp4_frames(data: bytes, indices: list[int], *, name: str = "<bytes>") -> np.ndarray:

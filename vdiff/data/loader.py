@@ -11,6 +11,14 @@ Aspect-ratio buckets (``data.buckets``, sizes ``HxW``): each clip goes to the bu
 aspect ratio is closest to its own (in log ratio), and an epoch's global batches are filled
 in permutation order, one bucket at a time, so every batch holds clips of one size.
 
+Raw samples from other tools: a sample is a video member (``.mp4``, ``.webm``, ...) with a
+``.txt`` caption and/or a ``.json``. vdiff's shards state ``num_frames``, ``fps``, ``width`` and
+``height`` in the json; a sample without ``num_frames``/``fps`` (video2dataset-style shards) is
+probed instead (:func:`vdiff.data.clips.probe_video_bytes`, the container's frame count and
+average rate, or one counting decode), and must then span the whole training clip. The caption
+is the ``.txt`` member, else the json's ``caption``/``text``/``txt``/``prompt``. A sample that
+cannot be used is an error naming the shard, the sample key and what to do.
+
 Workers (``data.num_workers``): raw clips are decoded ahead of training in that many processes
 per rank (a torch DataLoader over the planned batches, :mod:`vdiff.data.workers`). The
 batches are bit-identical to in-process decoding, and the position (so the checkpointed
@@ -28,14 +36,26 @@ from typing import Any, Literal
 
 import torch
 
-from vdiff.data.clips import clip_frame_indices, decode_mp4_frames, frames_to_video, max_start
+from vdiff.data.clips import (
+    clip_frame_indices,
+    decode_mp4_frames,
+    frames_spanned,
+    frames_to_video,
+    max_start,
+    probe_video_bytes,
+)
 from vdiff.data.shards import SampleRef, index_shard, list_shards, read_sample
 from vdiff.data.workers import Prefetcher
+from vdiff.io.video import VideoError
 
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov")
 """member extensions read as raw video"""
 CACHED_EXT = "safetensors"
 """member extension of cached samples (tensors ``latents`` and ``context``)"""
+CLIP_META_KEYS = ("num_frames", "fps", "width", "height")
+"""what a raw sample's json states about its clip (vdiff shards), or a probe of the video finds"""
+CAPTION_KEYS = ("caption", "text", "txt", "prompt")
+"""json keys read as the caption, in order, when a sample has no ``.txt`` member"""
 EMPTY_PROMPT_FILE = "empty_prompt.safetensors"
 """written by `vdiff cache` next to its shards/: the empty prompt's embedding (tensor ``context`` (L, D))"""
 
@@ -123,13 +143,71 @@ def _meta(ref: SampleRef, payload: dict[str, bytes]) -> dict[str, Any]:
         raise ValueError(f"{ref.shard}: {ref.key}.json is not valid JSON ({e})") from e
 
 
-def _caption(meta: dict[str, Any], payload: dict[str, bytes]) -> str:
-    if isinstance(meta.get("caption"), str):
-        return meta["caption"]
+def _caption(ref: SampleRef, meta: dict[str, Any], payload: dict[str, bytes]) -> str:
+    """The ``.txt`` member (stripped), else the first string among the json's :data:`CAPTION_KEYS`."""
     if "txt" in payload:
-        return payload["txt"].decode("utf-8").strip()
+        try:
+            text = payload["txt"].decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"{ref.shard}: {ref.key}.txt is not UTF-8 text ({e}); rewrite the caption as UTF-8"
+            ) from e
+        if text:
+            return text
+    for key in CAPTION_KEYS:
+        if isinstance(meta.get(key), str) and meta[key].strip():
+            return meta[key]
     # NOTE: an uncaptioned clip trains the unconditional branch (the empty prompt).
     return ""
+
+
+def _video_ext(ref: SampleRef, members: dict[str, Any]) -> str:
+    ext = next((e for e in VIDEO_EXTS if e in members), None)
+    if ext is None:
+        raise ValueError(
+            f"{ref.shard}: sample {ref.key!r} holds no video member (it has {sorted(members)}; expected "
+            f"one of {', '.join(VIDEO_EXTS)}); remove the sample or add its video"
+        )
+    return ext
+
+
+def _is_positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def clip_meta(ref: SampleRef, payload: dict[str, bytes] | None = None) -> dict[str, Any]:
+    """A raw sample's json, with any of :data:`CLIP_META_KEYS` it lacks found by probing its video.
+
+    vdiff shards state them all, so their video is not read; a sample from another tool gets
+    them from the container. ``payload`` (the sample's members) is read when not given.
+    """
+    if payload is None:
+        meta = _meta(ref, read_sample(ref, ("json",)))
+        payload = {} if all(k in meta for k in CLIP_META_KEYS) else read_sample(ref)
+    else:
+        meta = _meta(ref, payload)
+    return _complete(ref, meta, payload, need=CLIP_META_KEYS)
+
+
+def _complete(
+    ref: SampleRef, meta: dict[str, Any], payload: dict[str, bytes], *, need: tuple[str, ...]
+) -> dict[str, Any]:
+    """``meta``, or when it lacks one of ``need``, ``meta`` plus every clip key a probe finds."""
+    for key in ("num_frames", "fps"):
+        if key in meta and not _is_positive(meta[key]):
+            raise ValueError(
+                f"{ref.shard}: {ref.key}.json says {key}={meta[key]!r}, so the clip cannot be sampled; "
+                "remove the sample, or fix or drop that key (the video is then probed)"
+            )
+    if all(k in meta for k in need):
+        return meta
+    missing = [k for k in CLIP_META_KEYS if k not in meta]
+    ext = _video_ext(ref, payload)
+    try:
+        probed = probe_video_bytes(payload[ext], name=f"{ref.shard}:{ref.key}.{ext}")
+    except VideoError as e:
+        raise VideoError(f"{e}; re-encode it or remove the sample from the shard") from e
+    return {**meta, **{k: getattr(probed, k) for k in missing}}
 
 
 def clip_start(
@@ -147,23 +225,35 @@ def load_raw_sample(
 ) -> dict[str, Any]:
     """``{"video": (3, T, H, W) in [-1, 1], "caption": str, "key": str}`` of a raw-clip sample."""
     payload = read_sample(ref)
-    meta = _meta(ref, payload)
-    ext = next((e for e in VIDEO_EXTS if e in payload), None)
-    if ext is None:
-        raise ValueError(f"{ref.shard}: sample {ref.key!r} holds no video member")
-    for key in ("num_frames", "fps"):
-        if key not in meta:
-            raise ValueError(
-                f"{ref.shard}: {ref.key}.json lacks {key!r} (curate writes it); re-curate the data"
-            )
-    height, width = cfg.sizes()[bucket_index(meta, cfg.sizes(), name=f"{ref.shard}:{ref.key}")]
+    ext = _video_ext(ref, payload)
+    name = f"{ref.shard}:{ref.key}.{ext}"
+    sizes = cfg.sizes()
+    stated = _meta(ref, payload)
+    meta = _complete(ref, stated, payload, need=CLIP_META_KEYS[: 2 if len(sizes) == 1 else 4])
+    # NOTE: vdiff shards state the clip in their json (and pad a short one with its last frame);
+    # a probed clip from another tool must span the whole training clip.
+    if "num_frames" not in stated or "fps" not in stated:
+        check_clip_fits(meta, cfg, name=name)
+    height, width = sizes[bucket_index(meta, sizes, name=f"{ref.shard}:{ref.key}")]
     start = clip_start(ref, meta, cfg, generator=generator)
     idx = clip_frame_indices(
         int(meta["num_frames"]), float(meta["fps"]), num_frames=cfg.num_frames, fps=cfg.fps, start=start
     )
-    frames = decode_mp4_frames(payload[ext], idx, name=f"{ref.shard}:{ref.key}.{ext}")  # (T, H, W, 3)
+    frames = decode_mp4_frames(payload[ext], idx, name=name)  # (T, H, W, 3)
     video = frames_to_video(frames, height=height, width=width)  # (3, T, H, W)
-    return {"video": video, "caption": _caption(meta, payload), "key": ref.key}
+    return {"video": video, "caption": _caption(ref, meta, payload), "key": ref.key}
+
+
+def check_clip_fits(meta: dict[str, Any], cfg: DataConfig, *, name: str) -> None:
+    """Refuse a clip too short for ``data.num_frames`` frames at ``data.fps`` (ValueError naming it)."""
+    n, fps = int(meta["num_frames"]), float(meta["fps"])
+    need = frames_spanned(fps, num_frames=cfg.num_frames, fps=cfg.fps)
+    if n < need:
+        raise ValueError(
+            f"{name}: {n} frames at {fps:g} fps ({n / fps:.2f} s) is too short for a training clip of "
+            f"data.num_frames={cfg.num_frames} at data.fps={cfg.fps:g}, which spans {need} frames "
+            f"({need / fps:.2f} s) of it; lower data.num_frames or data.fps, or remove the sample"
+        )
 
 
 def load_cached_sample(ref: SampleRef) -> dict[str, Any]:
@@ -179,7 +269,7 @@ def load_cached_sample(ref: SampleRef) -> dict[str, Any]:
     return {
         "latents": tensors["latents"],
         "context": tensors["context"],
-        "caption": _caption(meta, payload),
+        "caption": _caption(ref, meta, payload),
         "key": ref.key,
     }
 
@@ -317,8 +407,7 @@ class ShardLoader:
         self.bucket = [0] * len(self.refs)
         if len(sizes) > 1:
             self.bucket = [
-                bucket_index(_meta(r, read_sample(r, ("json",))), sizes, name=f"{r.shard}:{r.key}")
-                for r in self.refs
+                bucket_index(self._size_meta(r), sizes, name=f"{r.shard}:{r.key}") for r in self.refs
             ]
         self.reader = SampleReader(self.refs, cfg, kind=self.kind, seed=seed)
         self.schedule = BatchPlan(
@@ -332,6 +421,13 @@ class ShardLoader:
                 f"data.path={cfg.path} has {len(self.refs)} samples, fewer than one global batch of "
                 f"{self.global_batch} (in any one bucket); lower train.batch_size or add data"
             )
+
+    def _size_meta(self, ref: SampleRef) -> dict[str, Any]:
+        """A sample's json; a raw clip without ``width``/``height`` in it is probed for them."""
+        meta = _meta(ref, read_sample(ref, ("json",)))
+        if self.kind == "cached" or ("width" in meta and "height" in meta):
+            return meta
+        return _complete(ref, meta, read_sample(ref), need=("width", "height"))
 
     def order(self, epoch: int) -> list[int]:
         """Sample indices of an epoch (the same on every rank)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import tarfile
@@ -12,17 +13,21 @@ import pytest
 import torch
 import webdataset as wds
 
+from tests.vdiff.data.conftest import clip_frames
 from vdiff.data import (
     DataConfig,
     ShardLoader,
     clip_frame_indices,
+    clip_meta,
     index_shard,
     list_shards,
+    load_raw_sample,
+    probe_video_bytes,
     read_sample,
     resize_crop,
     split_member_name,
 )
-from vdiff.io.video import VideoError
+from vdiff.io.video import VideoError, VideoMeta, encode_mp4
 
 
 def test_member_names_split_like_webdataset() -> None:
@@ -154,3 +159,153 @@ def test_a_corrupt_clip_is_an_error_naming_it(tmp_path: Path) -> None:
     loader = ShardLoader(cfg, batch_size=1)
     with pytest.raises(VideoError, match=r"bad\.tar:broken\.mp4"):
         next(iter(loader))
+
+
+def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    """A tar of ``members`` in order, as any tool might write one (no vdiff code involved)."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _encode(
+    fmt: str, frames: np.ndarray, fps: int, *, codec: str = "libx264", pix_fmt: str = "yuv420p"
+) -> bytes:
+    """``frames`` (T, H, W, 3) uint8 in container ``fmt`` (no frame: the header alone)."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        container.start_encoding()
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def _foreign_json(i: int, **extra: object) -> bytes:
+    return json.dumps(
+        {"url": f"https://example.com/v{i}.mp4", "key": f"{i:09d}", "status": "success", **extra}
+    ).encode()
+
+
+@pytest.fixture
+def third_party_shards(tmp_path: Path) -> Path:
+    """video2dataset-style shards: ``.mp4`` with ``.txt`` and/or a foreign ``.json``, no clip metadata."""
+    root = tmp_path / "v2d"
+    root.mkdir()
+    landscape = clip_frames(0, num_frames=12, height=24, width=32)  # 12 fps
+    fast = clip_frames(1, num_frames=12, height=24, width=32)  # 24 fps
+    portrait = clip_frames(2, num_frames=12, height=32, width=24)
+    _write_tar(
+        root / "00000.tar",
+        [
+            ("000000000.mp4", encode_mp4(landscape, 12.0)),
+            ("000000000.txt", "a fox runs 🦊\n".encode()),
+            ("000000000.json", _foreign_json(0, caption="the json's caption loses to the txt")),
+            ("000000001.mp4", encode_mp4(fast, 24.0)),
+            ("000000001.json", _foreign_json(1, caption="caption from json")),
+        ],
+    )
+    _write_tar(
+        root / "00001.tar",
+        [
+            ("000010000.mp4", encode_mp4(portrait, 12.0)),
+            ("000010000.txt", b"txt only"),
+            ("000010001.mkv", _encode("matroska", landscape, 12)),
+            ("000010001.json", _foreign_json(3, text="caption under text")),
+        ],
+    )
+    return root
+
+
+def test_third_party_shards_are_probed_and_captioned_from_txt_or_json(third_party_shards: Path) -> None:
+    cfg = DataConfig(
+        path=str(third_party_shards), num_frames=3, fps=6.0, height=12, width=16, shuffle=False, num_workers=0
+    )
+    loader = ShardLoader(cfg, batch_size=4, seed=0)
+    assert loader.kind == "raw" and loader.steps_per_epoch == 1
+    batch = next(iter(loader))
+    assert batch["key"] == ["000000000", "000000001", "000010000", "000010001"]
+    assert batch["caption"] == ["a fox runs 🦊", "caption from json", "txt only", "caption under text"]
+    assert batch["video"].shape == (4, 3, 3, 12, 16)
+    # At 6 fps: source frames 0, 2, 4 of the 12 fps clips and 0, 4, 8 of the 24 fps one (grey 10 i + 15 t).
+    levels = (batch["video"].mean(dim=(1, 3, 4)) + 1) * 127.5  # (B, T)
+    want = torch.tensor([[0.0, 30.0, 60.0], [10.0, 70.0, 130.0], [20.0, 50.0, 80.0], [0.0, 30.0, 60.0]])
+    assert (levels - want).abs().max() < 3.0
+
+    refs = [ref for shard in list_shards(third_party_shards) for ref in index_shard(shard)]
+    meta = clip_meta(refs[1])
+    assert meta["url"] == "https://example.com/v1.mp4"  # the foreign keys are kept
+    assert {k: meta[k] for k in ("num_frames", "fps", "width", "height")} == {
+        "num_frames": 12, "fps": 24.0, "width": 32, "height": 24,
+    }  # fmt: skip
+    # Buckets read the probed size: the portrait clip goes to the portrait bucket.
+    buckets = ShardLoader(DataConfig(path=cfg.path, buckets=["12x16", "16x12"], num_workers=0), batch_size=1)
+    assert buckets.bucket == [0, 0, 1, 0]
+
+
+def test_probe_counts_frames_when_the_container_does_not_say() -> None:
+    frames = clip_frames(0, num_frames=5, height=24, width=32)
+    mkv = _encode("matroska", frames, 12)
+    assert probe_video_bytes(mkv) == VideoMeta(num_frames=5, fps=12.0, width=32, height=24)
+    assert probe_video_bytes(encode_mp4(frames, 24.0)) == VideoMeta(
+        num_frames=5, fps=24.0, width=32, height=24
+    )
+
+
+def test_unusable_third_party_samples_are_errors_naming_shard_key_and_remedy(tmp_path: Path) -> None:
+    short = encode_mp4(clip_frames(0, num_frames=3, height=24, width=32), 12.0)
+    empty_avi = _encode("avi", np.zeros((0, 24, 32, 3), np.uint8), 12, codec="mjpeg", pix_fmt="yuvj420p")
+    shard = _write_tar(
+        tmp_path / "bad.tar",
+        [
+            ("novideo.txt", b"a caption without its video"),
+            ("novideo.json", _foreign_json(0)),
+            ("garbage.mp4", b"\x00not a video" * 10),
+            ("garbage.txt", b"x"),
+            ("empty.avi", empty_avi),
+            ("zero.mp4", short),
+            ("zero.json", json.dumps({"num_frames": 0, "fps": 12.0}).encode()),
+            ("short.mp4", short),
+            ("short.txt", b"too short"),
+            ("latin1.mp4", short),
+            ("latin1.txt", "café".encode("latin-1")),
+        ],
+    )
+    refs = {ref.key: ref for ref in index_shard(shard)}
+    cfg = DataConfig(path=str(shard), num_frames=4, fps=6.0, height=8, width=8)
+    expected = {
+        "novideo": (ValueError, r"bad\.tar: sample 'novideo' holds no video member .*remove the sample"),
+        "garbage": (VideoError, r"bad\.tar:garbage\.mp4: not a decodable video .*remove the sample"),
+        "empty": (VideoError, r"bad\.tar:empty\.avi: the video holds no frames; re-encode it or remove"),
+        "zero": (ValueError, r"bad\.tar: zero\.json says num_frames=0.*remove the sample"),
+        # 4 frames at 6 fps span source frames 0..6 of a 12 fps clip: 7 frames, the clip has 3.
+        "short": (ValueError, r"bad\.tar:short\.mp4: 3 frames at 12 fps .* too short .*spans 7 frames.*"
+                  r"lower data\.num_frames or data\.fps, or remove the sample"),
+    }  # fmt: skip
+    for key, (error, message) in expected.items():
+        with pytest.raises(error, match=message):
+            load_raw_sample(refs[key], cfg)
+    with pytest.raises(ValueError, match=r"bad\.tar: latin1\.txt is not UTF-8"):
+        load_raw_sample(
+            refs["latin1"], DataConfig(path=str(shard), num_frames=2, fps=12.0, height=8, width=8)
+        )
+    # A training clip the short sample spans loads.
+    fits = DataConfig(num_frames=3, fps=12.0, height=8, width=8)
+    assert load_raw_sample(refs["short"], fits)["caption"] == "too short"
+
+
+def test_vdiff_shards_keep_their_json_metadata_and_pad_short_clips(clip_shards: Path) -> None:
+    ref = index_shard(list_shards(clip_shards)[0])[0]
+    # 8 frames at 6 fps span 15 source frames; the curated clip has 12 and its last one repeats.
+    sample = load_raw_sample(ref, DataConfig(num_frames=8, fps=6.0, height=8, width=8))
+    levels = (sample["video"].mean(dim=(0, 2, 3)) + 1) * 127.5  # (T,)
+    assert (levels[-2:] - 165.0).abs().max() < 3.0 and sample["caption"] == "clip 0"
