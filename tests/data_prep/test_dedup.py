@@ -1,12 +1,22 @@
-"""Near-duplicate detection: modified copies caught, different content not, deterministic order."""
+"""Near-duplicate detection: modified copies caught, different content not, the best copy kept."""
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
 
 from data_prep import synthetic as S
-from data_prep.dedup import DedupConfig, Deduper, clip_fingerprint, fingerprint_distance, hamming
+from data_prep.dedup import (
+    DedupConfig,
+    Deduper,
+    clip_fingerprint,
+    duplicates_of,
+    fingerprint_distance,
+    hamming,
+    keep_order,
+)
 
 
 def _resized(frames, scale):
@@ -77,3 +87,63 @@ def test_index_is_exact_against_brute_force():
 
 def test_hamming():
     assert hamming(0b1011, 0b0001) == 2 and hamming(2**64 - 1, 0) == 64
+
+
+def _row(clip_id: str, *, size=(640, 360), bitrate=2e6, duration=2.0, frames=48, fingerprint=(0, 0)) -> dict:
+    w, h = size
+    return {
+        "clip_id": clip_id,
+        "source_width": w,
+        "source_height": h,
+        "source_bitrate": bitrate,
+        "duration": duration,
+        "num_frames": frames,
+        "fingerprint": list(fingerprint),
+    }
+
+
+def test_keep_order_ranks_resolution_then_bitrate_then_length_then_clip_id():
+    # NOTE: clip ids sort in the opposite order of quality, as re-encoded copies' ids may.
+    rows = [
+        _row("a_low_res", size=(320, 180), bitrate=9e6, duration=9.0),
+        _row("b_unknown_quality", size=(None, None), bitrate=None),
+        _row("c_low_bitrate", bitrate=1e5, duration=9.0),
+        _row("d_shorter", duration=1.0, frames=24),
+        _row("e_fewer_frames", frames=24),
+        _row("f_best"),
+        _row("g_best_tie"),
+    ]
+    expected = ["f_best", "g_best_tie", "e_fewer_frames", "d_shorter", "c_low_bitrate", "a_low_res"]
+    expected.append("b_unknown_quality")
+    for perm in itertools.islice(itertools.permutations(rows), 0, None, 97):
+        assert [r["clip_id"] for r in keep_order(perm)] == expected
+
+
+def test_duplicates_point_at_the_best_copy_whatever_the_input_order():
+    rows = [
+        _row("0_reencoded", bitrate=3e5),
+        _row("1_downscaled", size=(320, 180), bitrate=8e6),
+        _row("2_original", bitrate=4e6),
+        _row("3_other", fingerprint=(2**64 - 1, 2**64 - 1)),
+    ]
+    for perm in itertools.permutations(rows):
+        assert duplicates_of(perm) == {"0_reencoded": "2_original", "1_downscaled": "2_original"}
+
+
+def test_chains_stay_anchored_on_kept_clips():
+    prints = {"x": 0, "y": 0b111111, "z": 0b111111111111}  # x ~ y ~ z (6 bits each), x !~ z (12 bits)
+    cfg = DedupConfig(hamming_threshold=10)
+
+    def rows(best: str) -> list[dict]:
+        return [
+            _row(k, size=(1280, 720) if k == best else (640, 360), fingerprint=(h,))
+            for k, h in prints.items()
+        ]
+
+    # x best, then y, z: y goes to x and is not added, so z (12 bits from x) is kept.
+    assert duplicates_of(rows("x"), cfg) == {"y": "x"}
+    # y best: x and z both go to y.
+    assert duplicates_of(rows("y"), cfg) == {"x": "y", "z": "y"}
+    for best in prints:
+        found = duplicates_of(rows(best), cfg)
+        assert not set(found.values()) & set(found)  # every survivor named is kept

@@ -15,10 +15,11 @@ from data_prep.shards import (
     output_geometry,
     read_shard,
     sample_mp4_frames,
+    shard_sizes,
     write_shards,
 )
 from vdiff.config import ConfigError, load_config
-from vdiff.io.video import VideoMeta, probe, read_frames, write_mp4
+from vdiff.io.video import VideoError, VideoMeta, probe, read_frames, write_mp4
 
 
 def numbered_video(path, *, n: int = 40, h: int = 64, w: int = 128, fps: float = 24.0):
@@ -87,7 +88,7 @@ def test_shards_are_webdataset_tars_packed_in_order_and_reproducible(tmp_path):
     assert names == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
     assert where == {f"clip{i:02d}": f"shard-{i // 2:06d}.tar" for i in range(5)}
     assert [m for m, _ in read_shard(tmp_path / "shard-000001.tar")] == [
-        "clip02.mp4", "clip02.json", "clip03.mp4", "clip03.json",
+        "clip02.mp4", "clip02.txt", "clip02.json", "clip03.mp4", "clip03.txt", "clip03.json",
     ]  # fmt: skip
 
     urls = [str(tmp_path / n) for n in names]
@@ -98,6 +99,54 @@ def test_shards_are_webdataset_tars_packed_in_order_and_reproducible(tmp_path):
 
     before = {n: (tmp_path / n).read_bytes() for n in names}
     write_shards(_samples(5), tmp_path, samples_per_shard=2)
+    assert {n: (tmp_path / n).read_bytes() for n in names} == before
+
+
+def test_captions_are_a_txt_member_that_webdataset_groups_with_the_clip(tmp_path):
+    import webdataset as wds
+
+    samples = [
+        ShardSample(
+            clip_id="a", load_mp4=lambda: b"mp4-a", meta={"caption": "Ein Fuchs läuft 🦊", "fps": 8.0}
+        ),
+        ShardSample(clip_id="b", load_mp4=lambda: b"mp4-b", meta={"caption": "", "fps": 8.0}),
+        ShardSample(clip_id="c", load_mp4=lambda: b"mp4-c", meta={"caption": None}),
+        ShardSample(clip_id="d", load_mp4=lambda: b"mp4-d", meta={"caption": "  two\nlines "}),
+    ]
+    write_shards(samples, tmp_path, samples_per_shard=10)
+    members = read_shard(tmp_path / "shard-000000.tar")
+    assert [m for m, _ in members] == [
+        "a.mp4", "a.txt", "a.json", "b.mp4", "b.json", "c.mp4", "c.json", "d.mp4", "d.txt", "d.json",
+    ]  # fmt: skip
+    assert dict(members)["a.txt"] == "Ein Fuchs läuft 🦊".encode()
+
+    dataset = wds.WebDataset(str(tmp_path / "shard-000000.tar"), shardshuffle=False, empty_check=False)
+    got = {s["__key__"]: s for s in dataset.decode()}
+    assert sorted(got) == ["a", "b", "c", "d"]
+    assert got["a"]["txt"] == "Ein Fuchs läuft 🦊" == got["a"]["json"]["caption"]
+    assert got["a"]["mp4"] == b"mp4-a" and got["a"]["json"]["fps"] == 8.0
+    assert "txt" not in got["b"] and "txt" not in got["c"]  # no caption, no .txt
+    assert got["d"]["txt"] == "  two\nlines " == got["d"]["json"]["caption"]
+
+
+def test_small_runs_are_spread_over_min_shards_deterministically(tmp_path):
+    assert shard_sizes(20, samples_per_shard=100, min_shards=8) == [3, 3, 3, 3, 2, 2, 2, 2]
+    assert shard_sizes(3, samples_per_shard=100, min_shards=8) == [1, 1, 1]
+    assert shard_sizes(5000, samples_per_shard=100, min_shards=8) == [100] * 50
+    assert shard_sizes(250, samples_per_shard=100, min_shards=1) == [84, 83, 83]
+    assert shard_sizes(0, samples_per_shard=100, min_shards=8) == []
+    assert (OutputConfig().samples_per_shard, OutputConfig().min_shards) == (100, 8)
+    with pytest.raises(ConfigError, match="min_shards"):
+        load_config(OutputConfig, overrides=["min_shards=0"])
+
+    where = write_shards(_samples(10), tmp_path, samples_per_shard=100, min_shards=4)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [f"shard-{n:06d}.tar" for n in range(4)]
+    # Sorted order is kept: shard n holds the next 3, 3, 2, 2 clips.
+    shard_of = [names.index(where[f"clip{i:02d}"]) for i in range(10)]
+    assert shard_of == [0, 0, 0, 1, 1, 1, 2, 2, 3, 3]
+    before = {n: (tmp_path / n).read_bytes() for n in names}
+    write_shards(_samples(10), tmp_path, samples_per_shard=100, min_shards=4)
     assert {n: (tmp_path / n).read_bytes() for n in names} == before
 
 
@@ -118,7 +167,7 @@ def test_a_failing_sample_leaves_no_shard_under_its_final_name(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_encode_clips_decodes_once_for_many_spans_and_falls_back_to_decord(tmp_path, monkeypatch):
+def test_encode_clips_decodes_once_for_many_spans_and_refuses_frames_it_cannot_decode(tmp_path, monkeypatch):
     from data_prep import shards
 
     src = numbered_video(tmp_path / "n.mp4")
@@ -136,6 +185,8 @@ def test_encode_clips_decodes_once_for_many_spans_and_falls_back_to_decord(tmp_p
 
     expected = [[20, 22, 24, 26, 28], [2, 4, 6], [31, 33, 35, 37]]  # 9 frames at 24 fps -> 4 at 12
     assert numbers(shards.encode_clips(src, meta=meta, spans=spans, cfg=cfg)) == expected
-    # A stream the sequential pass cannot decode: every frame comes from decord instead.
-    monkeypatch.setattr(shards, "_decode_in_order", lambda source, wanted: iter(()))
-    assert numbers(shards.encode_clips(src, meta=meta, spans=spans, cfg=cfg)) == expected
+    # Frames the encoding pass cannot decode are an error naming the file (the analysis pass
+    # numbered them with the same decoder; another decoder could number them differently).
+    monkeypatch.setattr(shards, "_decode_in_order", lambda reader, wanted: iter(()))
+    with pytest.raises(VideoError, match=r"n\.mp4.*could not be decoded again"):
+        shards.encode_clips(src, meta=meta, spans=spans, cfg=cfg)

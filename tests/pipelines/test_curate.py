@@ -60,7 +60,7 @@ def test_vdiff_curate_writes_every_output_and_the_resolved_config(
 ):
     out = tmp_path / "out"
     args = [str(tiny_videos), "--out", str(out), "--workers", "2", "--no-progress", *small_overrides]
-    assert cli.main(["curate", *args, "output.samples_per_shard=3"]) == 0
+    assert cli.main(["curate", *args, "output.samples_per_shard=3", "output.min_shards=1"]) == 0
     summary = capsys.readouterr().out
     assert "4 kept in 2 shard(s)" in summary and "too_static" in summary
     for name in ("manifest.parquet", "report.json", "report.html", "config.yaml"):
@@ -68,7 +68,8 @@ def test_vdiff_curate_writes_every_output_and_the_resolved_config(
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["shard-000000.tar", "shard-000001.tar"]
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["output"]["samples_per_shard"] == 3 and saved["quality"]["min_width"] == 64
-    resolved = load_config(CurateConfig, overrides=[*small_overrides, "output.samples_per_shard=3"])
+    packing = ["output.samples_per_shard=3", "output.min_shards=1"]
+    resolved = load_config(CurateConfig, overrides=[*small_overrides, *packing])
     assert saved == to_dict(resolved)
 
 
