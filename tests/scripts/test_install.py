@@ -1,0 +1,106 @@
+"""scripts/install.sh picks an environment pip may install into; scripts/run runs commands in it.
+
+The externally managed interpreter is simulated for real: a copy of this Python's executable
+whose stdlib folder (symlinks to the real one) holds an ``EXTERNALLY-MANAGED`` file, so pip
+itself refuses to install into it (checked), exactly as on Debian's and Ubuntu's python3.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def managed_python(tmp_path_factory) -> Path:
+    """An interpreter that pip treats as externally managed (PEP 668)."""
+    root = tmp_path_factory.mktemp("managed")
+    stdlib = Path(sysconfig.get_path("stdlib"))
+    exe = Path(os.path.realpath(sys.executable))
+    (root / "bin").mkdir()
+    lib = root / "lib" / stdlib.name
+    lib.mkdir(parents=True)
+    for entry in stdlib.iterdir():
+        (lib / entry.name).symlink_to(entry)
+    (lib / "EXTERNALLY-MANAGED").write_text("[externally-managed]\nError=use a venv\n")
+    shutil.copy2(exe, root / "bin" / "python3")
+    py = root / "bin" / "python3"
+    prefix = subprocess.run([py, "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True)
+    if prefix.returncode != 0 or Path(prefix.stdout.strip()) != root:
+        pytest.skip(f"this Python cannot be relocated for the simulation: {prefix.stderr[-200:]}")
+    return py
+
+
+def _install(python: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": str(python), "VDIFF_VENV": str(tmp_path / "venv")}
+    env["VDIFF_ENV_FILE"] = str(tmp_path / "record")
+    for key in ("VIRTUAL_ENV", "CONDA_PREFIX"):
+        env.pop(key, None)
+    cmd = ["bash", str(REPO / "scripts" / "install.sh"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def _run(tmp_path: Path, *cmd: str) -> str:
+    env = {**os.environ, "VDIFF_ENV_FILE": str(tmp_path / "record")}
+    out = subprocess.run([str(REPO / "scripts" / "run"), *cmd], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_the_simulated_interpreter_is_refused_by_pip(managed_python):
+    out = subprocess.run(
+        [managed_python, "-m", "pip", "install", "--dry-run", "--no-index", "vdiff-no-such-package"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode != 0 and "externally-managed-environment" in out.stderr
+
+
+def test_an_externally_managed_python_gets_a_project_venv(managed_python, tmp_path):
+    res = _install(managed_python, tmp_path, "--print-env")
+    assert res.returncode == 0, res.stderr
+    venv_python = tmp_path / "venv" / "bin" / "python"
+    assert Path(res.stdout.strip()) == venv_python
+    assert "externally managed" in res.stderr
+    # pip may install into what install.sh chose ...
+    dry = subprocess.run(
+        [venv_python, "-m", "pip", "install", "--dry-run", "--no-index", "vdiff-no-such-package"],
+        capture_output=True,
+        text=True,
+    )
+    assert "externally-managed-environment" not in dry.stderr
+    # ... and scripts/run puts it first on PATH, so `python3` and console scripts resolve there.
+    assert _run(tmp_path, "python3", "-c", "import sys; print(sys.prefix)") == str(tmp_path / "venv")
+    # A second run reuses the venv.
+    again = _install(managed_python, tmp_path, "--print-env")
+    assert Path(again.stdout.strip()) == venv_python and "creating" not in again.stderr
+
+
+def test_a_python_that_allows_installs_is_used_as_is(tmp_path):
+    res = _install(Path(sys.executable), tmp_path, "--print-env")
+    assert res.returncode == 0, res.stderr
+    assert os.path.realpath(res.stdout.strip()) == os.path.realpath(sys.executable)
+    assert not (tmp_path / "venv").exists()
+    assert _run(tmp_path, "python3", "-c", "import sys; print(sys.prefix)") == sys.prefix
+
+
+def test_an_active_venv_is_used_even_on_a_managed_base(managed_python, tmp_path):
+    env_dir = tmp_path / "myenv"
+    subprocess.run([managed_python, "-m", "venv", "--without-pip", env_dir], check=True)
+    res = _install(env_dir / "bin" / "python", tmp_path, "--print-env")
+    assert res.returncode == 0, res.stderr
+    assert Path(res.stdout.strip()) == env_dir / "bin" / "python"
+    assert not (tmp_path / "venv").exists()
+
+
+def test_unknown_options_are_refused(tmp_path):
+    res = _install(Path(sys.executable), tmp_path, "--devv")
+    assert res.returncode == 2 and "unknown option --devv" in res.stderr
