@@ -55,11 +55,17 @@ def _run(tmp_path: Path, *cmd: str) -> str:
     return out.stdout.strip()
 
 
-def test_the_simulated_interpreter_is_refused_by_pip(managed_python):
+def test_the_simulated_interpreter_is_refused_by_pip(managed_python, tmp_path):
+    import pip
+
+    # NOTE: Debian keeps pip outside the stdlib (and a venv keeps it in its own site-packages):
+    # lend the simulated interpreter the running pip, which then judges that interpreter.
+    (tmp_path / "pip").symlink_to(Path(pip.__file__).parent)
     out = subprocess.run(
         [managed_python, "-m", "pip", "install", "--dry-run", "--no-index", "vdiff-no-such-package"],
         capture_output=True,
         text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
     )
     assert out.returncode != 0 and "externally-managed-environment" in out.stderr
 
