@@ -366,7 +366,6 @@ def warm_imports() -> None:
     """Import the stages' heavy dependencies once, so forked workers inherit them loaded."""
     import av  # noqa: F401
     import cv2  # noqa: F401
-    import decord  # noqa: F401
     import imagehash  # noqa: F401
     import scenedetect  # noqa: F401
     import scipy.fftpack  # noqa: F401  (imagehash.phash imports it on first use)

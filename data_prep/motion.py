@@ -12,8 +12,36 @@ width per second on a 16:9 frame scores about 0.87.
 whose brightness also changed between the two frames; the static filter uses it, because the
 mean is both too small for a locked-off camera watching people walk and inflated by flow noise
 on flat, grainy regions of a truly static shot (near where the image changed, after smoothing
-away noise; see ``_changed``). ``jitter`` is the mean change of the global (median) motion
-vector between consecutive pairs, also in diagonals per second: high for a shaking camera.
+away noise; see ``_changed``).
+
+``jitter`` measures camera shake in **frame diagonals per second squared**: how hard the scene's
+common motion keeps changing speed or direction. Every ``G`` frames (about ``1 / jitter_fps`` s)
+three frames ``(i, i + G, i + 2G)`` give two flows; every pixel of frame ``i`` is followed into
+frame ``i + G``, where its next displacement is read; the change between the two, over the
+``G / fps`` seconds of a step and the frame diagonal, is that point's acceleration. Its median
+over pixels (a vector) is the common acceleration of that instant, and ``jitter`` is the median
+over instants of its length (instants where fewer than a quarter of the pixels stay in the frame
+are skipped). Why each step:
+
+* following the points, not comparing the median flow of two pairs a quarter of a second apart
+  (the first definition): those are different scene points, so a large subject entering the
+  frame, or a car passing close to the lens, moved the median as much as a shaking camera did
+  (bikes.mp4's scenes of cars passing the lens scored like a hand-held camera); a subject at a
+  steady speed now changes nothing, and the median over pixels keeps only what most of the
+  frame shares;
+* steps of about 0.1 s rather than one frame: a hand's sway (1-2 Hz) changes the speed little
+  within one frame, and the flow's noise, divided by the step twice, would drown it; dividing by
+  the step (acceleration, not change of speed) makes a steady acceleration measure the same
+  whatever the frame rate rounds the step to;
+* the median over instants ignores a bump (a cut the scene detector missed, a passing truck)
+  and an operator easing a pan in or out, as long as the clip mostly moves steadily; a short
+  clip that speeds up and slows down throughout is measured by that acceleration.
+
+Translation only: a roll about the frame centre cancels in the median over pixels. A clip
+shorter than two steps (about 0.2 s) gives 0.
+
+See ``bench/motion_calibration.py`` and docs/curation.md (Motion thresholds) for the measured
+scores of shaky, smooth and static clips behind ``max_jitter`` and ``max_motion``.
 """
 
 from __future__ import annotations
@@ -38,6 +66,8 @@ class MotionConfig:
     """flow pairs sampled at about this rate (pairs per second of clip)"""
     pair_fps: float = 25.0
     """the two frames of a pair are about 1/pair_fps seconds apart (at least one frame)"""
+    jitter_fps: float = 10.0
+    """jitter follows points over steps of about 1/jitter_fps seconds"""
     flow_short_side: int = 64
     """flow is computed on frames resized to this shorter side (pixels)"""
     global_align: bool = True
@@ -52,12 +82,12 @@ class MotionConfig:
     """... and whose brightness (Gaussian-smoothed, 0-255) changed by more than this between the pair"""
     max_motion: float = 0.8
     """too_fast above this score (frame diagonals per second; a whip pan)"""
-    max_jitter: float = 0.0
-    """too_fast when jitter exceeds this (shaky camera); 0 disables the check"""
+    max_jitter: float = 0.44
+    """too_fast when jitter exceeds this (frame diagonals per second squared; a shaky camera); 0 disables"""
 
     def validate(self) -> None:
-        if self.analysis_fps <= 0 or self.pair_fps <= 0:
-            raise ValueError("motion.analysis_fps and motion.pair_fps must be positive")
+        if self.analysis_fps <= 0 or self.pair_fps <= 0 or self.jitter_fps <= 0:
+            raise ValueError("motion.analysis_fps, motion.pair_fps and motion.jitter_fps must be positive")
         if self.flow_short_side < 16:
             raise ValueError(f"motion.flow_short_side={self.flow_short_side}: must be at least 16")
 
@@ -73,7 +103,7 @@ class MotionResult:
     p90: float
     """90th percentile of per-pixel speed"""
     jitter: float
-    """mean change of the global motion vector between consecutive pairs"""
+    """median over instants of the scene's common acceleration (frame diagonals per second squared)"""
     num_pairs: int
     """frame pairs the flow was computed on"""
 
@@ -149,6 +179,32 @@ def sample_pairs(num_frames: int, *, fps: float, cfg: MotionConfig) -> list[tupl
     return [(int(i), int(i) + gap) for i in np.unique(starts)]
 
 
+def sample_triples(num_frames: int, *, fps: float, cfg: MotionConfig) -> list[tuple[int, int, int]]:
+    """Frame triples ``(i, i + gap, i + 2 gap)`` for ``i = 0, gap, 2 gap, ...``.
+
+    ``gap`` frames last about ``1 / jitter_fps`` seconds. Consecutive triples share a flow: the
+    clip costs one flow per gap (``jitter_fps`` a second).
+    """
+    gap = max(1, round(fps / cfg.jitter_fps))
+    return [(i, i + gap, i + 2 * gap) for i in range(0, num_frames - 2 * gap, gap)]
+
+
+def _velocity_change(f1: np.ndarray, f2: np.ndarray) -> np.ndarray | None:
+    """(2,) median over pixels of how a point's flow changes from ``f1`` (a->b) to ``f2`` (b->c).
+
+    Each pixel ``x`` of ``a`` lands at ``x + f1(x)`` in ``b``; its next displacement is ``f2``
+    read there. Pixels that leave the frame are skipped; None when fewer than a quarter remain.
+    """
+    h, w = f1.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)  # (h, w) each
+    map_x, map_y = xx + f1[..., 0], yy + f1[..., 1]  # (h, w) where each pixel of a lands in b
+    inside = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)  # (h, w)
+    if inside.sum() < 0.25 * h * w:
+        return None
+    f2_along = cv2.remap(f2, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # (h, w, 2)
+    return np.median((f2_along - f1)[inside], axis=0)  # (N, 2) -> (2,)
+
+
 def motion_score(frames: np.ndarray, *, fps: float, cfg: MotionConfig | None = None) -> MotionResult:
     """Motion statistics of one clip's (T, h, w, 3) uint8 RGB frames shown at ``fps``."""
     cfg = cfg or MotionConfig()
@@ -162,26 +218,36 @@ def motion_score(frames: np.ndarray, *, fps: float, cfg: MotionConfig | None = N
             cache[i] = _grey_small(frames[i], cfg.flow_short_side)
         return cache[i]
 
-    speeds, moving, globals_ = [], [], []
+    flows: dict[tuple[int, int], np.ndarray] = {}
+
+    def flow(i: int, j: int) -> np.ndarray:
+        if (i, j) not in flows:
+            a, b = grey(i), grey(j)
+            flows[i, j] = _aligned_flow(a, b, cfg.method) if cfg.global_align else _flow(a, b, cfg.method)
+        return flows[i, j]  # (h, w, 2) pixels
+
+    speeds, moving = [], []
     for i, j in pairs:
         a, b = grey(i), grey(j)
         diag = float(np.hypot(*a.shape))
-        flow = _aligned_flow(a, b, cfg.method) if cfg.global_align else _flow(a, b, cfg.method)  # (h, w, 2)
-        per_sec = flow * (fps / (j - i) / diag)  # (h, w, 2) diagonals per second
+        per_sec = flow(i, j) * (fps / (j - i) / diag)  # (h, w, 2) diagonals per second
         speed = np.hypot(per_sec[..., 0], per_sec[..., 1])  # (h, w)
         # NOTE: flow on flat, noisy regions is random; a pixel only counts as moving where the
         # image really changed, which separates sensor noise from small moving subjects.
         speeds.append(speed.ravel())
         moving.append(((speed > cfg.moving_speed) & _changed(a, b, cfg.moving_min_diff)).ravel())
-        globals_.append(np.median(per_sec.reshape(-1, 2), axis=0))
     mag = np.concatenate(speeds)
-    g = np.stack(globals_)  # (P, 2)
-    jitter = float(np.linalg.norm(np.diff(g, axis=0), axis=1).mean()) if len(g) > 1 else 0.0
+    accels = []  # per instant: length of the common acceleration, diagonals per second squared
+    for i, j, k in sample_triples(len(frames), fps=fps, cfg=cfg):
+        change = _velocity_change(flow(i, j), flow(j, k))  # (2,) pixels per step, or None
+        if change is not None:
+            step = (j - i) / fps  # seconds
+            accels.append(float(np.hypot(*change)) / (float(np.hypot(*grey(i).shape)) * step * step))
     return MotionResult(
         score=float(mag.mean()),
         moving_fraction=float(np.concatenate(moving).mean()),
         p90=float(np.percentile(mag, 90)),
-        jitter=jitter,
+        jitter=float(np.median(accels)) if accels else 0.0,
         num_pairs=len(pairs),
     )
 

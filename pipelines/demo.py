@@ -157,7 +157,9 @@ def curate_args(cfg: DemoConfig, out: Path) -> list[str]:
         inputs.append(str(bikes))
     # NOTE: the world's 32-px videos are far below curate's default size, sharpness and motion
     # floors (made for real footage); the shapes are known to move, so those filters are relaxed.
-    # Dedup is off: two videos of one combination differ only in a 10-px shape's path.
+    # The shake check is off: on 32-px frames (upscaled for the flow) jitter measures noise, up
+    # to 0.5 on the world's still camera (max_jitter is 0.44). Dedup is off: two videos of one
+    # combination differ only in a 10-px shape's path.
     return [
         *inputs,
         "--out",
@@ -169,6 +171,7 @@ def curate_args(cfg: DemoConfig, out: Path) -> list[str]:
         "quality.blur_threshold=0",
         "motion.min_motion=0",
         "motion.min_moving_fraction=0",
+        "motion.max_jitter=0",
         "dedup.enabled=false",
     ]
 
