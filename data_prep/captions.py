@@ -190,7 +190,8 @@ class VLMCaptioner:
         caption_preflight(cfg)
         self.cfg = cfg
         path = str(Path(cfg.model_path).expanduser())
-        self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+        # NOTE: trust_remote_code=False: a folder's own Python code is refused, never offered on a prompt.
+        self.processor = AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=False)
         tok = getattr(self.processor, "tokenizer", None)
         if tok is not None:
             # NOTE: decoder-only generation of a padded batch needs left padding.
@@ -200,7 +201,8 @@ class VLMCaptioner:
         auto = getattr(transformers, "AutoModelForImageTextToText", None)
         auto = auto or transformers.AutoModelForVision2Seq
         dtype = getattr(torch, cfg.dtype)
-        self.model = auto.from_pretrained(path, local_files_only=True, dtype=dtype).to(cfg.device).eval()
+        model = auto.from_pretrained(path, local_files_only=True, dtype=dtype, trust_remote_code=False)
+        self.model = model.to(cfg.device).eval()
 
     def _prompt(self) -> str:
         content = [{"type": "image"} for _ in range(self.cfg.num_frames)]

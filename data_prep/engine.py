@@ -50,6 +50,7 @@ from data_prep.quality import QualityConfig, assess_quality
 from data_prep.scenes import SceneConfig
 from data_prep.shards import (
     PACKING_KEYS,
+    SHARD_NAMES,
     OutputConfig,
     ShardSample,
     encode_clips,
@@ -59,7 +60,8 @@ from data_prep.shards import (
     write_shards,
 )
 from vdiff.config import to_dict
-from vdiff.io.files import atomic_open, atomic_write_json, file_sha256, remove_stale_temps
+from vdiff.io.files import atomic_open, atomic_write_json, file_sha256
+from vdiff.io.outdir import remove_own_temps
 from vdiff.io.video import VideoError, VideoMeta
 
 WORK_VERSION = 4
@@ -540,11 +542,24 @@ def finalize(
     return report
 
 
+OUTPUT_NAMES = {
+    "": r"manifest\.parquet|report\.json|report\.html|config\.yaml|\.vdiff-curate\.json",
+    "work": r"[0-9a-f]{32}-[0-9a-f]{12}\.tar|captions-[0-9a-f]{12}\.json",
+    "shards": SHARD_NAMES,
+}
+"""Regular expressions of the file names curation writes in ``DIR``, ``DIR/work`` and ``DIR/shards``."""
+
+
 def prepare_out_dir(out_dir: Path) -> None:
-    """Create the output folders and remove temporary files a killed run left behind."""
-    for sub in ("", "work", "shards"):
+    """Create the output folders and remove the temporary files a killed run left for our names.
+
+    Only those: other files (a user's, another tool's) are never removed. Call it while holding
+    the folder's lock (:func:`vdiff.io.outdir.out_dir_lock`): a running run's temporary files
+    look the same.
+    """
+    for sub, names in OUTPUT_NAMES.items():
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(out_dir / sub)
+        remove_own_temps(out_dir / sub, names)
 
 
 def default_workers() -> int:

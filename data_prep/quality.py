@@ -40,6 +40,20 @@ class QualityConfig:
     sample_frames: int = 8
     """frames sampled evenly from the clip for the measurements"""
 
+    def validate(self) -> None:
+        if min(self.min_width, self.min_height, self.blur_threshold) < 0:
+            raise ValueError("quality.min_width, quality.min_height and quality.blur_threshold must be >= 0")
+        if self.blur_short_side < 1 or self.sample_frames < 1:
+            raise ValueError(
+                f"quality: need blur_short_side >= 1 and sample_frames >= 1; got "
+                f"{self.blur_short_side} and {self.sample_frames}"
+            )
+        lumas_ok = 0 <= self.dark_luma <= 255 and 0 <= self.black_luma <= 255
+        if not (lumas_ok and 0 <= self.max_black_fraction <= 1):
+            raise ValueError(
+                "quality: dark_luma and black_luma must be in [0, 255], max_black_fraction in [0, 1]"
+            )
+
 
 @dataclass
 class QualityResult:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import tarfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,10 +27,13 @@ from typing import Any
 import numpy as np
 
 from vdiff.config import ConfigError
-from vdiff.io.files import atomic_open, remove_stale_temps
-from vdiff.io.video import FrameReader, VideoError, VideoMeta, set_encoder_threads, upright
+from vdiff.io.files import atomic_open
+from vdiff.io.outdir import remove_own_temps
+from vdiff.io.video import FrameReader, VideoError, VideoMeta, set_encoder_threads, upright, x264_options
 
 SHARD_PATTERN = "shard-{:06d}.tar"
+SHARD_NAMES = r"shard-\d{6}\.tar"
+"""Regular expression of the shard names :func:`write_shards` writes (and may remove)."""
 PACKING_KEYS = ("samples_per_shard", "min_shards")
 """``OutputConfig`` keys that only change how clips are packed into shards (not the clips)"""
 
@@ -47,8 +51,9 @@ class OutputConfig:
     preset: str = "veryfast"
     """libx264 preset"""
     threads: int = 0
-    """libx264 threads per clip (frame threading); 0 = one per CPU core (clip bytes then depend on
-    the core count; set 1 for byte-identical shards across machines)"""
+    """libx264 threads per clip (frame threading); 0 = one per CPU core. Clip bytes depend on the
+    thread count (with 0, on the core count): set a fixed count for the same bytes on other
+    machines (docs/curation.md, Reproducible bytes)"""
     samples_per_shard: int = 100
     """most clips per WebDataset tar shard"""
     min_shards: int = 8
@@ -137,7 +142,7 @@ class _ClipWriter:
         self.stream = self.container.add_stream("libx264", rate=rate)
         self.time_base, self.n = 1 / rate, 0
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
-        self.stream.options = {"crf": str(cfg.crf), "preset": cfg.preset}
+        self.stream.options = x264_options(crf=cfg.crf, preset=cfg.preset)
         set_encoder_threads(self.stream, cfg.threads)
 
     def add(self, frame) -> None:
@@ -265,10 +270,11 @@ def write_shards(
     """Pack ``samples`` in the given order into ``out_dir/shard-NNNNNN.tar``; return clip_id -> shard name.
 
     The samples are spread as :func:`shard_sizes` says. Shards from an earlier run that the new
-    packing does not produce are removed, as are temporary files a killed run left behind.
+    packing does not produce (``shard-NNNNNN.tar`` names only) are removed, as are the temporary
+    files a killed run left behind for those names; any other file in ``out_dir`` is kept.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out_dir)
+    remove_own_temps(out_dir, SHARD_NAMES)
     where: dict[str, str] = {}
     names = []
     sizes = shard_sizes(len(samples), samples_per_shard=samples_per_shard, min_shards=min_shards)
@@ -280,7 +286,7 @@ def write_shards(
         names.append(name)
         where.update({s.clip_id: name for s in chunk})
     for old in out_dir.glob("shard-*.tar"):
-        if old.name not in names:
+        if re.fullmatch(SHARD_NAMES, old.name) and old.name not in names:
             with contextlib.suppress(FileNotFoundError):
                 old.unlink()
     return where

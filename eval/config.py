@@ -60,5 +60,7 @@ class EvalConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.fvd_frames < 1:
             raise ConfigError(f"fvd_frames must be >= 1, got {self.fvd_frames}")
+        if self.report_frames < 1:
+            raise ConfigError(f"report_frames must be >= 1, got {self.report_frames}")
         if not self.dimensions:
             raise ConfigError("dimensions is empty; name at least one (vdiff eval --help lists them)")

@@ -9,10 +9,17 @@ encodes it with the configured autoencoder and text encoder, and writes
 sample; no pickle. ``DIR/empty_prompt.safetensors`` holds the empty prompt's embedding for
 caption dropout, ``DIR/cache_config.yaml`` the settings.
 
-Resumable: each shard is written under a temporary name and renamed when complete, and
-shards already present are skipped, so a killed run continues where it stopped. Passing a
+Resumable: each shard is written under a temporary name and renamed when complete, and a
+rerun skips the shards already cached, so a killed run continues where it stopped. Passing a
 training config (``--config configs/tiny.yaml``) takes its ``data``, ``vae`` and
 ``text`` sections, so training on the cache sees what it would have computed itself.
+
+``DIR`` must be absent, empty, or an earlier cache (``DIR/.vdiff-cache.json`` records the
+settings and each source shard's path, size, mtime and sha256); a cache resumes only when both
+match. ``--replace`` re-caches what changed (other settings, changed, added or removed source
+shards; the cached shards of removed sources are deleted), ``--overwrite`` writes into a
+non-empty folder that is no cache (only the cache's own file names are replaced). One run at a
+time holds ``DIR/.vdiff.lock``.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -29,7 +37,24 @@ from vdiff.config import ConfigError, describe, is_override, load_config, save_c
 from vdiff.data import DataConfig, clip_meta, index_shard, list_shards, load_raw_sample
 from vdiff.data.loader import CACHED_EXT, EMPTY_PROMPT_FILE
 from vdiff.encoders import TextEncoderConfig, VAEConfig, VideoAutoencoder, build_text_encoder, build_vae
-from vdiff.io.files import atomic_open, atomic_write_bytes, remove_stale_temps
+from vdiff.errors import EXPECTED_ERRORS, report_error
+from vdiff.io.files import atomic_open, atomic_write_bytes, file_sha256
+from vdiff.io.outdir import (
+    InputChanges,
+    OutDirError,
+    check_out_dir,
+    compare_inputs,
+    describe_input,
+    marker_path,
+    out_dir_lock,
+    read_marker,
+    remove_own_temps,
+    write_marker,
+)
+
+COMMAND = "cache"
+OWN_NAMES = r"cache_settings\.json|cache_config\.yaml|empty_prompt\.safetensors|\.vdiff-cache\.json"
+"""Regular expression of the files ``vdiff cache`` writes in ``DIR`` (besides ``DIR/shards/``)."""
 
 
 @dataclass
@@ -47,6 +72,8 @@ class CacheConfig:
     """auto (cuda if available, else cpu), cpu, cuda, ..."""
 
     def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.data.random_offset:
             raise ConfigError(
                 "data.random_offset=true cannot be cached (a cache fixes each clip); set it false"
@@ -66,22 +93,74 @@ def _settings(cfg: CacheConfig) -> dict:
     return {"data": d["data"], "vae": d["vae"], "text": d["text"]}
 
 
-def cache(cfg: CacheConfig) -> Path:
-    """Encode every shard of ``cfg.data.path`` into ``cfg.out``; return the output folder."""
+def claim_cache(out: Path, sources: list[Path], *, settings: dict, replace: bool) -> list[dict[str, Any]]:
+    """Check ``out``'s marker against these sources and settings, clear what is stale, mark ``out``.
+
+    Returns the marker's source entries. Afterwards every file in ``out/shards`` named like a
+    source is that source's cache under these settings: a cached shard is kept only when its
+    source is unchanged since the marker recorded it and the settings are the same; files named
+    like a source that the marker does not vouch for (a new folder, ``--overwrite``) are removed.
+    Other settings or sources than the marker's are an error unless ``replace``.
+    """
+    marker = read_marker(out, COMMAND)
+    entries = [describe_input(p) for p in sources]
+    valid: set[str] = set()
+    old: list[str] = []
+    if marker is not None:
+        changes, entries = compare_inputs(marker.get("inputs", []), entries)
+        _refuse_unless(replace, out=out, same_settings=marker.get("settings") == settings, changes=changes)
+        old = [Path(e["path"]).name for e in marker.get("inputs", [])]
+        if marker.get("settings") == settings:
+            moved = {Path(p).name for p in changes.changed + changes.removed}
+            valid = {n for n in old if n not in moved}
+    for name in sorted(({p.name for p in sources} | set(old)) - valid):
+        (out / "shards" / name).unlink(missing_ok=True)
+    write_marker(out, COMMAND, settings=settings, inputs=entries)
+    return entries
+
+
+def _refuse_unless(replace: bool, *, out: Path, same_settings: bool, changes: InputChanges) -> None:
+    if replace:
+        return
+    if not same_settings:
+        raise OutDirError(
+            f"{out} already holds a cache made with other data/vae/text settings "
+            f"({marker_path(out, COMMAND)}); pass --replace to re-cache it with these, "
+            "or choose another --out"
+        )
+    if changes:
+        raise OutDirError(
+            f"{out} holds a cache of other source shards ({changes.summary()}); pass --replace to "
+            "re-cache what changed (the cached shards of removed sources are deleted), "
+            "or choose another --out"
+        )
+
+
+def cache(cfg: CacheConfig, *, overwrite: bool = False, replace: bool = False) -> Path:
+    """Encode every shard of ``cfg.data.path`` into ``cfg.out``; return the output folder.
+
+    ``overwrite``: write into a non-empty folder that is no cache; ``replace``: re-cache an
+    earlier cache whose settings or source shards differ (see :func:`claim_cache`). Raises
+    :class:`OutDirError` (nothing written) otherwise, and FileNotFoundError when there are no
+    source shards.
+    """
+    out = Path(cfg.out)
+    sources = list_shards(cfg.data.path)  # NOTE: no source shard: an error before --out is touched
+    check_out_dir(out, command=COMMAND, overwrite=overwrite)
+    with out_dir_lock(out, command=COMMAND):
+        return _cache_locked(cfg, sources, out=out, replace=replace)
+
+
+def _cache_locked(cfg: CacheConfig, sources: list[Path], *, out: Path, replace: bool) -> Path:
     import webdataset as wds
 
-    out = Path(cfg.out)
+    settings = json.loads(json.dumps(_settings(cfg)))  # NOTE: as the marker stores it (lists, not tuples)
+    entries = claim_cache(out, sources, settings=settings, replace=replace)
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(shard_dir)
-    settings_path = out / "cache_settings.json"
-    settings = _settings(cfg)
-    if settings_path.is_file() and json.loads(settings_path.read_text()) != settings:
-        raise ConfigError(
-            f"{out} already holds a cache made with other data/vae/text settings "
-            f"({settings_path}); choose another --out or delete it"
-        )
-    atomic_write_bytes(settings_path, json.dumps(settings, indent=2).encode())
+    remove_own_temps(out, OWN_NAMES)
+    remove_own_temps(shard_dir, [p.name for p in sources])
+    atomic_write_bytes(out / "cache_settings.json", json.dumps(settings, indent=2).encode())
     save_config(cfg, out / "cache_config.yaml")
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else "cpu")
     if cfg.device != "auto":
@@ -93,13 +172,13 @@ def cache(cfg: CacheConfig) -> Path:
     atomic_write_bytes(out / EMPTY_PROMPT_FILE, _safetensors_bytes({"context": text.encode([""])[0]}))
 
     # 2. Each input shard -> one output shard of the same name (skipped when already complete).
-    shards = list_shards(cfg.data.path)
     done = 0
-    for shard in shards:
+    for k, shard in enumerate(sources):
         target = shard_dir / shard.name
         if target.is_file():
             done += 1
             continue
+        sha = file_sha256(shard)
         refs = index_shard(shard)
         with atomic_open(target, "wb") as f:
             writer = wds.TarWriter(f)
@@ -121,7 +200,9 @@ def cache(cfg: CacheConfig) -> Path:
                     )
             writer.close()
         done += 1
-        print(f"cached {shard.name} ({len(refs)} clips) [{done}/{len(shards)}]", flush=True)
+        entries[k] = {**entries[k], "sha256": sha}
+        print(f"cached {shard.name} ({len(refs)} clips) [{done}/{len(sources)}]", flush=True)
+    write_marker(out, COMMAND, settings=settings, inputs=entries, complete=True)
     return out
 
 
@@ -156,7 +237,8 @@ def _load(argv: list[str]) -> CacheConfig:
             raise ConfigError(f"unexpected argument {a!r}")
     if data is None or out is None:
         raise ConfigError(
-            "usage: vdiff cache DATA --out DIR [--config TRAIN_OR_CACHE.yaml] [key.sub=value ...]"
+            "usage: vdiff cache DATA --out DIR [--config TRAIN_OR_CACHE.yaml] [--overwrite] [--replace] "
+            "[key.sub=value ...]"
         )
     base = ["data.path=" + data, "out=" + out]
     sections: list[str] = []
@@ -170,19 +252,25 @@ def _load(argv: list[str]) -> CacheConfig:
     return load_config(CacheConfig, None, [*sections, *base, *overrides])
 
 
+FLAGS = ("--overwrite", "--replace")
+"""Options without a value: what to do with an --out that is not a matching cache."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``vdiff cache DATA --out DIR [--config YAML] [key.sub=value ...]``."""
+    """``vdiff cache DATA --out DIR [--config YAML] [--overwrite] [--replace] [key.sub=value ...]``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         print("config keys:")
         print("\n".join("  " + line for line in describe(CacheConfig)))
         return 0
+    flags = [a for a in argv if a in FLAGS]
+    cfg = None
     try:
-        cache(_load(argv))
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"vdiff cache: {e}", file=sys.stderr)
-        return 2
+        cfg = _load([a for a in argv if a not in FLAGS])
+        cache(cfg, overwrite="--overwrite" in flags, replace="--replace" in flags)
+    except EXPECTED_ERRORS as e:  # NOTE: ConfigError and OutDirError are ValueErrors (exit 2)
+        return report_error("vdiff cache", e, where=cfg.out if cfg is not None else None)
     return 0
 
 

@@ -160,10 +160,13 @@ def curate_args(cfg: DemoConfig, out: Path) -> list[str]:
     # The shake check is off: on 32-px frames (upscaled for the flow) jitter measures noise, up
     # to 0.5 on the world's still camera (max_jitter is 0.44). Dedup is off: two videos of one
     # combination differ only in a 10-px shape's path.
+    # NOTE: DIR/curate is the demo's own; --replace lets a re-run with other settings (another
+    # world, real_footage toggled) rebuild it instead of refusing the changed input set.
     return [
         *inputs,
         "--out",
         str(out / "curate"),
+        "--replace",
         "--workers",
         str(cfg.workers),
         "quality.min_width=0",
@@ -189,7 +192,9 @@ def _data_overrides(cfg: DemoConfig) -> list[str]:
 def cache_args(cfg: DemoConfig, out: Path) -> list[str]:
     """The ``vdiff cache`` command line of stage 2 (encoders and clip sizes from the training config)."""
     config = str(resolve_train_config(cfg.train_config))
-    return [str(out / "curate"), "--out", str(out / "cache"), "--config", config, *_data_overrides(cfg)]
+    # NOTE: --replace: a re-run whose curated shards or clip sizes changed re-caches what changed.
+    out_args = ["--out", str(out / "cache"), "--replace"]
+    return [str(out / "curate"), *out_args, "--config", config, *_data_overrides(cfg)]
 
 
 def train_args(cfg: DemoConfig, out: Path) -> list[str]:

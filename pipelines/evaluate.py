@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from eval.config import EvalConfig
-from vdiff.config import ConfigError, describe, is_override, load_config, save_config
+from vdiff.config import ConfigError, describe, load_config, save_config, split_overrides
+from vdiff.errors import EXPECTED_ERRORS, report_error
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,8 +40,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _compare(dir_a: str, dir_b: str, out: str | None) -> int:
-    from pathlib import Path
-
     from eval.report import compare_runs, render_compare
     from vdiff.io.files import atomic_write_text
 
@@ -54,33 +54,64 @@ def _compare(dir_a: str, dir_b: str, out: str | None) -> int:
     return 0
 
 
+def check_videos_folder(videos: Path, prompts: str | None, cfg: EvalConfig) -> None:
+    """Refuse (ConfigError naming the reason) a folder with no video to score, or none the prompts name."""
+    from eval.runner import plan_videos
+    from eval.vbench import VIDEO_EXTENSIONS, load_prompts
+
+    if not videos.is_dir():
+        raise ConfigError(f"VIDEOS {videos}: {'not a folder' if videos.exists() else 'no such folder'}")
+    found = sorted(p.name for p in videos.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    if not found:
+        raise ConfigError(f"VIDEOS {videos} holds no video ({', '.join(VIDEO_EXTENSIONS)}); nothing to score")
+    if prompts is None:
+        return
+    planned, missing = plan_videos(
+        videos, load_prompts(prompts), dimensions=list(cfg.dimensions), per_prompt=cfg.videos_per_prompt
+    )
+    if not planned and not missing:
+        raise ConfigError(f"--prompts {prompts} asks for none of the dimensions {cfg.dimensions}")
+    if not planned:
+        raise ConfigError(
+            f"VIDEOS {videos} holds none of the {len(missing)} videos --prompts {prompts} names (e.g. "
+            f"{Path(missing[0]['video_path']).name!r}; it has {found[0]!r}, ...): sample them with those "
+            "prompts, or check videos_per_prompt"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``vdiff eval``; return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    # NOTE: key=value words are config overrides wherever they appear; argparse sees the rest.
-    overrides = [a for a in argv if is_override(a)]
-    args = _parser().parse_args([a for a in argv if not is_override(a)])
+    # NOTE: key=value words are config overrides wherever they appear (but for option values and
+    # existing files); argparse sees the rest.
+    options = {"--out": 1, "--dimensions": 1, "--prompts": 1, "--config": 1, "--compare": 2}
+    words, overrides = split_overrides(argv, value_options=options)
+    args = _parser().parse_args(words)
     if args.compare:
-        return _compare(*args.compare, args.out)
+        try:
+            return _compare(*args.compare, args.out)
+        except EXPECTED_ERRORS as e:
+            return report_error("vdiff eval --compare", e, where=args.out)
     if not args.videos or not args.out:
         print("vdiff eval: VIDEOS and --out DIR are required (or --compare DIR_A DIR_B)", file=sys.stderr)
         return 2
     if args.dimensions:
         overrides.append(f"dimensions=[{args.dimensions}]")
-    try:
-        cfg = load_config(EvalConfig, args.config, overrides)
-    except ConfigError as e:
-        print(f"vdiff eval: {e}", file=sys.stderr)
-        return 2
-    from eval.registry import MissingDependencyError, MissingWeightsError
+    from eval.registry import MissingDependencyError
     from eval.runner import evaluate
 
     try:
+        cfg = load_config(EvalConfig, args.config, overrides)
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise ConfigError(f"--out {args.out} is a file; name a folder for the results")
+        check_videos_folder(Path(args.videos), args.prompts, cfg)
         out = evaluate(args.videos, args.out, prompts=args.prompts, config=cfg, progress=not args.quiet)
-    except (MissingWeightsError, MissingDependencyError, FileNotFoundError, ValueError) as e:
+        save_config(cfg, f"{args.out}/config.yaml")
+    except MissingDependencyError as e:
         print(f"vdiff eval: {e}", file=sys.stderr)
         return 2
-    save_config(cfg, f"{args.out}/config.yaml")
+    except EXPECTED_ERRORS as e:  # NOTE: MissingWeightsError is a FileNotFoundError
+        return report_error("vdiff eval", e, where=args.out)
     info = out["info"]
     for name, d in info["dimensions"].items():
         value = "—" if d["aggregate"] is None else f"{d['aggregate']:.4f}"
@@ -89,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         f"not scored: {len(info['skipped'])} unreadable, {len(info['missing'])} missing; "
         f"see {args.out}/report.html"
     )
+    if not any(d["num_videos"] for d in info["dimensions"].values()):
+        reason = info["skipped"][0]["reason"] if info["skipped"] else "no video fit a requested dimension"
+        print(f"vdiff eval: no video in {args.videos} was scored ({reason})", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -28,8 +28,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from vdiff.attention.policy import AttentionPolicy
-from vdiff.config import ConfigError, describe, is_override, load_config, save_config
+from vdiff.config import ConfigError, describe, load_config, save_config, split_overrides
 from vdiff.encoders import TextEncoderConfig, VAEConfig, VideoAutoencoder
+from vdiff.errors import EXPECTED_ERRORS, report_error
 from vdiff.parallel.config import ParallelConfig
 from vdiff.parallel.distributed import destroy_distributed
 
@@ -42,6 +43,10 @@ class StepCacheConfig:
     """skip the transformer blocks on steps whose timestep-modulated input changed little"""
     threshold: float = 0.1
     """recompute once the accumulated relative L1 change of the modulated input reaches this"""
+
+    def validate(self) -> None:
+        if self.threshold < 0:
+            raise ConfigError(f"cache.threshold must be >= 0, got {self.threshold}")
 
 
 def dense_policy() -> AttentionPolicy:
@@ -108,6 +113,12 @@ class SampleConfig:
             raise ConfigError(f"guidance must be >= 1 (1 disables guidance), got {self.guidance}")
         if self.shift <= 0:
             raise ConfigError(f"shift must be > 0, got {self.shift}")
+        if self.fps <= 0:
+            raise ConfigError(f"fps must be > 0, got {self.fps}")
+        if self.checkpoint_step < -1:
+            raise ConfigError(
+                f"checkpoint_step must be >= 0, or -1 for the latest; got {self.checkpoint_step}"
+            )
         if self.parallel.cfg not in (1, 2):
             raise ConfigError(f"parallel.cfg must be 1 or 2, got {self.parallel.cfg}")
         if self.parallel.cfg == 2 and self.guidance == 1:
@@ -543,12 +554,8 @@ def load_run(path: Path, *, weights: str, step: int) -> tuple[torch.nn.Module, A
 
     Only the ``weights`` entry of the DCP checkpoint is read (not the optimizer state).
     """
-    import warnings
-
-    import torch.distributed.checkpoint as dcp
-
     from pipelines.train import TrainConfig
-    from vdiff.checkpoint import latest_checkpoint
+    from vdiff.checkpoint import checkpoint_keys, latest_checkpoint, load_state
     from vdiff.encoders import build_text_encoder, build_vae
     from vdiff.models import build_model
 
@@ -559,7 +566,7 @@ def load_run(path: Path, *, weights: str, step: int) -> tuple[torch.nn.Module, A
             f"--model {path}: no complete checkpoint {'under checkpoints/' if step < 0 else ckpt}; "
             "train longer or pick checkpoint_step= from the step_ folders there (step_00000100 is step 100)"
         )
-    keys = dcp.FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
+    keys = checkpoint_keys(ckpt)  # NOTE: never dcp.FileSystemReader: it unpickles .metadata unrestricted
     if not any(k.startswith(f"{weights}.") for k in keys):
         raise FileNotFoundError(
             f"{ckpt} holds no {weights!r} weights (the run had ema.enabled=false?); pass weights=model"
@@ -572,10 +579,7 @@ def load_run(path: Path, *, weights: str, step: int) -> tuple[torch.nn.Module, A
         return model, build_text_encoder(run_cfg.text), build_vae(run_cfg.vae)
     model = build_model(run_cfg.model, init=False)
     state = {weights: model.state_dict()}
-    with warnings.catch_warnings():
-        # NOTE: DCP warns when loading without a process group; one process is a supported case.
-        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        dcp.load(state, checkpoint_id=str(ckpt), no_dist=True)
+    load_state(state, ckpt, no_dist=True)
     model.load_state_dict(state[weights])
     return model, build_text_encoder(run_cfg.text), build_vae(run_cfg.vae)
 
@@ -804,24 +808,32 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``vdiff sample``; return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = [a for a in argv if is_override(a)]
-    args = _parser().parse_args([a for a in argv if not is_override(a)])
+    options = {"--model": 1, "--prompt": 1, "--prompts": 1, "--out": 1, "--config": 1}
+    words, overrides = split_overrides(argv, value_options=options)
+    args = _parser().parse_args(words)
+    out = Path(args.out)
     try:
         cfg = load_config(SampleConfig, args.config, overrides)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is a file; name a folder for the videos")
         prompts = read_prompts(args.prompt, args.prompts)
         video_jobs(prompts, cfg)
         rank, groups = setup_distributed(cfg.parallel)
         transformer, text, vae = load_components(args.model, cfg)
         pipe = make_pipeline(transformer, text, vae, cfg=cfg, groups=groups)
         check_video_size(pipe, cfg)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"vdiff sample: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
+    except EXPECTED_ERRORS as e:
+        return report_error("vdiff sample", e)
     t0 = time.perf_counter()
-    paths = sample_to_folder(pipe, prompts, cfg, out, rank=rank)
+    try:
+        paths = sample_to_folder(pipe, prompts, cfg, out, rank=rank)
+        if rank == 0:
+            save_config(cfg, out / "sample_config.yaml")
+    except OSError as e:  # NOTE: disk full, permission: the environment's failure, naming the path
+        code = report_error("vdiff sample", e, where=out) if rank == 0 else 1
+        destroy_distributed()
+        return code
     if rank == 0:
-        save_config(cfg, out / "sample_config.yaml")
         print(f"wrote {len(paths)} videos to {out} in {time.perf_counter() - t0:.1f} s")
     # NOTE: barrier first (destroy_distributed): once a rank of the 4-rank cfg x ulysses test
     # aborted at exit ("terminate called without an active exception") when it tore gloo down

@@ -7,9 +7,14 @@ shards are cached, (3) draw σ, noise and caption dropout per sample, (4) regres
 update the EMA, (6) log, write validation videos and checkpoint. ``RUN = run_dir`` receives
 ``config.yaml``, ``metrics.jsonl``, TensorBoard events in ``tb/``, ``samples/step_{step:08d}/``
 and ``checkpoints/step_{step:08d}/`` (torch.distributed.checkpoint); ``resume=auto`` continues from the
-latest checkpoint and reproduces the losses an uninterrupted run would have had (all randomness
-is a function of seed, step and sample). ``init_from`` starts from a model folder; ``lora.rank``
-trains peft LoRA adapters only, and ``--merge-lora RUN OUT`` folds them into a model folder.
+newest checkpoint that loads (passing over damaged ones, with a warning) and reproduces the losses
+an uninterrupted run would have had (all randomness is a function of seed, step and sample).
+Resuming from an older checkpoint than the run's newest starts a branch: what the run wrote after
+it is moved aside (``checkpoints/abandoned-<time>/``, ``metrics.abandoned-<time>.jsonl``), never
+mixed in or deleted. ``RUN/bad_samples.jsonl`` lists the samples ``data.on_error=skip`` passed over.
+``init_from`` starts from a model folder; ``lora.rank`` trains peft LoRA adapters only, and
+``--merge-lora RUN OUT`` folds them into a model folder. Bad values stop the run before any work
+(one line, exit 2); a failing disk is one line naming the path (exit 1).
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ import copy
 import json
 import re
 import resource
+import shutil
 import sys
 import time
-import warnings
 from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -30,11 +35,20 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.checkpoint.api import CheckpointException
 from tqdm import tqdm
 
-from vdiff.checkpoint import latest_checkpoint, load_checkpoint, rng_from_json, rng_to_json, save_checkpoint
+from vdiff.checkpoint import (
+    checkpoint_keys,
+    latest_checkpoint,
+    load_checkpoint,
+    load_state,
+    rng_from_json,
+    rng_to_json,
+    save_checkpoint,
+)
 from vdiff.config import ConfigError, describe, is_override, load_config, save_config, to_dict
-from vdiff.data import DataConfig, ShardLoader, cached_settings, load_empty_prompt
+from vdiff.data import DataConfig, ShardLoader, cached_settings, list_shards, load_empty_prompt
 from vdiff.diffusion import (
     add_noise,
     draw_training_noise,
@@ -46,11 +60,12 @@ from vdiff.diffusion import (
     velocity_target,
 )
 from vdiff.encoders import TextEncoderConfig, VAEConfig, build_text_encoder, build_vae
+from vdiff.errors import EXPECTED_ERRORS, error_line, is_user_error, report_error
 from vdiff.io.files import atomic_write_text
 from vdiff.io.video import write_mp4
 from vdiff.models import ModelConfig, build_model, load_model, save_model
 from vdiff.optim import OptimConfig, build_optimizer, learning_rate
-from vdiff.parallel import MeshError, build_mesh
+from vdiff.parallel import build_mesh
 from vdiff.parallel.config import ParallelConfig
 from vdiff.parallel.distributed import any_rank, destroy_distributed, full_value, init_distributed, mean_over
 from vdiff.parallel.parallelize import parallelize, shard_like_model, unwrap
@@ -73,6 +88,15 @@ class FlowConfig:
     caption_dropout: float = 0.1
     """probability of training a sample on the empty prompt (for classifier-free guidance)"""
 
+    def validate(self) -> None:
+        if self.logit_std <= 0 or self.base_tokens < 1 or self.base_shift <= 0:
+            raise ConfigError(
+                f"flow: need logit_std > 0, base_tokens >= 1 and base_shift > 0; got logit_std="
+                f"{self.logit_std}, base_tokens={self.base_tokens}, base_shift={self.base_shift}"
+            )
+        if not 0 <= self.caption_dropout <= 1:
+            raise ConfigError(f"flow.caption_dropout must be in [0, 1], got {self.caption_dropout}")
+
 
 @dataclass
 class EMAConfig:
@@ -82,6 +106,10 @@ class EMAConfig:
     """keep an EMA copy of the model"""
     decay: float = 0.999
     """ema ← decay·ema + (1 − decay)·weights after every step"""
+
+    def validate(self) -> None:
+        if not 0 <= self.decay <= 1:
+            raise ConfigError(f"ema.decay must be in [0, 1], got {self.decay}")
 
 
 @dataclass
@@ -113,6 +141,16 @@ class LoopConfig:
     device: str = "auto"
     """auto (cuda if available, else cpu), cpu, cuda, cuda:1, ..."""
 
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "sample_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_minutes", "warmup_log_steps", "sample_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0 (0: off), got {getattr(self, name)}")
+        if self.sample_every > 0 and not self.sample_prompts:
+            raise ConfigError("train.sample_every > 0 needs at least one train.sample_prompts entry")
+
 
 @dataclass
 class CheckpointConfig:
@@ -120,6 +158,10 @@ class CheckpointConfig:
 
     every: int = 50
     """checkpoint every this many steps (and at the end); 0 = only at the end"""
+
+    def validate(self) -> None:
+        if self.every < 0:
+            raise ConfigError(f"checkpoint.every must be >= 0 (0: only at the end), got {self.every}")
 
 
 # NOTE: peft matches a name when the module's full name ends with ".<name>": these pick the
@@ -153,6 +195,13 @@ class LoRAConfig:
     merge_to: str = ""
     """after training, write base + adapters merged into one vdiff model folder here; empty = don't"""
 
+    def validate(self) -> None:
+        if self.rank < 0 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise ConfigError(
+                f"lora: need rank >= 0 (0: off), alpha > 0 and 0 <= dropout < 1; got rank={self.rank}, "
+                f"alpha={self.alpha}, dropout={self.dropout}"
+            )
+
 
 @dataclass
 class TrainConfig:
@@ -178,6 +227,12 @@ class TrainConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
+    def validate(self) -> None:
+        if not self.run_dir.strip():
+            raise ConfigError("run_dir is empty; name the run folder")
+        if not self.resume.strip():
+            raise ConfigError("resume is empty; use auto, none or a step_{step:08d} checkpoint folder")
+
 
 # NOTE: keys renamed when the config followed the issue's names; an old key gets a pointer, not
 # only "unknown key".
@@ -188,6 +243,9 @@ RENAMED_KEYS = {
     "train.ckpt_every": "checkpoint.every",
 }
 
+
+BAD_SAMPLES_FILE = "bad_samples.jsonl"
+"""in the run folder: the samples data.on_error=skip passed over (shard, key, error, first epoch)"""
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -316,19 +374,14 @@ def merge_lora(model: torch.nn.Module) -> torch.nn.Module:
 
 def load_trained_weights(model: torch.nn.Module, ckpt: Path, *, weights: str) -> None:
     """Load the trainable parameters' ``weights`` ("model" or "ema") of a DCP checkpoint into ``model``."""
-    import torch.distributed.checkpoint as dcp
-
-    keys = dcp.FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
+    keys = checkpoint_keys(ckpt)  # NOTE: never dcp.FileSystemReader: it unpickles .metadata unrestricted
     if not any(k.startswith(f"{weights}.") for k in keys):
         raise FileNotFoundError(
             f"{ckpt} holds no {weights!r} weights (ema.enabled=false?); use weights=model"
         )
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     state = {weights: {k: v for k, v in model.state_dict().items() if k in trainable}}
-    with warnings.catch_warnings():
-        # NOTE: DCP warns when loading without a process group; one process is a supported case.
-        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        dcp.load(state, checkpoint_id=str(ckpt), no_dist=True)
+    load_state(state, ckpt, no_dist=True)
     model.load_state_dict(state[weights], strict=False)
 
 
@@ -370,18 +423,155 @@ def check_cache(cfg: TrainConfig, made_with: dict[str, Any]) -> None:
             )
 
 
-def resolve_resume(resume: str, ckpt_root: Path) -> Path | None:
-    """The checkpoint to resume from (``resume`` = auto, none or a folder), or None to start fresh."""
-    if resume == "none":
-        return None
-    if resume == "auto":
-        return latest_checkpoint(ckpt_root)
-    path = Path(resume)
-    if not (path / ".metadata").is_file():
+def check_paths(cfg: TrainConfig) -> None:
+    """Every path the config names is of the right kind (checked before any work starts)."""
+    run = Path(cfg.run_dir)
+    if run.exists() and not run.is_dir():
+        raise ConfigError(f"run_dir={run} is a file, not a folder; name the run's folder")
+    if cfg.lora.merge_to and Path(cfg.lora.merge_to).is_file():
+        raise ConfigError(f"lora.merge_to={cfg.lora.merge_to} is a file; name a folder for the merged model")
+    if not cfg.data.path:
         raise ConfigError(
-            f"resume={resume}: not a complete checkpoint folder (want RUN/checkpoints/step_00000100 or so)"
+            "data.path is empty; set it to `vdiff curate` or `vdiff cache` output (or .tar shards)"
         )
+    list_shards(cfg.data.path)  # NOTE: a FileNotFoundError that names data.path
+    if cfg.resume not in ("auto", "none"):
+        problem = checkpoint_problem(Path(cfg.resume))
+        if problem is not None:
+            raise ConfigError(
+                f"resume={cfg.resume}: {problem}; give a complete RUN/checkpoints/step_{{step:08d}} folder, "
+                "auto (the run's newest complete one) or none"
+            )
+
+
+STEP_FOLDER = re.compile(r"^step_(\d{8,})$")
+
+
+def step_folders(root: Path) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of each ``step_{step:08d}`` folder in ``root`` (complete or not), newest first."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_FOLDER.match(p.name)) and p.is_dir()]
+    return sorted(found, reverse=True)
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why ``ckpt`` cannot be resumed from, judged by its files; None when they are all there."""
+    if not ckpt.is_dir():
+        return "no such folder" if not ckpt.exists() else "not a folder"
+    metadata = ckpt / ".metadata"
+    if not metadata.is_file() or metadata.stat().st_size == 0:
+        return "no .metadata, or an empty one (its writing did not finish)"
+    if not any(ckpt.glob("*.distcp")):
+        return "no tensor files (*.distcp)"
+    trainer = ckpt / "trainer" / "rank-00000.json"
+    try:
+        state = json.loads(trainer.read_text())
+    except FileNotFoundError:
+        return "no trainer/rank-00000.json (step, data position, RNG)"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"trainer/rank-00000.json is unreadable ({type(e).__name__}: {e})"
+    m = STEP_FOLDER.match(ckpt.name)
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return "trainer/rank-00000.json holds no step"
+    if m and int(m.group(1)) != state["step"]:
+        return f"trainer/rank-00000.json says step {state['step']}, the folder's name another"
+    return None
+
+
+def load_problem(error: BaseException) -> str:
+    """The first line of a failed checkpoint load, as the reason to pass the checkpoint over."""
+    if isinstance(error, CheckpointException):
+        error = next(iter(error.failures.values()))[0] if error.failures else error
+    first = next((ln.strip() for ln in str(error).splitlines() if ln.strip()), type(error).__name__)
+    return f"it does not load ({type(error).__name__}: {first[:1000]})"
+
+
+def checkpoint_cause(error: CheckpointException) -> BaseException:
+    """A rank's own exception inside DCP's CheckpointException (e.g. the OSError of a full disk)."""
+    return next(iter(error.failures.values()))[0] if error.failures else error
+
+
+def free_name(parent: Path, stem: str, suffix: str = "") -> Path:
+    """``parent/stem<suffix>``, or ``parent/stem-2<suffix>``, ... : the first that does not exist."""
+    path, n = parent / f"{stem}{suffix}", 1
+    while path.exists():
+        n += 1
+        path = parent / f"{stem}-{n}{suffix}"
     return path
+
+
+def cut_metrics(path: Path, step: int, *, aside: Path | None) -> int:
+    """Keep the metrics rows up to ``step``; the later ones (and a half-written last line) go to the file
+    ``aside``, or are dropped when it is None (a killed run's rows, reproduced by the resume). Returns
+    how many rows were cut."""
+    if not path.is_file():
+        return 0
+    kept, cut = [], []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            row_step = json.loads(line)["step"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            row_step = None  # NOTE: the last line of a killed run may be cut short
+        (kept if isinstance(row_step, int) and row_step <= step else cut).append(line)
+    if cut and aside is not None:
+        atomic_write_text(aside, "".join(r + "\n" for r in cut))
+    atomic_write_text(path, "".join(r + "\n" for r in kept))
+    return len(cut)
+
+
+def start_branch(run: Path, *, step: int, same_run: bool) -> str | None:
+    """Set aside what ``run`` holds from after ``step`` (everything, when ``same_run`` is false): later
+    checkpoints and validation videos move to ``abandoned-<time>/`` in their folders, later metrics rows
+    to ``metrics.abandoned-<time>.jsonl``; nothing is deleted. Returns the message (None: nothing later)."""
+    later = {
+        name: [p for s, p in step_folders(run / name) if s > step or not same_run]
+        for name in ("checkpoints", "samples")
+    }
+    metrics = run / "metrics.jsonl"
+    if not later["checkpoints"] and (same_run or not (metrics.is_file() and metrics.stat().st_size)):
+        return None  # NOTE: nothing of another line of training is here
+    stamp = "abandoned-" + time.strftime("%Y%m%d-%H%M%S")
+    ckpt_aside = free_name(run / "checkpoints", stamp)
+    ckpt_aside.mkdir()
+    for folder in later["checkpoints"]:
+        folder.rename(ckpt_aside / folder.name)
+    if (run / "config.yaml").is_file():
+        shutil.copy2(run / "config.yaml", ckpt_aside / "config.yaml")  # NOTE: the abandoned run's config
+    if later["samples"]:
+        samples_aside = free_name(run / "samples", stamp)
+        samples_aside.mkdir()
+        for folder in later["samples"]:
+            folder.rename(samples_aside / folder.name)
+    rows_aside = free_name(run, ckpt_aside.name.replace("abandoned", "metrics.abandoned"), ".jsonl")
+    rows = cut_metrics(metrics, step if same_run else 0, aside=rows_aside)
+    names = ", ".join(p.name for p in reversed(later["checkpoints"])) or "none"
+    moved_rows = f"; {rows} metrics rows moved to {rows_aside}" if rows else ""
+    return (
+        f"branching at step {step}: the run's later checkpoints ({names}) moved to {ckpt_aside}{moved_rows}"
+    )
+
+
+def bad_samples_over_ranks(loader: ShardLoader, group: Any) -> tuple[int, list[dict[str, Any]]]:
+    """(skipped sample reads, one record per bad sample) over the data-parallel ranks (every rank calls it).
+
+    The list is ordered by (epoch, shard, key), so it does not depend on the number of ranks.
+    """
+    per_rank = [(loader.skipped, loader.bad_samples)]
+    if group is not None:
+        per_rank = [None] * dist.get_world_size(group)
+        dist.all_gather_object(per_rank, (loader.skipped, loader.bad_samples), group=group)
+    records = {(r["shard"], r["key"]): r for _, bad in per_rank for r in bad}
+    ordered = sorted(records.values(), key=lambda r: (r["epoch"], r["shard"], r["key"]))
+    return sum(n for n, _ in per_rank), [*loader.index_errors, *ordered]
+
+
+def write_bad_samples(path: Path, records: list[dict[str, Any]]) -> None:
+    """``RUN/bad_samples.jsonl``: a line per sample data.on_error=skip passed over (written once any was)."""
+    if records or path.exists():
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 @dataclass
@@ -483,13 +673,6 @@ def write_videos(videos: torch.Tensor, folder: Path, *, prompts: list[str], fps:
     atomic_write_text(folder / "prompts.txt", "".join(f"{i:02d}\t{p}\n" for i, p in enumerate(prompts)))
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics rows after ``step`` (written by the run we resume, after its checkpoint)."""
-    if path.is_file():
-        rows = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        atomic_write_text(path, "".join(r + "\n" for r in rows))
-
-
 # ----------------------------------------------------------------------------- training
 
 
@@ -497,6 +680,7 @@ def train(cfg: TrainConfig) -> Path:
     """Run the training loop of ``cfg``; return the run folder."""
     check_weights_exist(cfg)
     check_ring_backend(cfg)
+    check_paths(cfg)
     run = Path(cfg.run_dir)
     ckpt_root = run / "checkpoints"
     metrics_path = run / "metrics.jsonl"
@@ -510,9 +694,6 @@ def train(cfg: TrainConfig) -> Path:
     dp_rank, dp_world = mesh.dp_rank, mesh.dims.dp
     local_batch = mesh.dims.local_batch_size(cfg.train.batch_size)
     torch.manual_seed(cfg.seed)
-    if rank == 0:
-        run.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run / "config.yaml")
 
     # 2. Data: this dp rank's slice of each global batch (sequence-parallel peers share dp_rank).
     loader = ShardLoader(cfg.data, batch_size=local_batch, rank=dp_rank, world=dp_world, seed=cfg.seed)
@@ -563,38 +744,79 @@ def train(cfg: TrainConfig) -> Path:
     optimizer = build_optimizer(unwrap(model), cfg.optim)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.train.bf16 else nullcontext()
 
-    # 5. Resume: weights, EMA, optimizer moments, step, data position, RNG.
-    step = 0
-    resume_from = resolve_resume(cfg.resume, ckpt_root)
-    if resume_from is not None:
-        state = load_checkpoint(
-            resume_from, model=unwrap(model), optimizer=optimizer, ema=ema, trainable_only=lora
+    # 5. Resume: weights, EMA, optimizer moments, step, data position, RNG. resume=auto takes the
+    # newest checkpoint that loads; a damaged one is passed over with a warning naming what is wrong.
+    step, state, resume_from, passed_over = 0, None, None, []
+    candidates = [p for _, p in step_folders(ckpt_root)] if cfg.resume == "auto" else []
+    if cfg.resume not in ("auto", "none"):
+        candidates = [Path(cfg.resume)]
+    for ckpt in candidates:
+        state, problem = None, checkpoint_problem(ckpt)
+        if problem is None:
+            try:
+                state = load_checkpoint(
+                    ckpt, model=unwrap(model), optimizer=optimizer, ema=ema, trainable_only=lora
+                )
+            except (Exception, CheckpointException) as e:
+                problem = load_problem(e)
+        if not any_rank(problem is not None):  # NOTE: every rank resumes from the same checkpoint
+            resume_from = ckpt
+            break
+        reason = problem or "it does not load on another rank"
+        if cfg.resume != "auto":
+            raise ConfigError(f"resume={cfg.resume}: {reason}")
+        passed_over.append(f"{ckpt.name}: {reason}")
+        if rank == 0:
+            print(f"vdiff train: warning: resume=auto passes over {ckpt}: {reason}", file=sys.stderr)
+    if passed_over and resume_from is None:
+        raise ConfigError(
+            f"resume=auto: no checkpoint under {ckpt_root} can be resumed ({'; '.join(passed_over)}); "
+            "resume=PATH picks one, resume=none starts over (they are then moved aside, not deleted)"
         )
+    if state is not None:
         step = int(state["step"])
         loader.load_state_dict(state["data"])
         torch.set_rng_state(rng_from_json(state["rng"]))
-        if rank == 0:
-            truncate_metrics(metrics_path, step)
-            print(f"resumed from {resume_from} at step {step}", flush=True)
 
-    # 5b. Logging: metrics.jsonl and TensorBoard (rank 0), a progress bar, throughput after warm-up.
+    # 5b. The run folder. Resuming from a checkpoint older than the run's newest (or starting over in
+    # a run that has checkpoints) begins a branch: what was written after it is set aside, not mixed in.
+    same_run = resume_from is None or resume_from.resolve().parent == ckpt_root.resolve()
+    skipped, bad_samples = bad_samples_over_ranks(loader, mesh.group("dp"))
+    if rank == 0:
+        run.mkdir(parents=True, exist_ok=True)
+        branch = start_branch(run, step=step, same_run=same_run and cfg.resume != "none")
+        if branch is None:
+            cut_metrics(metrics_path, step, aside=None)  # a killed run's rows after its checkpoint
+        save_config(cfg, run / "config.yaml")
+        write_bad_samples(run / BAD_SAMPLES_FILE, bad_samples)
+        if resume_from is not None:
+            print(f"resumed from {resume_from} at step {step}", flush=True)
+        if branch is not None:
+            print(f"vdiff train: {branch}", flush=True)
+    if dist.is_initialized():
+        dist.barrier()
+
+    # 5c. Logging: metrics.jsonl and TensorBoard (rank 0), a progress bar, throughput after warm-up.
     writer = None
     if rank == 0 and cfg.train.tensorboard:
-        writer = open_tensorboard(run, purge_step=step + 1 if resume_from is not None else None)
+        writer = open_tensorboard(run, purge_step=step + 1 if (run / "tb").is_dir() else None)
     bar = tqdm(total=cfg.train.steps, initial=step, disable=rank != 0 or not cfg.train.progress, desc="train")
     meter = Throughput(cfg.train.warmup_log_steps)
 
     def checkpoint() -> None:
         trainer_state = {"data": loader.state_dict(), "rng": rng_to_json(torch.get_rng_state())}
-        save_checkpoint(
-            ckpt_root,
-            step=step,
-            model=unwrap(model),
-            optimizer=optimizer,
-            ema=ema,
-            trainer_state=trainer_state,
-            trainable_only=lora,  # LoRA: adapters (+ their EMA and moments) only
-        )
+        try:
+            save_checkpoint(
+                ckpt_root,
+                step=step,
+                model=unwrap(model),
+                optimizer=optimizer,
+                ema=ema,
+                trainer_state=trainer_state,
+                trainable_only=lora,  # LoRA: adapters (+ their EMA and moments) only
+            )
+        except CheckpointException as e:
+            raise checkpoint_cause(e) from e  # NOTE: e.g. the OSError of a full disk, not DCP's wrapper
 
     # 6. The loop.
     t0 = time.time()
@@ -661,6 +883,7 @@ def train(cfg: TrainConfig) -> Path:
         if log_now:
             loss_mean = mean_over(loss, mesh.group("dp"))  # the global batch's loss; every rank calls it
             memory = max_over_ranks(max_memory_mb(device), device)
+            skipped, bad_samples = bad_samples_over_ranks(loader, mesh.group("dp"))
         if device.type == "cuda" and log_now:
             torch.cuda.synchronize(device)  # NOTE: so the window's time covers the queued GPU work
         tokens = num_tokens(x0.shape[1:], cfg.model.patch_size) * cfg.train.batch_size  # all ranks
@@ -679,9 +902,11 @@ def train(cfg: TrainConfig) -> Path:
                 "max_memory_mb": round(memory, 1),
                 "time": round(elapsed, 3),
                 "shift": round(shift, 4),
+                "data_skipped": skipped,
             }
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
+            write_bad_samples(run / BAD_SAMPLES_FILE, bad_samples)
             if writer is not None:
                 for key, value in row.items():
                     if key != "step" and value is not None:
@@ -720,6 +945,16 @@ def train(cfg: TrainConfig) -> Path:
         writer.close()
     if step != last_saved or latest_checkpoint(ckpt_root) is None:
         checkpoint()
+    skipped, bad_samples = bad_samples_over_ranks(loader, mesh.group("dp"))
+    if rank == 0:
+        write_bad_samples(run / BAD_SAMPLES_FILE, bad_samples)
+        if skipped:
+            print(
+                f"vdiff train: data.on_error=skip passed over {skipped} reads of {len(bad_samples)} bad "
+                f"samples; see {run / BAD_SAMPLES_FILE}",
+                file=sys.stderr,
+                flush=True,
+            )
     if lora and cfg.lora.merge_to:
         if rank == 0:
             merge_run(run, cfg.lora.merge_to)
@@ -757,9 +992,8 @@ def merge_main(args: list[str]) -> int:
         return 2
     try:
         out = merge_run(args[0], args[1], weights=weights)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"vdiff train --merge-lora: {e}", file=sys.stderr)
-        return 2
+    except EXPECTED_ERRORS as e:
+        return report_error("vdiff train --merge-lora", e, where=args[1])
     print(f"merged model written to {out}")
     return 0
 
@@ -777,19 +1011,22 @@ def main(argv: list[str] | None = None) -> int:
     overrides = argv[1:] if path is not None else argv
     bad = [a for a in overrides if not is_override(a)]
     if bad:
-        print(f"vdiff train: {bad[0]!r} is not a key.sub=value override", file=sys.stderr)
+        what = "an existing file (one CONFIG comes first)" if Path(bad[0]).exists() else "not"
+        print(f"vdiff train: {bad[0]!r} is {what} a key.sub=value override\n\n{USAGE}", file=sys.stderr)
         return 2
     try:
         cfg = load_config(TrainConfig, path, overrides)
-    except (ConfigError, ValueError) as e:
-        print(f"vdiff train: {e}{renamed_hint(str(e))}", file=sys.stderr)
+    except ValueError as e:
+        print(f"vdiff train: {error_line(e)}{renamed_hint(str(e))}", file=sys.stderr)
         return 2
+    except OSError as e:
+        return report_error("vdiff train", e)
     try:
         train(cfg)
-    except (MeshError, ConfigError) as e:
+    except EXPECTED_ERRORS as e:  # NOTE: MeshError and ConfigError are ValueErrors
         if not dist.is_initialized() or dist.get_rank() == 0:
-            print(f"vdiff train: {e}", file=sys.stderr)
-        return 2
+            return report_error("vdiff train", e, where=cfg.run_dir)
+        return 2 if is_user_error(e) else 1
     finally:
         destroy_distributed()
     return 0

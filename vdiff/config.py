@@ -4,8 +4,12 @@ Every pipeline declares its config as (nested) dataclasses whose fields carry a 
 docstring, as torchtitan does. ``load_config`` merges, in order, the dataclass defaults, a
 YAML file and dotted overrides, and validates every key and type *before* any work starts:
 an unknown key or a value of the wrong type is a :class:`ConfigError` that names the key,
-the expected type and, for typos, the closest known key. Values are parsed with
-``yaml.safe_load``; nothing is ever evaluated.
+the expected type and, for typos, the closest known key. A float must be finite (YAML's
+``.nan``/``.inf`` are refused), and every config dataclass with a ``validate()`` method has it
+called once built, so each pipeline refuses out-of-range values (a count below 1, a negative
+interval) the same way. Values are parsed with ``yaml.safe_load``; nothing is ever
+evaluated. On the command line, a word that names an existing file is an input, never an
+override (``take=2.mp4``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import dataclasses
 import difflib
 import inspect
 import itertools
+import math
 import textwrap
 import types
 import typing
@@ -111,6 +116,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                # NOTE: YAML reads .nan and .inf as floats; no config value means either.
+                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
             return float(value)
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
@@ -178,9 +186,39 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def is_override(arg: str) -> bool:
-    """True for command-line words of the form ``key.sub=value``."""
+    """True for command-line words of the form ``key.sub=value`` that do not name an existing path.
+
+    NOTE: ``take=2.mp4`` is an input when that file exists: a path on disk is never an override.
+    """
     key = arg.split("=", 1)[0]
-    return "=" in arg and bool(key) and all(p.isidentifier() for p in key.split("."))
+    if not ("=" in arg and bool(key) and all(p.isidentifier() for p in key.split("."))):
+        return False
+    try:
+        return not Path(arg).exists()
+    except (OSError, ValueError):  # a name too long for the file system (or with NUL) is no path
+        return True
+
+
+def split_overrides(
+    argv: typing.Sequence[str], *, value_options: typing.Mapping[str, int] | None = None
+) -> tuple[list[str], list[str]]:
+    """``(other words, overrides)`` of a command line.
+
+    A word is an override when :func:`is_override` says so and it is not one of the values of an
+    option in ``value_options`` (option -> how many values it takes): ``--out take=2`` names a
+    folder, not a key.
+    """
+    words: list[str] = []
+    overrides: list[str] = []
+    values_left = 0
+    for arg in argv:
+        if values_left:
+            values_left -= 1
+            words.append(arg)
+            continue
+        values_left = (value_options or {}).get(arg, 0)
+        (overrides if is_override(arg) else words).append(arg)
+    return words, overrides
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -85,7 +85,9 @@ class SubjectConsistency(_ConsistencyMetric):
         )
         from transformers import AutoModel
 
-        self.model = AutoModel.from_pretrained(str(path), local_files_only=True).to(cfg.device).eval()
+        # NOTE: trust_remote_code=False: a folder's own Python code is refused, never offered on a prompt.
+        model = AutoModel.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        self.model = model.to(cfg.device).eval()
         self.device, self.batch_size = cfg.device, cfg.batch_size
         model_type = getattr(self.model.config, "model_type", "")
         # NOTE: ViT needs asking to interpolate position embeddings for non-224 inputs; DINOv2 always does.
@@ -136,7 +138,9 @@ def load_linear_head(path: Path, in_features: int) -> torch.nn.Linear:
 
         state = load_file(str(path))
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        from vdiff.checkpoint import load_plain_weights
+
+        state = load_plain_weights(path, what="weights.aesthetic_head")
     head = torch.nn.Linear(in_features, 1)
     try:
         head.load_state_dict(state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -9,6 +10,18 @@ import torch
 
 from eval.frames import batches, longer_side_limit
 from eval.registry import Metric, MissingDependencyError, VideoSample, register_metric, resolve_weight
+
+
+def check_plain_weights(path: Path) -> None:
+    """Refuse a MUSIQ checkpoint that holds more than tensors and plain data (it would run code).
+
+    pyiqa reads it with a bare ``torch.load``, whose weights-only default an environment variable
+    (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) or a pyiqa release can turn off; a file that passes the
+    weights-only reader here calls nothing else when pyiqa reads the same bytes.
+    """
+    from vdiff.checkpoint import load_plain_weights
+
+    load_plain_weights(path, what="weights.musiq")
 
 
 @register_metric("imaging_quality", doc="MUSIQ-SPAQ score per frame (pyiqa), video mean; aggregate / 100")
@@ -31,6 +44,7 @@ class ImagingQuality(Metric):
             raise MissingDependencyError(
                 f"dimension 'imaging_quality' needs pyiqa for the MUSIQ architecture: pip install pyiqa ({e})"
             ) from e
+        check_plain_weights(path)
         self.model = MUSIQ(pretrained_model_path=str(path)).to(cfg.device).eval()
         self.device, self.batch_size = cfg.device, cfg.batch_size
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,11 @@ from data_prep.captions import (
     sample_indices,
 )
 from vdiff.config import ConfigError
+
+# NOTE: the crafted-file helpers live in the checkpoint tests' conftest; import it as a module.
+ROOT = str(Path(__file__).resolve().parents[2])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 
 def _request(source: Path, frames: np.ndarray | None = None, clip_id: str = "c") -> CaptionRequest:
@@ -199,3 +205,15 @@ def test_curated_clips_get_the_vlm_caption_of_their_own_frames(tiny_vlm, tmp_pat
     expected = VLMCaptioner(cfg.caption)([_request(video, frames)])[0]
     assert row["caption"] == expected
     assert json.loads(members[f"{row['clip_id']}.json"])["caption"] == expected
+
+
+def test_a_captioner_folder_with_its_own_code_is_refused_without_asking(tiny_vlm, tmp_path, monkeypatch):
+    from tests.vdiff.checkpoint.conftest import custom_code_folder
+
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda *a: asked.append(a) or "y")  # a user who would say yes
+    marker = tmp_path / "MARKER"
+    folder = custom_code_folder(tiny_vlm, tmp_path / "vlm", marker)
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        VLMCaptioner(_vlm_cfg(folder))
+    assert not marker.exists() and not asked

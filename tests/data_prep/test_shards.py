@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ from data_prep.shards import (
     OutputConfig,
     ShardSample,
     encode_clip,
+    encode_clips,
     output_frame_indices,
     output_geometry,
     read_shard,
@@ -68,6 +70,26 @@ def test_encode_clip_resamples_fps_and_resizes(tmp_path):
     assert (out.width, out.height, out.fps, out.num_frames) == (64, 32, 8.0, 8)
     assert frame_numbers(read_frames(tmp_path / "clip.mp4")) == [4, 7, 10, 13, 16, 19, 22, 25]
     assert frame_numbers(sample_mp4_frames(mp4, 2)) == [10, 22]
+
+
+def test_clips_of_the_same_source_encode_to_the_same_bytes_whatever_the_heap_held(tmp_path):
+    """Shard bytes are reproducible: the same spans and settings give the same clip bytes every time."""
+    y, x = np.mgrid[0:288, 0:680]
+    background = np.stack([x * 255 // 680, y * 255 // 288, (x + y) * 255 // 968], -1).astype(np.uint8)
+    frames = np.repeat(background[None], 60, axis=0)  # (T, H, W, 3)
+    for i in range(60):
+        frames[i, 80:180, 8 * i : 8 * i + 100] = (220, 40, 40)
+    write_mp4(tmp_path / "src.mp4", frames, 24.0, crf=12)
+    meta = probe(tmp_path / "src.mp4")
+    cfg = OutputConfig(short_side=144, threads=1)  # 340x144 clips, resized by swscale
+    digests = set()
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        junk = [rng.bytes(int(n)) for n in rng.integers(1_000, 200_000, 300)]
+        del junk  # NOTE: freed memory now holds other bytes than before the previous encode
+        clips = encode_clips(tmp_path / "src.mp4", meta=meta, spans=[(0, 24), (30, 60)], cfg=cfg)
+        digests.add(tuple(hashlib.sha256(mp4).hexdigest() for mp4, _ in clips))
+    assert len(digests) == 1
 
 
 def _samples(n: int) -> list[ShardSample]:
@@ -155,6 +177,16 @@ def test_rewriting_with_fewer_shards_removes_stale_shards_and_temp_files(tmp_pat
     (tmp_path / ".shard-000003.tar.abc.tmp").write_bytes(b"partial")
     write_shards(_samples(3), tmp_path, samples_per_shard=3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-000000.tar"]
+
+
+def test_rewriting_shards_keeps_files_it_did_not_write(tmp_path):
+    theirs = {"mine.tar": b"user", "shard-old.tar": b"user", ".notes.tmp": b"user", ".x.tar.1.tmp": b"user"}
+    for name, data in theirs.items():
+        (tmp_path / name).write_bytes(data)
+    write_shards(_samples(5), tmp_path, samples_per_shard=2)
+    write_shards(_samples(3), tmp_path, samples_per_shard=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*theirs, "shard-000000.tar"])
+    assert all((tmp_path / name).read_bytes() == data for name, data in theirs.items())
 
 
 def test_a_failing_sample_leaves_no_shard_under_its_final_name(tmp_path):

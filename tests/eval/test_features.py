@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +20,14 @@ from eval.metrics.features import (
     OverallConsistency,
     SubjectConsistency,
     consistency_sum,
+    load_linear_head,
 )
 from eval.registry import MissingWeightsError, VideoSample
+
+# NOTE: the crafted-file helper lives in the checkpoint tests' conftest; import it as a module.
+ROOT = str(Path(__file__).resolve().parents[2])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 
 def vbench_consistency_loop(features: torch.Tensor) -> float:
@@ -103,6 +111,31 @@ def test_aesthetic_quality_is_head_of_normalised_features_over_ten(tiny_clip, tm
         feats = F.normalize(feats if isinstance(feats, torch.Tensor) else feats.pooler_output, dim=-1)
         want = (feats @ head.weight.T + head.bias).mean() / 10
     assert metric.compute(video(frames))["video_results"] == pytest.approx(float(want), abs=1e-5)
+
+
+def test_an_aesthetic_head_that_would_run_code_is_refused_in_one_line(tmp_path):
+    from tests.vdiff.checkpoint.conftest import RunsCode
+
+    marker, weights = tmp_path / "MARKER", tmp_path / "head.pth"
+    torch.save(RunsCode(marker), weights)
+    with pytest.raises(
+        ValueError, match=rf"aesthetic_head {re.escape(str(weights))} asks to load exec.*refusing"
+    ):
+        load_linear_head(weights, 8)
+    assert not marker.exists()
+
+
+def test_a_dino_folder_with_its_own_code_is_refused_without_asking(tmp_path, monkeypatch):
+    from tests.vdiff.checkpoint.conftest import custom_code_folder
+    from vdiff.encoders import minilm_path
+
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda *a: asked.append(a) or "y")  # a user who would say yes
+    marker = tmp_path / "MARKER"
+    folder = custom_code_folder(minilm_path(), tmp_path / "dino", marker)
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        SubjectConsistency(EvalConfig(weights=WeightsConfig(dino=str(folder))))
+    assert not marker.exists() and not asked
 
 
 def test_overall_consistency_is_labelled_clip_substitute(tiny_clip, synth):

@@ -6,6 +6,7 @@ constructor and call signature checks what vdiff does around the network.
 
 from __future__ import annotations
 
+import re
 import sys
 import types
 from pathlib import Path
@@ -18,6 +19,11 @@ import torch
 from eval.config import EvalConfig, WeightsConfig
 from eval.metrics.imaging import ImagingQuality
 from eval.registry import MissingDependencyError, MissingWeightsError, VideoSample
+
+# NOTE: the crafted-file helper lives in the checkpoint tests' conftest; import it as a module.
+ROOT = str(Path(__file__).resolve().parents[2])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 
 class StandInMUSIQ(torch.nn.Module):
@@ -45,7 +51,7 @@ def fake_pyiqa(monkeypatch):
 
 
 def test_imaging_quality_resizes_longer_side_and_scales_aggregate(fake_pyiqa, tmp_path):
-    (tmp_path / "musiq.pth").write_bytes(b"")
+    torch.save({}, tmp_path / "musiq.pth")  # the stand-in loads nothing; vdiff checks the file is plain data
     metric = ImagingQuality(
         EvalConfig(batch_size=2, weights=WeightsConfig(musiq=str(tmp_path / "musiq.pth")))
     )
@@ -66,3 +72,15 @@ def test_imaging_quality_errors_name_file_and_package(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyiqa", None)  # import fails as if not installed
     with pytest.raises(MissingDependencyError, match="pip install pyiqa"):
         ImagingQuality(EvalConfig(weights=WeightsConfig(musiq=str(tmp_path / "musiq.pth"))))
+
+
+def test_a_musiq_checkpoint_that_would_run_code_is_refused_before_pyiqa_reads_it(fake_pyiqa, tmp_path):
+    from tests.vdiff.checkpoint.conftest import RunsCode
+
+    marker, weights = tmp_path / "MARKER", tmp_path / "musiq.pth"
+    torch.save(RunsCode(marker), weights)
+    with pytest.raises(
+        ValueError, match=rf"weights\.musiq {re.escape(str(weights))} asks to load exec.*refusing"
+    ):
+        ImagingQuality(EvalConfig(weights=WeightsConfig(musiq=str(weights))))
+    assert not marker.exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from pipelines.train import main as train_main
 from vdiff.config import load_config
 from vdiff.data import DataConfig, ShardLoader, index_shard, list_shards, load_raw_sample, read_sample
 from vdiff.encoders import TextEncoderConfig, build_text_encoder, build_vae
+from vdiff.io.outdir import LOCK_NAME, out_dir_lock
 from vdiff.io.video import encode_mp4
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
@@ -155,7 +156,7 @@ def test_cache_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
     assert main([str(tmp_path)]) == 2 and "--out" in capsys.readouterr().err
     assert main([str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert os.path.isdir(tmp_path / "o")
+    assert not (tmp_path / "o").exists()  # no source shard: an error before --out is touched
 
 
 def test_training_refuses_a_cache_made_with_other_encoders(cached: Path, tmp_path: Path) -> None:
@@ -164,3 +165,78 @@ def test_training_refuses_a_cache_made_with_other_encoders(cached: Path, tmp_pat
     )
     with pytest.raises(ValueError, match="was cached with text="):
         train(cfg)
+
+
+def latents(cache_dir: Path) -> dict[str, torch.Tensor]:
+    """key -> cached latents of every sample of a cache."""
+    out = {}
+    for shard in list_shards(cache_dir):
+        for ref in index_shard(shard):
+            out[f"{shard.name}/{ref.key}"] = load_safetensors(read_sample(ref)["safetensors"])["latents"]
+    return out
+
+
+def rewrite_shard(path: Path, seed: int) -> None:
+    """Replace a raw shard's clips by other moving shapes (same keys, other pixels)."""
+    with wds.TarWriter(str(path)) as w:
+        for ref in index_shard(path.with_name(path.name + ".orig")):
+            frames = moving_shapes(
+                "yellow", "square", "down", num_frames=10, height=20, width=24, fps=8.0, seed=seed
+            )
+            meta = json.loads(read_sample(ref)["json"])
+            w.write({"__key__": ref.key, "mp4": encode_mp4(frames, 8.0), "json": json.dumps(meta)})
+
+
+def test_cache_of_changed_source_shards_is_refused_and_replace_recaches_only_those(
+    raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data, out = tmp_path / "raw", tmp_path / "cache"
+    shutil.copytree(raw, data)
+    args = [str(data), "--out", str(out), "--config", str(CONFIG), *SIZES]
+    assert main(args) == 0
+    first, second = (out / "shards" / name for name in ("shard-000000.tar", "shard-000001.tar"))
+    kept, stamp = first.read_bytes(), first.stat().st_mtime_ns
+    before = latents(out)
+    cached_bytes = {p.name: p.read_bytes() for p in (out / "shards").iterdir()}
+    source = data / "shards" / "shard-000001.tar"
+    source.rename(source.with_name(source.name + ".orig"))
+    rewrite_shard(source, seed=7)  # the same shard name now holds other clips
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "cache of other source shards (1 changed" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (out / "shards").iterdir()} == cached_bytes
+
+    assert main([*args, "--replace"]) == 0
+    assert first.read_bytes() == kept and first.stat().st_mtime_ns == stamp  # its source did not change
+    fresh = tmp_path / "fresh"
+    source.with_name(source.name + ".orig").unlink()
+    assert main([str(data), "--out", str(fresh), "--config", str(CONFIG), *SIZES]) == 0
+    now, want = latents(out), latents(fresh)
+    assert now.keys() == want.keys() and all(torch.equal(now[k], want[k]) for k in now)
+    assert any(not torch.equal(now[k], before[k]) for k in now if k.startswith(second.name))
+
+
+def test_cache_into_a_folder_it_did_not_write_is_refused_and_overwrite_keeps_other_files(
+    raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "mine"
+    (out / "shards").mkdir(parents=True)
+    (out / "shards" / "shard-000000.tar").write_bytes(b"old latents of other data")
+    (out / "notes.txt").write_text("mine")
+    args = [str(raw), "--out", str(out), "--config", str(CONFIG), *SIZES]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "--overwrite" in err
+    assert (out / "shards" / "shard-000000.tar").read_bytes() == b"old latents of other data"
+
+    assert main([*args, "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert len(latents(out)) == 4  # shard-000000.tar was re-encoded, not taken for a finished shard
+
+
+def test_a_second_cache_run_on_the_same_out_is_refused(raw: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cache"
+    with out_dir_lock(out, command="cache"):
+        assert main([str(raw), "--out", str(out), "--config", str(CONFIG), *SIZES]) == 2
+    assert "in use by another run (vdiff cache, pid" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,8 @@ from data_prep.manifest import read_manifest
 from data_prep.shards import read_shard
 from pipelines import cli, curate
 from vdiff.config import load_config, to_dict
+from vdiff.io.files import file_sha256
+from vdiff.io.outdir import LOCK_NAME, out_dir_lock
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -102,3 +105,109 @@ def test_kill_9_mid_run_then_the_same_command_equals_an_uninterrupted_run(
     assert f"{done} reused from work/" in result.stdout
     assert outputs(out) == outputs(reference)
     assert not [p for p in out.rglob("*.tmp")]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (but the lock file) and its bytes."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != LOCK_NAME
+    }
+
+
+def sources(out: Path) -> set[str]:
+    return {Path(r["source"]).name for r in read_manifest(out / "manifest.parquet")}
+
+
+def test_a_folder_curate_did_not_write_is_refused_and_overwrite_keeps_other_files(
+    tiny_videos, tmp_path, small_overrides, capsys
+):
+    out = tmp_path / "mine"
+    theirs = {"config.yaml": b"mine", "report.json": b"mine", "shards/shard-000000.tar": b"mine"}
+    others = {"shards/keep.tar": b"mine", "shards/.partial.tmp": b"mine", "notes.tmp": b"mine"}
+    for name, data in {**theirs, **others}.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(data)
+    args = [str(tiny_videos / "blue_square_up.mp4"), "--out", str(out), "--no-progress", *small_overrides]
+    assert curate.main(args) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert snapshot(out) == {**theirs, **others}
+
+    assert curate.main([*args, "--overwrite"]) == 0
+    after = snapshot(out)
+    assert {k: after[k] for k in others} == others  # not vdiff's names: kept as they were
+    assert after["shards/shard-000000.tar"] != b"mine" and sources(out) == {"blue_square_up.mp4"}
+
+
+def test_a_mistyped_input_on_a_finished_dataset_is_an_error_that_touches_nothing(
+    tiny_videos, tmp_path, small_overrides, capsys
+):
+    out = tmp_path / "out"
+    common = ["--out", str(out), "--no-progress", *small_overrides]
+    assert curate.main([str(tiny_videos / "blue_square_up.mp4"), *common]) == 0
+    before = snapshot(out)
+    (tmp_path / "empty").mkdir()
+    for missing in (tiny_videos / "blue_square_upp.mp4", tmp_path / "empty"):
+        assert curate.main([str(missing), *common]) == 2
+        assert "found no input video" in capsys.readouterr().err
+        assert snapshot(out) == before
+
+
+def test_other_inputs_are_refused_unless_replace_or_add(tiny_videos, tmp_path, small_overrides, capsys):
+    out = tmp_path / "out"
+    common = ["--out", str(out), "--no-progress", *small_overrides]
+    blue, red = str(tiny_videos / "blue_square_up.mp4"), str(tiny_videos / "red_circle_left.mp4")
+    assert curate.main([blue, *common]) == 0
+    before = snapshot(out)
+    assert curate.main([red, *common]) == 2
+    err = capsys.readouterr().err
+    assert "other inputs (1 added" in err and "--replace" in err and "--add" in err
+    assert snapshot(out) == before
+
+    assert curate.main([red, *common, "--add"]) == 0
+    assert sources(out) == {"blue_square_up.mp4", "red_circle_left.mp4"}
+    assert curate.main([blue, *common]) == 2  # the output now holds both
+    assert curate.main([blue, *common, "--replace"]) == 0
+    assert sources(out) == {"blue_square_up.mp4"}
+    assert len(list((out / "shards").glob("*.tar"))) == 1
+    marker = json.loads((out / ".vdiff-curate.json").read_text())
+    assert marker["complete"] and [Path(e["path"]).name for e in marker["inputs"]] == ["blue_square_up.mp4"]
+    assert marker["inputs"][0]["sha256"] == file_sha256(blue)
+
+
+def test_a_second_run_on_the_same_out_is_refused_while_the_first_holds_it(
+    tiny_videos, tmp_path, small_overrides, capsys
+):
+    out = tmp_path / "out"
+    args = [str(tiny_videos / "blue_square_up.mp4"), "--out", str(out), "--no-progress", *small_overrides]
+    with out_dir_lock(out, command="curate"):  # NOTE: flock: a second open file conflicts, even in-process
+        assert curate.main(args) == 2
+    assert f"in use by another run (vdiff curate, pid {os.getpid()} on" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+    assert curate.main(args) == 0
+
+
+def test_out_under_a_file_is_one_line_and_exit_2(tiny_videos, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert curate.main([str(tiny_videos), "--out", str(blocker / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("vdiff curate:") and "a_file" in err
+
+
+def test_disk_full_during_the_run_is_one_line_naming_the_folder_and_exit_1(
+    tiny_videos, tmp_path, small_overrides, capsys, monkeypatch
+):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(curate, "finalize", full)
+    out = tmp_path / "out"
+    code = curate.main([str(tiny_videos), "--out", str(out), "--no-progress", *small_overrides])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "No space left on device" in err and str(out) in err

@@ -67,3 +67,27 @@ def test_vdiff_eval_errors(tmp_path, capsys, monkeypatch):
     assert "VDIFF_CLIP_B32" in capsys.readouterr().err
     assert vdiff([*args, "flw=dis"]) == 2
     assert "did you mean flow" in capsys.readouterr().err
+
+
+def test_vdiff_eval_refuses_empty_mismatched_or_unreadable_folders(tmp_path, capsys, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    out = ["--out", str(tmp_path / "o"), "--dimensions", "dynamic_degree", "--quiet"]
+    assert vdiff(["eval", str(tmp_path / "empty"), *out]) == 2
+    assert "holds no video" in capsys.readouterr().err
+    make_videos(tmp_path / "v", moving=True)  # "a clip-0.mp4"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a dog running\n")
+    assert vdiff(["eval", str(tmp_path / "v"), "--prompts", str(prompts), *out, "videos_per_prompt=1"]) == 2
+    err = capsys.readouterr().err
+    assert "holds none of the 1 videos --prompts" in err and "'a dog running-0.mp4'" in err
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a-0.mp4").write_bytes(b"\x00not a video" * 10)
+    assert vdiff(["eval", str(tmp_path / "bad"), *out]) == 2
+    assert "no video in" in capsys.readouterr().err.splitlines()[-1]
+    (tmp_path / "file").write_text("x")
+    assert vdiff(["eval", str(tmp_path / "v"), "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    # a folder named like an override is the VIDEOS input
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "v").rename(tmp_path / "take=2")
+    assert vdiff(["eval", "take=2", *out]) == 0

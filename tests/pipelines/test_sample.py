@@ -523,3 +523,24 @@ def test_default_attention_is_dense_and_overrides_keep_the_sampling_policy():
     sparse = load_config(SampleConfig, None, ["attention.backend=sparse_sage"]).attention
     assert (sparse.backend, sparse.dense_first_steps, sparse.dense_last_steps) == ("sparse_sage", 1, 1)
     assert "attention.backend (str, default 'sdpa')" in "\n".join(describe(SampleConfig))
+
+
+def test_bad_values_and_an_out_file_are_one_line_errors_before_any_work(tmp_path, capsys):
+    from pipelines.sample import main
+
+    out_file = tmp_path / "out.mp4"
+    out_file.write_bytes(b"")
+    base = ["--model", str(tmp_path), "--prompt", "x"]
+    for args, message in [
+        (
+            [*base, "--out", str(tmp_path / "o"), "guidance=.nan"],
+            "guidance: expected a finite number, got nan",
+        ),
+        ([*base, "--out", str(tmp_path / "o"), "fps=0"], "fps must be > 0, got 0.0"),
+        ([*base, "--out", str(tmp_path / "o"), "cache.threshold=-1"], "cache.threshold must be >= 0"),
+        ([*base, "--out", str(out_file)], f"--out {out_file} is a file"),
+    ]:
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("vdiff sample: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()

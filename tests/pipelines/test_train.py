@@ -49,7 +49,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def tiny_config(data: Path, out: Path, *overrides: str) -> TrainConfig:
+def tiny_overrides(data: Path, out: Path, *overrides: str) -> list[str]:
     base = [
         f"data.path={data}",
         f"run_dir={out}",
@@ -61,7 +61,11 @@ def tiny_config(data: Path, out: Path, *overrides: str) -> TrainConfig:
         "train.log_every=1",
         "train.device=cpu",
     ]
-    return load_config(TrainConfig, CONFIG, [*base, *overrides])
+    return [*base, *overrides]
+
+
+def tiny_config(data: Path, out: Path, *overrides: str) -> TrainConfig:
+    return load_config(TrainConfig, CONFIG, tiny_overrides(data, out, *overrides))
 
 
 def rows(run: Path) -> list[dict]:
@@ -412,3 +416,147 @@ def test_ring_with_a_sparse_backend_is_refused_before_work(shards: Path, tmp_pat
     assert main([*args, "model.attention.backend=sparse"]) == 2
     assert "ring attention trains with dense attention only" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_branching_from_an_older_checkpoint_sets_the_later_run_aside(
+    shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The issue's case: resume=.../step_00000002 with a new lr, stopped, then resume=auto."""
+    run = tmp_path / "run"
+    common = ("optim.warmup_steps=0", "optim.schedule=constant", "train.tensorboard=false")
+    train(tiny_config(shards, run, *common, "train.steps=6", "checkpoint.every=2", "optim.lr=0.001"))
+    first = (run / "metrics.jsonl").read_text().splitlines()
+    capsys.readouterr()
+    # the branch: a new lr from step 2; it stops (as if killed) after its step-3 checkpoint
+    branch = ("optim.lr=0.002", "checkpoint.every=3")
+    resume = f"resume={run / 'checkpoints' / 'step_00000002'}"
+    train(tiny_config(shards, run, *common, *branch, "train.steps=3", resume))
+    assert "branching at step 2" in capsys.readouterr().out
+    (aside,) = (run / "checkpoints").glob("abandoned-*")  # moved, not deleted, with the old config
+    assert sorted(p.name for p in aside.iterdir()) == ["config.yaml", "step_00000004", "step_00000006"]
+    assert load_config(TrainConfig, aside / "config.yaml").optim.lr == 0.001
+    (sidecar,) = run.glob("metrics.abandoned-*.jsonl")
+    assert sidecar.read_text().splitlines() == first[2:]  # the abandoned run's rows 3..6
+    assert [r["step"] for r in rows(run)] == [1, 2, 3]
+    # resume=auto continues the branch (step 3), not the abandoned run's step 6
+    train(tiny_config(shards, run, *common, *branch, "train.steps=4"))
+    got = rows(run)
+    assert [(r["step"], r["lr"]) for r in got] == [(1, 0.001), (2, 0.001), (3, 0.002), (4, 0.002)]
+    assert (run / "metrics.jsonl").read_text().splitlines()[:2] == first[:2]
+    assert latest_checkpoint(run / "checkpoints") == run / "checkpoints" / "step_00000004"
+    assert len(list((run / "checkpoints").glob("abandoned-*"))) == 1
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_complete_one(
+    shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    common = ("train.steps=4", "checkpoint.every=2", "train.tensorboard=false")
+    full = train(tiny_config(shards, tmp_path / "full", *common))
+    run = shutil.copytree(full, tmp_path / "run")
+    (run / "checkpoints" / "step_00000004" / ".metadata").write_bytes(b"\x00not a checkpoint" * 4)
+    capsys.readouterr()
+    train(tiny_config(shards, run, *common))
+    err = capsys.readouterr().err
+    assert f"resume=auto passes over {run / 'checkpoints' / 'step_00000004'}: it does not load" in err
+    (aside,) = (run / "checkpoints").glob("abandoned-*")
+    assert (aside / "step_00000004" / ".metadata").read_bytes().startswith(b"\x00not a checkpoint")
+    # resumed at step 2: the losses are the uninterrupted run's
+    assert [(r["step"], r["loss"]) for r in rows(run)] == [(r["step"], r["loss"]) for r in rows(full)]
+    # nothing loadable: an error that lists why, and nothing is moved
+    bad = shutil.copytree(full, tmp_path / "bad")
+    (bad / "checkpoints" / "step_00000004" / ".metadata").write_bytes(b"")
+    (bad / "checkpoints" / "step_00000002" / "trainer" / "rank-00000.json").unlink()
+    assert main([str(CONFIG), *tiny_overrides(shards, bad, *common)]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert "resume=auto: no checkpoint under" in err and "step_00000002: no trainer/rank-00000.json" in err
+    assert "step_00000004: no .metadata, or an empty one" in err and "moved aside, not deleted" in err
+    assert sorted(p.name for p in (bad / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.steps=0", "train.steps must be >= 1, got 0"),
+        ("train.steps=-5", "train.steps must be >= 1, got -5"),
+        ("train.log_every=0", "train.log_every must be >= 1, got 0"),
+        ("checkpoint.every=-1", "checkpoint.every must be >= 0 (0: only at the end), got -1"),
+        ("train.batch_size=-4", "train.batch_size must be >= 1, got -4"),
+        ("optim.lr=.nan", "optim.lr: expected a finite number, got nan"),
+        ("flow.caption_dropout=.inf", "flow.caption_dropout: expected a finite number, got inf"),
+        ("ema.decay=2", "ema.decay must be in [0, 1], got 2.0"),
+        ("data.on_error=ignore", "data.on_error: 'ignore' is not one of ['skip', 'raise']"),
+    ],
+)
+def test_bad_values_are_refused_before_any_work(
+    shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture, override: str, message: str
+) -> None:
+    run = tmp_path / "run"
+    assert main([str(CONFIG), *tiny_overrides(shards, run, override)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1  # one line
+    assert not run.exists()
+
+
+def test_wrong_paths_are_one_line_user_errors_and_a_full_disk_names_its_path(
+    shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    a_file, not_a_tar = tmp_path / "file", tmp_path / "shard.tar"
+    a_file.write_text("x")
+    not_a_tar.write_bytes(b"\x00not a tar" * 100)
+    run = tmp_path / "run"
+    cases = [
+        (f"run_dir={a_file}", f"run_dir={a_file} is a file, not a folder"),
+        (f"data.path={tmp_path / 'none'}", f"data path {tmp_path / 'none'} does not exist"),
+        (f"data.path={not_a_tar}", f"{not_a_tar}: not a readable uncompressed tar shard"),
+        (f"resume={tmp_path / 'nope'}", f"resume={tmp_path / 'nope'}: no such folder"),
+    ]
+    for override, message in cases:
+        assert main([str(CONFIG), *tiny_overrides(shards, run, override)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not run.exists()
+
+    def disk_full(cfg: object, path: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr("pipelines.train.save_config", disk_full)
+    assert main([str(CONFIG), *tiny_overrides(shards, run)]) == 1  # the environment's failure
+    err = capsys.readouterr().err  # NOTE: after transformers' progress bar of the text encoder's weights
+    assert err.splitlines()[-1] == f"vdiff train: No space left on device: {run / 'config.yaml'}"
+    # a config file named like an override is the config, not an override
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(CONFIG, tmp_path / "take=2.yaml")
+    assert main(["take=2.yaml", *tiny_overrides(shards, run, "train.steps=0")]) == 2
+    assert "train.steps must be >= 1" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def shards_with_a_bad_clip(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 4 clips of ``shards`` after a shard (first in order) whose one clip is not a video."""
+    root = tmp_path_factory.mktemp("bad_clip")
+    shutil.copytree(shards / "shards", root / "shards")
+    meta = {"caption": "broken", "fps": 8.0, "num_frames": 12, "width": 24, "height": 24}
+    with wds.TarWriter(str(root / "shards" / "a-bad.tar")) as w:
+        w.write({"__key__": "clip-bad", "mp4": b"\x00not a video" * 10, "json": json.dumps(meta)})
+    return root
+
+
+def test_bad_clips_are_skipped_counted_listed_and_resumed_identically(
+    shards_with_a_bad_clip: Path, tmp_path: Path
+) -> None:
+    # in shard order: clip-bad, clip-0..3; batches [0, 1], [2, 3] each epoch: clip-bad reads as clip-0
+    common = ("train.steps=4", "checkpoint.every=2", "data.shuffle=false", "train.tensorboard=false")
+    full = train(tiny_config(shards_with_a_bad_clip, tmp_path / "full", *common))
+    assert [r["data_skipped"] for r in rows(full)] == [1, 1, 2, 2]
+    listed = [json.loads(line) for line in (full / "bad_samples.jsonl").read_text().splitlines()]
+    assert [(Path(r["shard"]).name, r["key"], r["epoch"]) for r in listed] == [("a-bad.tar", "clip-bad", 0)]
+    assert "a-bad.tar:clip-bad.mp4: not a decodable video" in listed[0]["error"]
+    cut = killed_after_step_3(full, tmp_path / "cut")
+    (cut / "bad_samples.jsonl").unlink()  # the list comes back from the checkpoint, not from the file
+    train(tiny_config(shards_with_a_bad_clip, cut, *common))
+    assert [(r["loss"], r["data_skipped"]) for r in rows(cut)] == [
+        (r["loss"], r["data_skipped"]) for r in rows(full)
+    ]
+    assert (cut / "bad_samples.jsonl").read_text() == (full / "bad_samples.jsonl").read_text()

@@ -5,7 +5,7 @@ from typing import Literal
 import pytest
 import yaml
 
-from vdiff.config import ConfigError, describe, is_override, load_config, save_config
+from vdiff.config import ConfigError, describe, is_override, load_config, save_config, split_overrides
 
 
 @dataclass
@@ -68,3 +68,23 @@ def test_describe_and_override_detection() -> None:
     assert any(line.startswith("inner.rate (float, default 0.5): a rate") for line in lines)
     assert is_override("a.b=1") and is_override("seed=3")
     assert not is_override("/data/x.mp4")
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", ".NaN"])
+def test_non_finite_floats_are_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"inner\.rate: expected a finite number"):
+        load_config(Outer, None, [f"inner.rate={value}"])
+
+
+def test_an_existing_file_is_never_an_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "take=2.mp4").write_bytes(b"")
+    (tmp_path / "shot=3").mkdir()
+    assert not is_override("take=2.mp4") and not is_override("shot=3")
+    assert is_override("take=3.mp4")  # no such file: a key=value word
+    words, overrides = split_overrides(
+        ["in.mp4", "take=2.mp4", "--out", "x=1", "--compare", "a=1", "b=2", "seed=3"],
+        value_options={"--out": 1, "--compare": 2},
+    )
+    assert words == ["in.mp4", "take=2.mp4", "--out", "x=1", "--compare", "a=1", "b=2"]
+    assert overrides == ["seed=3"]

@@ -1,5 +1,8 @@
+import hashlib
 import os
 import stat
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +28,7 @@ from vdiff.io.video import (
     read_frames,
     set_encoder_threads,
     write_mp4,
+    x264_options,
 )
 
 
@@ -144,3 +148,55 @@ def test_threaded_encoding_keeps_every_frame(tmp_path: Path) -> None:
         assert got.shape == frames.shape
         # crf 10: near-lossless; a dropped or reordered frame would put a 180-level square off
         assert np.abs(got.astype(int) - frames.astype(int)).mean() < 3
+
+
+def moving_square(n: int = 48, h: int = 144, w: int = 340) -> np.ndarray:
+    """A red square moving right over seeded noise: (n, h, w, 3) uint8, the same in every process."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(60, 100, size=(n, h, w, 3), dtype=np.uint8)
+    for i in range(n):
+        frames[i, 40:90, 4 * i : 4 * i + 50] = (220, 40, 40)
+    return frames
+
+
+def dirty_heap(seed: int) -> None:
+    """Allocate and free buffers of many sizes and contents, so later allocations start with other bytes."""
+    rng = np.random.default_rng(seed)
+    junk = [rng.bytes(int(n)) for n in rng.integers(1_000, 200_000, 300)]
+    del junk
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_same_frames_encode_to_the_same_bytes_in_one_process(threads: int) -> None:
+    # NOTE: with libx264's AVX-512 routines on (x264_options turns them off), 340x144 frames gave
+    # up to 7 different bitstreams in 8 encodes here, depending on what the heap held before.
+    frames = moving_square()
+    digests = set()
+    for k in range(4):
+        dirty_heap(k)
+        digests.add(sha(encode_mp4(frames, 24.0, threads=threads)))
+    assert len(digests) == 1
+
+
+def test_a_fresh_process_encodes_the_same_frames_to_the_same_bytes() -> None:
+    here = encode_mp4(moving_square(), 24.0, threads=2)
+    code = (
+        "import hashlib, runpy, sys\n"
+        "from vdiff.io.video import encode_mp4\n"
+        f"ns = runpy.run_path({__file__!r})\n"
+        "sys.stdout.write(hashlib.sha256(encode_mp4(ns['moving_square'](), 24.0, threads=2)).hexdigest())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == sha(here)
+
+
+def test_x264_options_keep_crf_and_preset_and_turn_off_avx512_only() -> None:
+    options = x264_options(crf=23, preset="fast")
+    assert options["crf"] == "23" and options["preset"] == "fast"
+    params = options.get("x264-params")
+    assert params is None or (params.startswith("asm=") and not int(params[4:]) & (1 << 16))

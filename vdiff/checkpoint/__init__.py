@@ -8,6 +8,10 @@ EMA and optimizer entries cover only the parameters that train; the frozen base 
 rebuilt from the run's config. A checkpoint is written under
 ``step_{step:08d}.tmp`` and renamed when every rank has finished, so a killed run never leaves a
 partial ``step_{step:08d}``; :func:`latest_checkpoint` ignores the temporary folders.
+
+Checkpoints are read through :mod:`vdiff.checkpoint.safe` (:func:`load_state`, :func:`checkpoint_keys`):
+a crafted ``.metadata`` or data file is refused with an :class:`UnsafeCheckpointError` instead of
+running its code. Read a DCP checkpoint no other way.
 """
 
 from __future__ import annotations
@@ -26,7 +30,27 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from vdiff.checkpoint.safe import (
+    UnsafeCheckpointError,
+    checkpoint_keys,
+    load_plain_weights,
+    load_state,
+    read_metadata,
+)
 from vdiff.io.files import atomic_write_json
+
+__all__ = [
+    "UnsafeCheckpointError",
+    "checkpoint_keys",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "load_plain_weights",
+    "load_state",
+    "read_metadata",
+    "rng_from_json",
+    "rng_to_json",
+    "save_checkpoint",
+]
 
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 
@@ -142,17 +166,15 @@ def load_checkpoint(
             f"{path} is not a complete checkpoint (no .metadata); pick another step_ folder"
         )
     state = _state(model, optimizer, ema, trainable_only=trainable_only)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        try:
-            dcp.load(state, checkpoint_id=str(path))
-        except CheckpointException as e:
-            # NOTE: DCP's exception is a BaseException listing every rank's traceback; name the cause.
-            raise ValueError(
-                f"{path} does not fit this run's model/optimizer ({_first_line(e)}): resume with the "
-                "model.*, optim.name/optim.* and lora.* settings of the run that wrote it, "
-                "or start fresh with resume=none"
-            ) from e
+    try:
+        load_state(state, path)
+    except CheckpointException as e:
+        # NOTE: DCP's exception is a BaseException listing every rank's traceback; name the cause.
+        raise ValueError(
+            f"{path} does not fit this run's model/optimizer ({_first_line(e)}): resume with the "
+            "model.*, optim.name/optim.* and lora.* settings of the run that wrote it, "
+            "or start fresh with resume=none"
+        ) from e
     set_state_dict(
         model,
         optimizer,

@@ -10,6 +10,7 @@ from vdiff.data.clips import (
 from vdiff.data.loader import (
     BatchPlan,
     DataConfig,
+    DataError,
     SampleReader,
     ShardLoader,
     cached_settings,
@@ -25,6 +26,7 @@ from vdiff.data.shards import SampleRef, index_shard, list_shards, read_sample, 
 __all__ = [
     "BatchPlan",
     "DataConfig",
+    "DataError",
     "SampleReader",
     "SampleRef",
     "ShardLoader",

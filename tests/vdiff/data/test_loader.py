@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import webdataset as wds
 from tests.vdiff.data.conftest import clip_frames
 from vdiff.data import (
     DataConfig,
+    SampleReader,
+    SampleRef,
     ShardLoader,
     clip_frame_indices,
     clip_meta,
@@ -27,6 +30,7 @@ from vdiff.data import (
     resize_crop,
     split_member_name,
 )
+from vdiff.data.loader import DataError
 from vdiff.io.video import VideoError, VideoMeta, encode_mp4
 
 
@@ -155,10 +159,85 @@ def test_a_corrupt_clip_is_an_error_naming_it(tmp_path: Path) -> None:
     with wds.TarWriter(str(tmp_path / "bad.tar")) as w:
         meta = json.dumps({"caption": "x", "fps": 8.0, "num_frames": 4, "width": 8, "height": 8})
         w.write({"__key__": "broken", "mp4": b"\x00not a video" * 10, "json": meta})
-    cfg = DataConfig(path=str(tmp_path / "bad.tar"), num_frames=2, height=8, width=8)
+    cfg = DataConfig(path=str(tmp_path / "bad.tar"), num_frames=2, height=8, width=8, on_error="raise")
     loader = ShardLoader(cfg, batch_size=1)
     with pytest.raises(VideoError, match=r"bad\.tar:broken\.mp4"):
         next(iter(loader))
+    # on_error=skip skips bad samples, not a dataset with nothing readable: that stays an error
+    cfg.on_error = "skip"
+    with pytest.raises(DataError, match=r"1 samples in a row could not be read.*bad\.tar:broken\.mp4"):
+        next(iter(ShardLoader(cfg, batch_size=1)))
+
+
+def shards_with_bad_samples(root: Path) -> Path:
+    """clip_shards' layout (10 clips of 12 frames, 3 shards) where clip-005 is not a video and
+    clip-008's json says num_frames=0."""
+    (root / "shards").mkdir(parents=True)
+    for s, ids in enumerate([range(0, 4), range(4, 8), range(8, 10)]):
+        with wds.TarWriter(str(root / "shards" / f"shard-{s:06d}.tar")) as w:
+            for i in ids:
+                meta = {"caption": f"clip {i}", "fps": 12.0, "num_frames": 0 if i == 8 else 12,
+                        "width": 32, "height": 24}  # fmt: skip
+                mp4 = encode_mp4(clip_frames(i, num_frames=12, height=24, width=32), 12.0)
+                if i == 5:
+                    mp4 = b"\x00not a video" * 10
+                w.write({"__key__": f"clip-{i:03d}", "mp4": mp4, "json": json.dumps(meta)})
+    return root
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_bad_samples_are_replaced_by_the_next_in_shard_order_and_resume_reads_the_same(
+    tmp_path: Path, workers: int
+) -> None:
+    root = shards_with_bad_samples(tmp_path / "data")
+    cfg = DataConfig(path=str(root), num_frames=2, fps=6.0, height=8, width=8, num_workers=workers)
+    loader = ShardLoader(cfg, batch_size=2, seed=0)
+    batches = list(itertools.islice(iter(loader), 10))  # 2 epochs of 5 steps
+    for epoch in range(2):
+        order = [f"clip-{i:03d}" for i in loader.order(epoch)]
+        # clip-005 (not a video) reads as clip-006 and clip-008 (num_frames=0) as clip-009, in place
+        want = [{"clip-005": "clip-006", "clip-008": "clip-009"}.get(k, k) for k in order]
+        assert [k for b in batches[5 * epoch : 5 * epoch + 5] for k in b["key"]] == want
+    assert loader.skipped == 4  # both bad samples, in each epoch
+    shards = [str(p) for p in list_shards(root)]
+    listed = sorted((r["shard"], r["key"], r["epoch"]) for r in loader.bad_samples)  # each once
+    assert listed == [(shards[1], "clip-005", 0), (shards[2], "clip-008", 0)]
+    errors = {r["key"]: r["error"] for r in loader.bad_samples}
+    assert re.search(r"shard-000001\.tar:clip-005\.mp4: not a decodable video", errors["clip-005"])
+    assert re.search(r"shard-000002\.tar: clip-008\.json says num_frames=0", errors["clip-008"])
+    # a loader resumed mid-stream (from a state taken after 3 batches) reads the same batches and counts
+    again = ShardLoader(cfg, batch_size=2, seed=0)
+    it = iter(again)
+    for _ in range(3):
+        next(it)
+    state = again.state_dict()
+    resumed = ShardLoader(cfg, batch_size=2, seed=0)
+    resumed.load_state_dict(json.loads(json.dumps(state)))  # as a checkpoint stores it
+    rest = list(itertools.islice(iter(resumed), 7))
+    for a, b in zip(rest, batches[3:]):
+        assert a["key"] == b["key"] and torch.equal(a["video"], b["video"])
+    assert (resumed.skipped, resumed.bad_samples) == (loader.skipped, loader.bad_samples)
+    loader.close(), again.close(), resumed.close()
+
+
+def test_on_error_raise_names_the_shard_and_the_sample(tmp_path: Path) -> None:
+    root = shards_with_bad_samples(tmp_path / "data")
+    cfg = DataConfig(path=str(root), num_frames=2, fps=6.0, height=8, width=8, num_workers=0)
+    cfg.shuffle, cfg.on_error = False, "raise"
+    it = iter(ShardLoader(cfg, batch_size=1))
+    for _ in range(5):
+        next(it)
+    with pytest.raises(VideoError, match=r"shard-000001\.tar:clip-005\.mp4"):
+        next(it)
+    # an error from deeper down that does not name the sample gets its shard and key
+    ref = index_shard(list_shards(root)[0])[0]
+    not_json = SampleRef(shard=ref.shard, key=ref.key, members={**ref.members, "json": ref.members["mp4"]})
+    with pytest.raises(ValueError, match=r"shard-000000\.tar: clip-000\.json is not valid JSON"):
+        SampleReader([not_json], cfg, kind="raw", seed=0).load(0, 0)
+    listed = tmp_path / "list.tar"
+    _write_tar(listed, [("a.mp4", b"x"), ("a.json", b"[12, 8]")])
+    with pytest.raises(ValueError, match=r"list\.tar: a\.json holds a list"):
+        load_raw_sample(index_shard(listed)[0], cfg)
 
 
 def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:

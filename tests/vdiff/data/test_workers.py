@@ -100,7 +100,7 @@ def test_a_corrupt_clip_in_a_worker_raises_the_same_error(tmp_path: Path) -> Non
     errors = []
     for workers in (0, 2):
         cfg = DataConfig(path=str(tmp_path / "bad.tar"), num_frames=2, height=8, width=8, shuffle=False)
-        cfg.num_workers = workers
+        cfg.num_workers, cfg.on_error = workers, "raise"
         with ShardLoader(cfg, batch_size=1) as loader:
             it = iter(loader)
             assert next(it)["key"] == ["good"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,11 @@ import torch
 from transformers import AutoModel, AutoTokenizer, UMT5Config, UMT5EncoderModel
 
 from vdiff.encoders import TextEncoderConfig, build_text_encoder, minilm_path
+
+# NOTE: the crafted-file helpers live in the checkpoint tests' conftest; import it as a module.
+ROOT = str(Path(__file__).resolve().parents[3])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 PROMPTS = ["a red circle moving left", "", "a very long prompt " * 20]
 
@@ -54,3 +60,17 @@ def test_tiny_umt5_encoder_loads_offline_and_masks_padding(tmp_path: Path) -> No
 def test_missing_text_encoder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"text\.path"):
         build_text_encoder(TextEncoderConfig(path=str(tmp_path)))
+
+
+def test_a_text_encoder_folder_with_its_own_code_is_refused_without_asking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.vdiff.checkpoint.conftest import custom_code_folder
+
+    asked: list[tuple] = []
+    monkeypatch.setattr("builtins.input", lambda *a: asked.append(a) or "y")  # a user who would say yes
+    marker = tmp_path / "MARKER"
+    folder = custom_code_folder(minilm_path(), tmp_path / "encoder", marker)
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        build_text_encoder(TextEncoderConfig(path=str(folder)))
+    assert not marker.exists() and not asked

@@ -110,3 +110,29 @@ def test_model_folders_honour_the_umask(tiny, tmp_path, umask):
         assert stat.S_IMODE((tmp_path / folder).stat().st_mode) == 0o777 & ~umask
         for p in (tmp_path / folder).iterdir():
             assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask, p.name
+
+
+def test_save_model_as_diffusers_loads_with_from_pretrained(tiny, inputs, tmp_path):
+    from diffusers import WanTransformer3DModel
+
+    save_model(tiny, tmp_path / "d", to="diffusers")
+    names = sorted(p.name for p in (tmp_path / "d").iterdir())
+    assert names == ["config.json", "diffusion_pytorch_model.safetensors"]
+    x, t, c = inputs
+    with torch.no_grad():
+        got = WanTransformer3DModel.from_pretrained(tmp_path / "d")(x, t, c, return_dict=False)[0]
+        torch.testing.assert_close(got, tiny(x, t, c), atol=1e-5, rtol=0)
+    save_model(tiny, tmp_path / "b", to="diffusers", dtype=torch.bfloat16)
+    state = load_file(str(tmp_path / "b" / "diffusion_pytorch_model.safetensors"))
+    assert all(v.dtype == torch.bfloat16 for v in state.values())
+    assert torch.equal(state["blocks.0.attn1.to_q.weight"], tiny.blocks[0].self_attn.q.weight.bfloat16())
+
+
+def test_save_model_as_diffusers_refuses_what_diffusers_cannot_describe(tmp_path):
+    from tests.vdiff.models.conftest import INIT_DICT
+    from vdiff.models import ModelConfig, build_model
+
+    model = build_model(ModelConfig(**INIT_DICT, abs_pos_embed=True))
+    with pytest.raises(ValueError, match="abs_pos_embed"):
+        save_model(model, tmp_path / "d", to="diffusers")
+    assert not (tmp_path / "d").exists()  # refused before anything was written
