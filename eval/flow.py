@@ -11,7 +11,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from eval.registry import UnscorableVideoError
+from eval.metric import UnscorableVideoError
 
 FlowMethod = Literal["dis", "farneback"]
 

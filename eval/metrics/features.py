@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from eval.frames import batches, clip_transform, dino_transform, middle_frame_indices
-from eval.registry import Metric, UnscorableVideoError, VideoSample, register_metric, resolve_weight
+from eval.metric import Metric, UnscorableVideoError, VideoSample, register_metric, resolve_weight
 
 
 def consistency_sum(features: torch.Tensor) -> tuple[float, int]:

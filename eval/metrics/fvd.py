@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eval.registry import Metric, UnscorableVideoError, VideoSample, register_metric, resolve_weight
+from eval.metric import Metric, UnscorableVideoError, VideoSample, register_metric, resolve_weight
 from eval.vbench import VIDEO_EXTENSIONS
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from eval.frames import batches, longer_side_limit
-from eval.registry import Metric, MissingDependencyError, VideoSample, register_metric, resolve_weight
+from eval.metric import Metric, MissingDependencyError, VideoSample, register_metric, resolve_weight
 
 
 def check_plain_weights(path: Path) -> None:

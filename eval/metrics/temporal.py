@@ -15,7 +15,7 @@ import numpy as np
 
 from eval.flow import FlowMethod, interpolate_middle, optical_flow, top_fraction_mean
 from eval.frames import every_kth_index
-from eval.registry import Metric, UnscorableVideoError, VideoSample, register_metric
+from eval.metric import Metric, UnscorableVideoError, VideoSample, register_metric
 
 
 def mean_abs_diff_score(frames: np.ndarray) -> float:

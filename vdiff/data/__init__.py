@@ -12,7 +12,6 @@ from vdiff.data.loader import (
     DataConfig,
     DataError,
     SampleReader,
-    ShardLoader,
     cached_settings,
     clip_meta,
     collate,
@@ -21,6 +20,7 @@ from vdiff.data.loader import (
     load_empty_prompt,
     load_raw_sample,
 )
+from vdiff.data.shard_loader import ShardLoader
 from vdiff.data.shards import SampleRef, index_shard, list_shards, read_sample, split_member_name
 
 __all__ = [
