@@ -185,7 +185,7 @@ def measure(loader: ShardLoader, step: Callable[[dict[str, Any]], None], *, repe
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.train import TrainConfig
+    from vdiff.training import TrainConfig
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", default="tiny,demo", help=f"comma-separated, of {sorted(CONFIGS)}")

@@ -41,7 +41,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import torch  # noqa: E402
 
-from pipelines.sample import (  # noqa: E402
+from vdiff.attention.policy import AttentionPolicy  # noqa: E402
+from vdiff.sampling import (  # noqa: E402
     ParallelGroups,
     SampleConfig,
     StepCacheConfig,
@@ -53,7 +54,6 @@ from pipelines.sample import (  # noqa: E402
     make_scheduler,
     to_uint8,
 )
-from vdiff.attention.policy import AttentionPolicy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [

@@ -258,6 +258,16 @@ def load_config(
     return _build(cls, data)
 
 
+def config_from_dict(cls: type[T], data: typing.Mapping[str, Any], *, prefix: str = "") -> T:
+    """Build ``cls`` from ``data`` (e.g. one section of a YAML file) with :func:`load_config`'s checks.
+
+    ``prefix`` (``"text."``) is put before the keys named in errors.
+    """
+    if not isinstance(data, typing.Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    return _build(cls, dict(data), prefix=prefix)
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A plain, YAML-safe dict of a config (paths as strings, tuples as lists)."""
 

@@ -27,7 +27,7 @@ from safetensors import safe_open
 from torch.distributed.checkpoint.api import CheckpointException
 
 from vdiff.checkpoint import checkpoint_keys, latest_checkpoint, load_state
-from vdiff.config import ConfigError, to_dict
+from vdiff.config import ConfigError
 from vdiff.models.config import ModelConfig
 from vdiff.models.dit import build_model
 from vdiff.models.io import WEIGHTS_NAME, load_model, save_model
@@ -190,8 +190,7 @@ def _base_model(info: RunInfo) -> torch.nn.Module:
                 "read it: run from the folder training ran in, or put the base model back there"
             )
         model = load_model(info.init_from, dtype=torch.float32, attention=info.model.attention)
-    want, got = to_dict(info.model), to_dict(model.config)
-    wrong = [f"model.{k}={want[k]!r} (init_from has {got[k]!r})" for k in want if want[k] != got[k]]
+    wrong = info.model.mismatches(model.config, other="init_from")
     if wrong:
         raise ValueError(
             f"{info.path / RUN_CONFIG}: init_from={info.init_from} is now another architecture "
@@ -221,23 +220,49 @@ def _first_line(e: BaseException) -> str:
     return (named or lines or [type(e).__name__])[0][:300]
 
 
+def _check_holds(ckpt: Path, weights: str) -> None:
+    """Refuse a checkpoint without a ``weights`` entry (EMA weights of a run without EMA)."""
+    if not any(k.startswith(f"{weights}.") for k in checkpoint_keys(ckpt)):
+        raise ValueError(f"{ckpt} holds no {weights!r} weights; use weights=model (--weights model)")
+
+
+def load_trained_weights(
+    model: torch.nn.Module, ckpt: Path, *, weights: Literal["ema", "model"], trainable_only: bool = True
+) -> None:
+    """Load the ``weights`` entry (``ema`` or ``model``) of checkpoint ``ckpt`` into ``model`` in place.
+
+    ``trainable_only`` (a LoRA run's checkpoints hold only the adapters): read the parameters that
+    require grad and leave the others as they are; else every entry of ``model``'s state dict.
+    Only that entry is read, never the optimizer state.
+    """
+    _check_holds(ckpt, weights)
+    wanted = model.state_dict()
+    if trainable_only:
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        wanted = {k: v for k, v in wanted.items() if k in trainable}
+    state = {weights: wanted}
+    try:
+        load_state(state, ckpt, no_dist=True)
+    except CheckpointException as e:
+        described = ckpt.parent.parent / RUN_CONFIG  # NOTE: checkpoints are RUN/checkpoints/step_N
+        raise ValueError(f"{ckpt} does not fit the model {described} describes ({_first_line(e)})") from e
+    model.load_state_dict(state[weights], strict=not trainable_only)
+
+
 def _load(info: RunInfo, ckpt: Path, weights: Literal["ema", "model"], *, base: bool) -> torch.nn.Module:
     """The run's model with checkpoint ``ckpt``'s ``weights`` entry loaded (LoRA layers unmerged).
 
     ``base=False`` leaves a LoRA run's base weights uninitialised (``init_from`` is not read): for
     writing the adapters alone, never for running the model.
     """
-    if not any(k.startswith(f"{weights}.") for k in checkpoint_keys(ckpt)):
-        raise ValueError(f"{ckpt} holds no {weights!r} weights; use weights=model (--weights model)")
+    _check_holds(ckpt, weights)
     if info.lora is None or not base:
         # NOTE: these weights all come from the checkpoint: allocate without initialising (a 14B
         # init is minutes).
         model = build_model(info.model, device="meta").to_empty(device="cpu")
     else:
         model = _base_model(info)
-    if info.lora is None:
-        wanted = model.state_dict()
-    else:
+    if info.lora is not None:
         try:
             model = add_lora(
                 model,
@@ -248,17 +273,8 @@ def _load(info: RunInfo, ckpt: Path, weights: Literal["ema", "model"], *, base: 
             )
         except ValueError as e:
             raise ValueError(f"{info.path / RUN_CONFIG}: lora.target_modules: {e}") from e
-        # NOTE: LoRA checkpoints hold the trainable parameters (the adapters) and their EMA only.
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        wanted = {k: v for k, v in model.state_dict().items() if k in trainable}
-    state = {weights: wanted}
-    try:
-        load_state(state, ckpt, no_dist=True)
-    except CheckpointException as e:
-        raise ValueError(
-            f"{ckpt} does not fit the model {info.path / RUN_CONFIG} describes ({_first_line(e)})"
-        ) from e
-    model.load_state_dict(state[weights], strict=info.lora is None)
+    # NOTE: LoRA checkpoints hold the trainable parameters (the adapters) and their EMA only.
+    load_trained_weights(model, ckpt, weights=weights, trainable_only=info.lora is not None)
     return model.requires_grad_(False).eval()
 
 
@@ -343,6 +359,18 @@ def export_run(
         "bytes": file.stat().st_size,
         "files": 1,
     }
+
+
+def merge_run(run: str | Path, out: str | Path, *, weights: Weights = "auto") -> Path:
+    """Write LoRA run ``run``'s latest checkpoint, adapters folded into the base, as a vdiff model folder.
+
+    ``weights``: ``ema``, ``model`` (the raw weights) or ``auto`` (EMA when the run kept one). The
+    base is rebuilt as training built it (``init_from``, or the seeded init), so ``init_from``
+    must still be there. The result loads with :func:`vdiff.models.load_model`.
+    """
+    if read_run(run).lora is None:
+        raise ConfigError(f"{run} trained without LoRA (lora.rank=0): its checkpoints hold the whole model")
+    return save_model(load_run_model(run, weights=weights).model, out)
 
 
 def _step_of(ckpt: Path) -> int:

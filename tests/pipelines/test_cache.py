@@ -15,13 +15,14 @@ from safetensors.torch import load as load_safetensors
 
 from data_prep.synthetic import moving_shapes, shape_caption
 from pipelines.cache import main
-from pipelines.train import TrainConfig, train
 from pipelines.train import main as train_main
+from pipelines.train import train
 from vdiff.config import load_config
 from vdiff.data import DataConfig, ShardLoader, index_shard, list_shards, load_raw_sample, read_sample
 from vdiff.encoders import TextEncoderConfig, build_text_encoder, build_vae
 from vdiff.io.outdir import LOCK_NAME, out_dir_lock
 from vdiff.io.video import encode_mp4
+from vdiff.training import TrainConfig
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 SIZES = ["data.num_frames=4", "data.height=16", "data.width=16", "text.max_length=8"]

@@ -18,12 +18,13 @@ from safetensors.torch import load_file
 
 from data_prep.synthetic import moving_shapes, shape_caption
 from pipelines.convert import main
-from pipelines.train import TrainConfig, apply_lora, train
+from pipelines.train import train
 from vdiff.checkpoint import load_checkpoint
 from vdiff.config import load_config
 from vdiff.io.video import encode_mp4
 from vdiff.models import build_model, convert_checkpoint, load_model, save_model, videodit_tiny
 from vdiff.optim import build_optimizer
+from vdiff.training import TrainConfig, apply_lora
 
 
 def test_convert_both_directions(tmp_path, capsys):

@@ -8,8 +8,8 @@ import math
 import pytest
 
 from pipelines.demo import REPO, DemoConfig, main, render_html, sample_args, train_args
-from pipelines.train import TrainConfig
 from vdiff.config import ConfigError, load_config
+from vdiff.training import TrainConfig
 
 TINY = [
     "train_config=configs/tiny.yaml",

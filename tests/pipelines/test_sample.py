@@ -6,18 +6,12 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from pipelines.sample import (
-    StepCache,
-    StepCacheConfig,
-    VideoPipeline,
-    initial_noise,
-    latent_shape,
-)
 from vdiff.attention import AttentionConfig, register_backend, sdpa
 from vdiff.attention.policy import AttentionPolicy
 from vdiff.diffusion import euler_sample
 from vdiff.encoders import PixelAutoencoder, TextEncoder
 from vdiff.models import videodit_tiny
+from vdiff.sampling import StepCache, StepCacheConfig, VideoPipeline, initial_noise, latent_shape
 
 PROMPTS = ["a red circle moving left", "a blue square moving up"]
 KW = dict(steps=4, frames=4, height=32, width=32, shift=3.0)
@@ -219,10 +213,11 @@ import importlib.util
 spec = importlib.util.spec_from_file_location("sample_test_helpers", {test_file!r})
 helpers = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(helpers)
-from pipelines.sample import SampleConfig, make_pipeline, sample_to_folder, setup_distributed
+from pipelines.sample import sample_to_folder
 from vdiff.config import load_config
 from vdiff.encoders import PixelAutoencoder
 from vdiff.parallel.distributed import destroy_distributed
+from vdiff.sampling import SampleConfig, make_pipeline, setup_distributed
 
 # NOTE: one launch samples every layout (process start-up dominates the cost); each rank
 # writes into its own folder, so the test sees which ranks wrote files.
@@ -261,8 +256,9 @@ SPARSE_ARGS = [
 
 
 def _one_process(out, overrides: list[str]) -> tuple[int, int] | None:
-    from pipelines.sample import SampleConfig, sample_to_folder
+    from pipelines.sample import sample_to_folder
     from vdiff.config import load_config
+    from vdiff.sampling import SampleConfig
 
     cfg = load_config(SampleConfig, None, overrides)
     pipe = VideoPipeline(
@@ -382,9 +378,9 @@ def test_cfg_times_ulysses_four_ranks_equal_one_rank(tmp_path):
 
 def _fake_run(root, tiny_parts):
     """A vdiff training-run folder whose EMA weights differ from its raw weights."""
-    from pipelines.train import TrainConfig
     from vdiff.checkpoint import save_checkpoint
     from vdiff.config import load_config, save_config
+    from vdiff.training import TrainConfig
 
     model = tiny_parts[0]
     ema = tiny_transformer_copy(model)
@@ -490,7 +486,8 @@ def test_prompts_that_cannot_be_file_names_fail_before_sampling(tmp_path, capsys
 
 
 def test_progress_bars_on_rank_0_only(tmp_path, capsys):
-    from pipelines.sample import SampleConfig, sample_to_folder
+    from pipelines.sample import sample_to_folder
+    from vdiff.sampling import SampleConfig
 
     pipe = VideoPipeline(
         transformer=tiny_transformer(), text_encoder=ByteTextEncoder(), vae=PixelAutoencoder(4)
@@ -510,8 +507,8 @@ def test_default_attention_is_dense_and_overrides_keep_the_sampling_policy():
     (sparse_sage, 2 dense first steps), so `vdiff sample` ran sparse attention by default."""
     from pathlib import Path
 
-    from pipelines.sample import SampleConfig, dense_policy
     from vdiff.config import describe, load_config
+    from vdiff.sampling import SampleConfig, dense_policy
 
     assert load_config(SampleConfig, None, []).attention == dense_policy()
     assert (

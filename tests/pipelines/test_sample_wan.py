@@ -166,8 +166,9 @@ def test_cli_samples_a_wan_folder_like_diffusers_wan_pipeline(wan_dir, tmp_path,
     WanPipeline's video within 1e-4 (same noise, negative prompt, guidance, steps, scheduler)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
-    from pipelines.sample import initial_noise, main
+    from pipelines.sample import main
     from vdiff.io.video import probe, read_frames
+    from vdiff.sampling import initial_noise
 
     out = tmp_path / "out"
     keys = [
@@ -224,8 +225,8 @@ def test_wan22_folders_are_refused_with_a_clear_error(wan_dir, tmp_path, capsys)
 
 def test_wan_folder_options_reach_the_components(wan_dir):
     """vae.tiling / vae.slicing / vae.dtype and text.dtype apply to a Wan folder's VAE and UMT5."""
-    from pipelines.sample import SampleConfig, load_components
     from vdiff.config import load_config
+    from vdiff.sampling import SampleConfig, load_components
 
     keys = ["vae.tiling=true", "vae.slicing=true", "vae.dtype=bfloat16", "text.dtype=bfloat16"]
     transformer, text, vae = load_components(wan_dir, load_config(SampleConfig, None, keys))

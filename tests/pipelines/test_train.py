@@ -12,7 +12,7 @@ import torch
 import webdataset as wds
 
 from data_prep.synthetic import moving_shapes, shape_caption
-from pipelines.train import TrainConfig, main, train, validation_videos
+from pipelines.train import main, train
 from vdiff.checkpoint import latest_checkpoint, load_checkpoint
 from vdiff.config import load_config
 from vdiff.data import ShardLoader
@@ -21,6 +21,7 @@ from vdiff.encoders import build_text_encoder, build_vae
 from vdiff.io.video import encode_mp4, probe
 from vdiff.models import build_model, load_model, model_config, save_model
 from vdiff.optim import build_optimizer
+from vdiff.training import TrainConfig, validation_videos
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 CLIPS = [
@@ -226,8 +227,8 @@ def test_validation_samples_from_cached_shards(shards: Path, tmp_path: Path) -> 
 
 def test_validation_videos_decode_the_euler_solution() -> None:
     """Given the exact velocity noise − x0, the Euler loop lands on x0 (closed form), then decodes it."""
-    from pipelines.sample import initial_noise
     from vdiff.diffusion import flow_sigmas
+    from vdiff.sampling import initial_noise
 
     shape, seeds = (48, 2, 4, 4), [3, 4]
     x0 = torch.rand(2, *shape) * 2 - 1
@@ -300,8 +301,9 @@ def test_lora_checkpoints_hold_only_adapters_and_resume_exactly(
 
 
 def test_lora_merge_gives_the_adapter_models_output(shards: Path, lora_base: Path, tmp_path: Path) -> None:
-    from pipelines.sample import load_run
-    from pipelines.train import apply_lora, base_model, load_trained_weights
+    from vdiff.runs import load_trained_weights
+    from vdiff.sampling import load_run
+    from vdiff.training import apply_lora, base_model
 
     base_dir = lora_base
     merged_dir = tmp_path / "merged"

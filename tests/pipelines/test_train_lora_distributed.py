@@ -14,9 +14,11 @@ import torch
 import webdataset as wds
 from safetensors.torch import save, save_file
 
-from pipelines.train import TrainConfig, main, merge_run
+from pipelines.train import main
 from vdiff.config import load_config
 from vdiff.models import build_model, load_model, save_model
+from vdiff.runs import merge_run
+from vdiff.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "tiny.yaml"

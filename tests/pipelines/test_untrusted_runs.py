@@ -19,10 +19,11 @@ import torch
 import webdataset as wds
 from safetensors.torch import save, save_file
 
-from pipelines.train import TrainConfig, apply_lora, base_model, merge_run
 from vdiff.checkpoint import latest_checkpoint, save_checkpoint
 from vdiff.config import load_config, save_config
 from vdiff.models import build_model, save_model
+from vdiff.runs import merge_run
+from vdiff.training import TrainConfig, apply_lora, base_model
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -82,7 +83,8 @@ def _refused(capsys: pytest.CaptureFixture, rc: int, marker: Path, names: Path) 
 def test_sample_refuses_a_run_whose_checkpoint_runs_code(
     plain_run: tuple[Path, torch.nn.Module], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from pipelines.sample import load_run, main
+    from pipelines.sample import main
+    from vdiff.sampling import load_run
 
     run, model = plain_run
     loaded = load_run(run, weights="ema", step=-1)[0]  # the genuine run loads
@@ -96,7 +98,7 @@ def test_sample_refuses_a_run_whose_checkpoint_runs_code(
 def test_sample_refuses_a_weight_entry_whose_bytes_run_code(
     plain_run: tuple[Path, torch.nn.Module], tmp_path: Path
 ) -> None:
-    from pipelines.sample import load_run
+    from vdiff.sampling import load_run
 
     run, _ = plain_run
     marker, ckpt = tmp_path / "MARKER", latest_checkpoint(run / "checkpoints")

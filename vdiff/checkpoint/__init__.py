@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import shutil
 import warnings
 from pathlib import Path
@@ -30,6 +29,13 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from vdiff.checkpoint.check import (
+    STEP_FOLDER,
+    checkpoint_cause,
+    checkpoint_problem,
+    load_problem,
+    step_folders,
+)
 from vdiff.checkpoint.safe import (
     UnsafeCheckpointError,
     checkpoint_keys,
@@ -40,19 +46,22 @@ from vdiff.checkpoint.safe import (
 from vdiff.io.files import atomic_write_json
 
 __all__ = [
+    "STEP_FOLDER",
     "UnsafeCheckpointError",
+    "checkpoint_cause",
     "checkpoint_keys",
+    "checkpoint_problem",
     "latest_checkpoint",
     "load_checkpoint",
     "load_plain_weights",
+    "load_problem",
     "load_state",
     "read_metadata",
     "rng_from_json",
     "rng_to_json",
     "save_checkpoint",
+    "step_folders",
 ]
-
-_STEP_DIR = re.compile(r"^step_(\d{8,})$")
 
 
 def _barrier() -> None:
@@ -136,7 +145,7 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     found = [
         (int(m.group(1)), p)
         for p in root.iterdir()
-        if (m := _STEP_DIR.match(p.name)) and (p / ".metadata").is_file()
+        if (m := STEP_FOLDER.match(p.name)) and (p / ".metadata").is_file()
     ]
     return max(found)[1] if found else None
 

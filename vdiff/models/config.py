@@ -95,6 +95,11 @@ class ModelConfig:
 
         return to_dict(self)
 
+    def mismatches(self, got: ModelConfig, *, other: str) -> list[str]:
+        """``model.KEY=VALUE (OTHER has VALUE)`` for each field where ``got`` differs from this config."""
+        want, have = self.to_dict(), got.to_dict()
+        return [f"model.{k}={want[k]!r} ({other} has {have[k]!r})" for k in want if want[k] != have[k]]
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
