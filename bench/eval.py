@@ -1,23 +1,30 @@
-"""Benchmark: `vdiff eval` (decode each video once) against decoding it once per dimension.
+"""Benchmark: `vdiff eval` (decode each video once, share flows, parallel videos) against
+decoding it once per dimension.
 
 The peer is the naive loop, which is how VBench's per-dimension scripts work: for every
 dimension, decode every video again and score it. vdiff's ``eval.evaluate`` decodes each
-video once and hands the frames to every requested dimension. Both score the same synthetic
+video once, hands the frames to every requested dimension, computes each optical flow that
+two dimensions share once, and with ``workers=N`` scores N videos at a time in forked
+processes (timed with 1 process and with ``--workers``). Both score the same synthetic
 videos (moving shapes, pans, static shots from ``data_prep.synthetic``, written as H.264 mp4)
 on the weight-free dimensions (temporal_flickering, dynamic_degree, motion_smoothness; DIS
 flow substitutes), with metrics built by ``eval.registry.build_metric`` from the same config,
 and the script checks that both give the same scores. ``evaluate`` runs with ``report=False``
-(the naive loop writes no report; a run with the HTML report is timed separately). The two alternate
-within each repeat; the ratio printed is videos/s of vdiff over the naive loop's (> 1: vdiff
-is faster).
+(the naive loop writes no report; a run with the HTML report is timed separately). The runs
+alternate within each repeat; the ratio printed is videos/s of vdiff over the naive loop's (> 1:
+vdiff is faster), in wall time and in CPU time. CPU time is this process's plus that of its
+finished child processes (the workers), from ``getrusage``. The naive loop also runs with
+OpenCV on one thread (as each worker does), to show how much of the CPU ratio is OpenCV's
+thread pool spinning rather than work saved; that row is not in the ratio.
 
-    python bench/eval.py [--quick] [--videos N] [--frames N] [--size HxW] [--repeat N]
+    python bench/eval.py [--quick] [--videos N] [--frames N] [--size HxW] [--repeat N] [--workers N]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -28,6 +35,7 @@ from pathlib import Path
 # this file rather than vdiff's eval package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from data_prep import synthetic  # noqa: E402
@@ -77,11 +85,17 @@ def naive_loop(paths: list[Path], dimensions: list[str], cfg: EvalConfig) -> dic
 
 
 def vdiff_scores(result: dict) -> dict[str, dict[str, float]]:
-    """{dimension: {video: score}} from ``evaluate``'s eval_results (keys without ``:substitute``)."""
+    """{dimension: {video: score}} from ``evaluate``'s results and substitute results."""
     out = {}
-    for key, (_, entries) in result["results"].items():
+    for key, (_, entries) in {**result["results"], **result.get("substitutes", {})}.items():
         out[key.split(":")[0]] = {e["video_path"]: e["video_results"] for e in entries}
     return out
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and of its waited-for children."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=32, help=f"frames per video (at {FPS:g} fps)")
     p.add_argument("--size", default="144x256", help="video size HxW")
     p.add_argument("--repeat", type=int, default=3, help="runs of each; the median is reported")
+    p.add_argument("--workers", type=int, default=2, help="processes for the parallel vdiff eval run")
     p.add_argument("--quick", action="store_true", help="4 videos of 16 frames at 72x128, 1 repeat")
     args = p.parse_args(argv)
     count, frames, size, repeat = (
@@ -98,36 +113,58 @@ def main(argv: list[str] | None = None) -> int:
     height, _, width = size.partition("x")
     dims = list(WEIGHT_FREE_DIMENSIONS)
     cfg = EvalConfig(dimensions=dims)
+    par = f"vdiff eval, {args.workers} workers"
+    cfg_par = EvalConfig(dimensions=dims, workers=args.workers)
+    unshared = "vdiff eval, no flow sharing"
+    configs = {"vdiff eval": cfg, par: cfg_par, unshared: EvalConfig(dimensions=dims, flow_cache_mb=0)}
 
     with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp_str:
         tmp = Path(tmp_str)
         paths = write_videos(tmp / "videos", count=count, frames=frames, height=int(height), width=int(width))
         print(
             f"machine: {len(os.sched_getaffinity(0))} cores; {count} videos, {frames} frames {size} at "
-            f"{FPS:g} fps; dimensions {', '.join(dims)} (flow: {cfg.flow}); median of {repeat}"
+            f"{FPS:g} fps; dimensions {', '.join(dims)} (flow: {cfg.flow}); median of {repeat}; "
+            f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
         )
         for name in dims:
             build_metric(name, cfg)  # NOTE: untimed: the first build imports the metric modules (torch)
-        times: dict[str, list[tuple[float, float]]] = {"vdiff eval": [], "naive": [], "with report": []}
+        naive1 = "naive, 1 OpenCV thread"
+        times: dict[str, list[tuple[float, float]]] = {
+            k: [] for k in (*configs, "naive", naive1, "with report")
+        }
         scores = {}
         for r in range(repeat):
-            runs = ["vdiff eval", "naive"] if r % 2 == 0 else ["naive", "vdiff eval"]
-            for which in runs:
-                wall, cpu = time.perf_counter(), time.process_time()
+            runs = [*configs, "naive", naive1]
+            for which in runs if r % 2 == 0 else runs[::-1]:
+                wall, cpu = time.perf_counter(), cpu_seconds()
                 if which == "naive":
                     scores[which] = naive_loop(paths, dims, cfg)
+                elif which == naive1:
+                    threads = cv2.getNumThreads()
+                    cv2.setNumThreads(1)
+                    scores[which] = naive_loop(paths, dims, cfg)
+                    cv2.setNumThreads(threads)
                 else:
-                    res = evaluate(tmp / "videos", tmp / f"out{r}", config=cfg, progress=False, report=False)
+                    res = evaluate(
+                        tmp / "videos",
+                        tmp / f"out{r}-{list(configs).index(which)}",
+                        config=configs[which],
+                        progress=False,
+                        report=False,
+                    )
                     scores[which] = vdiff_scores(res)
-                times[which].append((time.perf_counter() - wall, time.process_time() - cpu))
+                times[which].append((time.perf_counter() - wall, cpu_seconds() - cpu))
                 print(
                     f"run {r} {which}: {times[which][-1][0]:.2f} s (CPU {times[which][-1][1]:.2f} s)",
                     flush=True,
                 )
-            wall, cpu = time.perf_counter(), time.process_time()
-            evaluate(tmp / "videos", tmp / f"rep{r}", config=cfg, progress=False, report=True)
-            times["with report"].append((time.perf_counter() - wall, time.process_time() - cpu))
+            wall, cpu = time.perf_counter(), cpu_seconds()
+            evaluate(tmp / "videos", tmp / f"rep{r}", config=cfg_par, progress=False, report=True)
+            times["with report"].append((time.perf_counter() - wall, cpu_seconds() - cpu))
 
+        if not scores[par] == scores[unshared] == scores["vdiff eval"]:
+            print(f"vdiff eval runs ({', '.join(configs)}) gave different scores")
+            return 1
         if any(set(scores["naive"][d]) != set(scores["vdiff eval"].get(d, {})) for d in dims):
             print("vdiff eval and the naive loop scored different videos")
             return 1
@@ -145,15 +182,20 @@ def main(argv: list[str] | None = None) -> int:
         print("| method | wall s | CPU s | videos/s (wall) |")
         print("|---|---|---|---|")
         for label, key in (
-            ("vdiff eval (decode once)", "vdiff eval"),
+            ("vdiff eval, 1 process, decode once, no flow sharing (before)", unshared),
+            ("vdiff eval, 1 process (decode once, shared flows)", "vdiff eval"),
+            (f"vdiff eval, {args.workers} workers", par),
             ("naive loop (decode per dimension)", "naive"),
-            ("vdiff eval + report.html (not in the ratio)", "with report"),
+            ("naive loop, OpenCV on 1 thread (not in the ratio)", naive1),
+            (f"vdiff eval, {args.workers} workers + report.html (not in the ratio)", "with report"),
         ):
             print(f"| {label} | {wall[key]:.2f} | {cpu[key]:.2f} | {count / wall[key]:.2f} |")
-        print(
-            f"ratio (videos/s, vdiff / naive): {wall['naive'] / wall['vdiff eval']:.2f}x wall, "
-            f"{cpu['naive'] / cpu['vdiff eval']:.2f}x CPU; scores identical (max diff {diff:.1g})"
-        )
+        for key in configs:
+            print(
+                f"ratio (videos/s, {key} / naive): {wall['naive'] / wall[key]:.2f}x wall, "
+                f"{cpu['naive'] / cpu[key]:.2f}x CPU"
+            )
+        print(f"scores identical to the naive loop (max diff {diff:.1g}) and across worker counts")
     return 0
 
 

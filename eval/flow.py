@@ -6,6 +6,9 @@ AMT (motion_smoothness); results computed with them are never leaderboard-compar
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Literal
 
 import cv2
@@ -20,8 +23,76 @@ def _gray(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
 
 
+class FlowCache:
+    """Flows of one video, shared between the dimensions that need the same frame pairs.
+
+    Keyed by the exact bytes of both frames and the method, so a hit returns what the same call
+    would compute (dynamic_degree's pairs at ~8 fps are motion_smoothness's even-frame pairs at
+    12-20 fps; at < 12 fps they are the static filter's consecutive pairs). Holds at most
+    ``max_bytes`` of frames and flows; past that, flows are computed and not kept. Cached flows
+    are read-only.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._frames: dict[tuple[tuple[int, ...], str, bytes], int] = {}
+        self._flows: dict[tuple[int, int, str], np.ndarray] = {}
+
+    def _frame_id(self, frame: np.ndarray) -> int | None:
+        key = (frame.shape, frame.dtype.str, frame.tobytes())
+        found = self._frames.get(key)
+        if found is None and self.nbytes + frame.nbytes <= self.max_bytes:
+            found = self._frames[key] = len(self._frames)
+            self.nbytes += frame.nbytes
+        return found
+
+    def flow(self, a: np.ndarray, b: np.ndarray, method: FlowMethod) -> np.ndarray:
+        """``_optical_flow(a, b, method)``, computed once per frame pair while there is room."""
+        ia, ib = self._frame_id(a), self._frame_id(b)
+        key = None if ia is None or ib is None else (ia, ib, method)
+        if key is not None and key in self._flows:
+            self.hits += 1
+            return self._flows[key]
+        self.misses += 1
+        out = _optical_flow(a, b, method)
+        if key is not None and self.nbytes + out.nbytes <= self.max_bytes:
+            out.setflags(write=False)
+            self._flows[key] = out
+            self.nbytes += out.nbytes
+        return out
+
+
+_FLOW_CACHE: ContextVar[FlowCache | None] = ContextVar("vdiff_flow_cache", default=None)
+
+
+@contextlib.contextmanager
+def shared_flows(max_bytes: int) -> Iterator[FlowCache]:
+    """Within the block, :func:`optical_flow` computes each (frame, frame, method) once.
+
+    NOTE: the runner opens one block per video, so flows live only while that video is scored;
+    ``max_bytes <= 0`` shares nothing.
+    """
+    cache = FlowCache(max_bytes)
+    token = _FLOW_CACHE.set(cache if max_bytes > 0 else None)
+    try:
+        yield cache
+    finally:
+        _FLOW_CACHE.reset(token)
+
+
 def optical_flow(a: np.ndarray, b: np.ndarray, method: FlowMethod = "dis") -> np.ndarray:
-    """Dense flow from RGB frame ``a`` to ``b``: (H, W, 2) float32, so that ``a(x) ~ b(x + flow(x))``."""
+    """Dense flow from RGB frame ``a`` to ``b``: (H, W, 2) float32, so that ``a(x) ~ b(x + flow(x))``.
+
+    Inside :func:`shared_flows` the result may be a cached, read-only array.
+    """
+    cache = _FLOW_CACHE.get()
+    return cache.flow(a, b, method) if cache is not None else _optical_flow(a, b, method)
+
+
+def _optical_flow(a: np.ndarray, b: np.ndarray, method: FlowMethod = "dis") -> np.ndarray:
     if max(a.shape[:2]) < 12:
         raise UnscorableVideoError(f"frames of {a.shape[0]}x{a.shape[1]} px are too small for optical flow")
     ga, gb = _gray(a), _gray(b)

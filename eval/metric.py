@@ -14,8 +14,10 @@ them up (it imports the metric modules, never the other way round).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -92,6 +94,21 @@ def register_metric(name: str, *, doc: str = "") -> Callable[[MetricFactory], Me
     return deco
 
 
+_WEIGHTS_USED: ContextVar[dict[str, Path] | None] = ContextVar("vdiff_weights_used", default=None)
+
+
+@contextlib.contextmanager
+def record_weights() -> Iterator[dict[str, Path]]:
+    """Collect ``{config key: path}`` of every weight :func:`resolve_weight` resolves in the block
+    (the runner builds each metric inside one, for the weights manifest of ``eval_info.json``)."""
+    used: dict[str, Path] = {}
+    token = _WEIGHTS_USED.set(used)
+    try:
+        yield used
+    finally:
+        _WEIGHTS_USED.reset(token)
+
+
 def resolve_weight(value: str, *, key: str, env: str, what: str, dimension: str) -> Path:
     """The weight path from config key ``key`` or environment variable ``env``; raise if absent."""
     raw = value or os.environ.get(env, "")
@@ -104,4 +121,7 @@ def resolve_weight(value: str, *, key: str, env: str, what: str, dimension: str)
         raise MissingWeightsError(
             f"dimension {dimension!r}: {path} (from {key} / {env}) does not exist; it should be {what}"
         )
+    used = _WEIGHTS_USED.get()
+    if used is not None:
+        used[key] = path
     return path

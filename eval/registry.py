@@ -39,6 +39,7 @@ def _load_builtin_metrics() -> None:
     import eval.metrics.features
     import eval.metrics.fvd
     import eval.metrics.imaging
+    import eval.metrics.semantic  # registers after features: replaces its overall_consistency factory
     import eval.metrics.temporal  # noqa: F401
 
 

@@ -27,6 +27,10 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
+def _fmt_ci(ci: list[float] | None) -> str:
+    return "—" if not ci else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
 def bar_chart_png(labels: list[str], series: dict[str, list[float]], *, title: str) -> str:
     """A grouped horizontal bar chart (matplotlib, Agg) as a base64 PNG."""
     import matplotlib
@@ -101,16 +105,19 @@ def render_report(*, results: dict[str, Any], info: dict[str, Any], strips: dict
     ]
     parts.append(f"</head><body><h1>vdiff eval: {html.escape(info['videos_dir'])}</h1>")
     parts.append(
-        "<h2>Dimensions</h2><table><tr><th>dimension</th><th>score</th><th>videos</th><th>method</th></tr>"
+        "<h2>Dimensions</h2><table><tr><th>dimension</th><th>score</th>"
+        "<th>95% CI (bootstrap over videos)</th><th>videos</th><th>method</th></tr>"
     )
     for n, d in dims.items():
         cls = "" if d["comparable"] else " class='sub'"
         parts.append(
-            f"<tr><td>{html.escape(n)}</td><td>{_fmt(d['aggregate'])}</td><td>{d['num_videos']}</td>"
+            f"<tr><td>{html.escape(n)}</td><td>{_fmt(d['aggregate'])}</td><td>{_fmt_ci(d.get('ci95'))}</td>"
+            f"<td>{d['num_videos']}</td>"
             f"<td{cls}>{html.escape(d['method'])}</td></tr>"
         )
-    parts.append("</table><p class='sub'>Substitute results are stored under <code>NAME:substitute</code> in")
-    parts.append(" eval_results.json and never enter the leaderboard-comparable scores.</p>")
+    parts.append("</table><p class='sub'>Substitute results are stored in")
+    parts.append(" <code>__vdiff__/substitute_results.json</code>,")
+    parts.append(" never in eval_results.json, and never enter the leaderboard-comparable scores.</p>")
     if scored:
         png = bar_chart_png(
             [n + ("" if dims[n]["comparable"] else " (substitute)") for n in scored],
@@ -155,15 +162,22 @@ def write_report(
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
-    """A run's ``eval_info.json``; a clear error when the folder is not a ``vdiff eval`` output."""
-    p = Path(run_dir) / "eval_info.json"
+    """A run's ``__vdiff__/eval_info.json`` (``eval_info.json`` in outputs written before the
+    ``__vdiff__`` folder); a clear error when the folder is not a ``vdiff eval`` output."""
+    p = Path(run_dir) / "__vdiff__" / "eval_info.json"
+    if not p.is_file():
+        p = Path(run_dir) / "eval_info.json"
     if not p.is_file():
         raise FileNotFoundError(f"{run_dir} has no eval_info.json; is it a `vdiff eval --out` folder?")
     return json.loads(p.read_text())
 
 
 def compare_runs(dir_a: str | Path, dir_b: str | Path) -> dict[str, Any]:
-    """Per-dimension aggregates of two runs side by side (with their methods)."""
+    """Per-dimension aggregates of two runs side by side (with their methods and 95% intervals), and
+    ``warnings``: one line per dimension scored by both whose formula or weights differ
+    (:func:`eval.provenance.provenance_warnings`)."""
+    from eval.provenance import provenance_warnings
+
     a, b = load_run(dir_a), load_run(dir_b)
     rows = {}
     for n in dict.fromkeys([*a["dimensions"], *b["dimensions"]]):
@@ -173,6 +187,8 @@ def compare_runs(dir_a: str | Path, dir_b: str | Path) -> dict[str, Any]:
             "a": va,
             "b": vb,
             "delta": (vb - va) if va is not None and vb is not None else None,
+            "ci_a": da.get("ci95"),
+            "ci_b": db.get("ci95"),
             "method_a": da.get("method"),
             "method_b": db.get("method"),
         }
@@ -180,7 +196,8 @@ def compare_runs(dir_a: str | Path, dir_b: str | Path) -> dict[str, Any]:
         k: {run: s["scores"]["leaderboard"][k] for run, s in (("a", a), ("b", b))}
         for k in ("quality_score", "semantic_score", "total_score")
     }
-    return {"a": str(dir_a), "b": str(dir_b), "dimensions": rows, "scores": scores}
+    warnings = provenance_warnings(a["dimensions"], b["dimensions"])
+    return {"a": str(dir_a), "b": str(dir_b), "dimensions": rows, "scores": scores, "warnings": warnings}
 
 
 def render_compare(cmp: dict[str, Any]) -> str:
@@ -192,6 +209,10 @@ def render_compare(cmp: dict[str, Any]) -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>vdiff eval compare</title><style>{STYLE}"
     ]
     parts.append(f"</style></head><body><h1>A: {html.escape(cmp['a'])}<br>B: {html.escape(cmp['b'])}</h1>")
+    if cmp.get("warnings"):
+        parts.append("<h2 class='bad'>Not like for like</h2><ul>")
+        parts += [f"<li class='bad'>{html.escape(w)}</li>" for w in cmp["warnings"]]
+        parts.append("</ul>")
     if names:
         png = bar_chart_png(
             names,
@@ -203,12 +224,13 @@ def render_compare(cmp: dict[str, Any]) -> str:
         )
         parts.append(f"<img alt='A vs B bars' src='data:image/png;base64,{png}'>")
     parts.append(
-        "<table><tr><th>dimension</th><th>A</th><th>B</th><th>B − A</th>"
+        "<table><tr><th>dimension</th><th>A</th><th>B</th><th>B − A</th><th>95% CI A</th><th>95% CI B</th>"
         "<th>method A</th><th>method B</th></tr>"
     )
     for n, r in cmp["dimensions"].items():
         parts.append(
             f"<tr><td>{html.escape(n)}</td><td>{_fmt(r['a'])}</td><td>{_fmt(r['b'])}</td><td>{_fmt(r['delta'])}</td>"
+            f"<td>{_fmt_ci(r.get('ci_a'))}</td><td>{_fmt_ci(r.get('ci_b'))}</td>"
             f"<td>{_fmt(r['method_a'])}</td><td>{_fmt(r['method_b'])}</td></tr>"
         )
     parts.append(

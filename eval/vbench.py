@@ -8,6 +8,10 @@ QUALITY_WEIGHT=4, SEMANTIC_WEIGHT=1); the formulas are those of ``scripts/cal_fi
 normalized values over the sum of its weights, and ``total = (4 * quality + semantic) / 5``.
 Video names follow VBench's sampling convention ``{prompt}-{i}.mp4`` (5 per prompt), and a
 prompt is recovered from a name by dropping a trailing ``-<number>`` (``get_prompt_from_filename``).
+
+Every formula is pinned to the VBench commit it follows (``VBENCH_COMMITS``); the files were read
+at ``VBENCH_HEAD``. ``OUTPUT_LAYOUT`` is where ``vdiff eval`` writes, chosen for the reading rules
+of ``scripts/cal_final_score.py`` (see ``score_script_reads``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,49 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+
+# NOTE: the VBench commit (github.com/Vchitect/VBench, 2026-03-23) whose files were read.
+VBENCH_HEAD = "45e79ec14e69a2187202c675d2dbce1a71843d53"
+# The commit that last changed each file a vdiff formula follows, as of VBENCH_HEAD.
+VBENCH_COMMITS: dict[str, str] = {
+    "scripts/cal_final_score.py": "1973f54a974bac9a966f0032bfca524bfd0f79e2",  # 2024-06-28
+    "scripts/constant.py": "884b25ee5249d9fc5c727a9293e58784a8f9a64b",  # 2024-12-31
+    "vbench/temporal_flickering.py": "fc4620b4d620114b77842c336f7a193c37e8e12e",  # 2024-07-13
+    "vbench/dynamic_degree.py": "f9d345a2064f90709501680c7954945149329d14",  # 2024-12-31
+    "vbench/cli/static_filter.py": "986e8884ea399224abc3cfa9606284b6e8d8d3d5",  # 2024-04-17
+    "vbench/third_party/RAFT/core/raft.py": "a06572e",  # 2023-12-30 (corr.py too)
+    "vbench/utils.py": "e2cacab866e9fe53109d95bc0d136b939b7f7335",  # 2025-02-17
+}
+
+# Where ``vdiff eval --out DIR`` writes. cal_final_score.py reads every top-level file whose name
+# ends in "json" and every "*.json" one folder down, and skips top-level names starting with "."
+# or "__"; so only VBench results are JSON outside the "__vdiff__" folder.
+OUTPUT_LAYOUT: dict[str, str] = {
+    "results": "eval_results.json",  # dimensions computed as VBench does, under their plain keys
+    "info": "__vdiff__/eval_info.json",  # methods, scores, skipped and missing videos
+    "substitutes": "__vdiff__/substitute_results.json",  # substitute methods, VBench schema
+    "report": "report.html",
+    "config": "config.yaml",
+}
+# Dimension keys of cal_final_score.py (constant.py TASK_INFO), with "_" for " ".
+SCORE_SCRIPT_DIMENSIONS: tuple[str, ...] = (
+    "subject_consistency",
+    "background_consistency",
+    "temporal_flickering",
+    "motion_smoothness",
+    "dynamic_degree",
+    "aesthetic_quality",
+    "imaging_quality",
+    "object_class",
+    "multiple_objects",
+    "human_action",
+    "color",
+    "spatial_relationship",
+    "scene",
+    "appearance_style",
+    "temporal_style",
+    "overall_consistency",
+)
 
 # NOTE: VBench scripts/constant.py, keyed here by the underscore names VBench's
 # eval_results.json uses (cal_final_score.py maps "_" -> " " to look them up).
@@ -161,3 +208,8 @@ def validate_results(data: Any) -> None:
         for e in value[1]:
             if not (isinstance(e, dict) and "video_path" in e and "video_results" in e):
                 raise ValueError(f"eval results[{dim!r}]: each entry needs video_path and video_results")
+
+
+def score_script_zeros(results: dict[str, Any]) -> list[str]:
+    """The dimensions cal_final_score.py would silently count as 0 for these results (absent keys)."""
+    return [d for d in SCORE_SCRIPT_DIMENSIONS if d not in results]

@@ -1,7 +1,8 @@
 """``vdiff eval``: VBench-style scores and an HTML report for a folder of videos.
 
 vdiff eval VIDEOS --out DIR [--dimensions a,b,...] [--prompts FILE] [--config YAML] [key=value ...]
-vdiff eval --compare DIR_A DIR_B [--out DIR]
+vdiff eval --compare DIR_A DIR_B [--out DIR]   (warns on stderr when formulas or weights differ)
+vdiff eval VIDEOS --static-filter --out DIR [--prompts SUITE] [--filter-scope temporal_flickering|all|FILE]
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vdiff eval",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Score videos VBench-style; writes eval_results.json, eval_info.json, report.html.",
+        description=(
+            "Score videos VBench-style; writes eval_results.json (VBench's results only), "
+            "__vdiff__/eval_info.json, __vdiff__/substitute_results.json, report.html. "
+            "--static-filter runs VBench's static filter instead (before temporal_flickering)."
+        ),
         epilog=f"dimensions:\n{dims}\n\nconfig keys (key=value):\n{keys}",
     )
     p.add_argument("videos", nargs="?", help="folder of videos")
@@ -34,6 +39,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="YAML config (configs/eval.yaml)")
     p.add_argument("--compare", nargs=2, metavar=("DIR_A", "DIR_B"), help="compare two eval output folders")
+    p.add_argument(
+        "--static-filter",
+        action="store_true",
+        help="run VBench's static filter: copy static videos to DIR/filtered_videos (5 per prompt)",
+    )
+    p.add_argument(
+        "--filter-scope",
+        default="temporal_flickering",
+        help="static filter scope: temporal_flickering (needs --prompts suite), all, or a JSON list",
+    )
+    p.add_argument("--workers", type=int, help="processes scoring videos in parallel (config key workers)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     return p
@@ -44,10 +60,13 @@ def _compare(dir_a: str, dir_b: str, out: str | None) -> int:
     from vdiff.io.files import atomic_write_text
 
     cmp = compare_runs(dir_a, dir_b)
-    print(f"{'dimension':<26}{'A':>10}{'B':>10}{'B-A':>10}")
+    print(f"{'dimension':<26}{'A':>10}{'B':>10}{'B-A':>10}  {'95% CI A':<20}{'95% CI B':<20}")
     for n, r in cmp["dimensions"].items():
         cells = ["—" if r[k] is None else f"{r[k]:.4f}" for k in ("a", "b", "delta")]
-        print(f"{n:<26}{cells[0]:>10}{cells[1]:>10}{cells[2]:>10}")
+        cis = ["—" if not r.get(k) else f"[{r[k][0]:.4f}, {r[k][1]:.4f}]" for k in ("ci_a", "ci_b")]
+        print(f"{n:<26}{cells[0]:>10}{cells[1]:>10}{cells[2]:>10}  {cis[0]:<20}{cis[1]:<20}")
+    for w in cmp["warnings"]:
+        print(f"vdiff eval --compare: warning: {w}", file=sys.stderr)
     if out:
         atomic_write_text(Path(out) / "compare.html", render_compare(cmp))
         print(f"wrote {Path(out) / 'compare.html'}")
@@ -79,12 +98,42 @@ def check_videos_folder(videos: Path, prompts: str | None, cfg: EvalConfig) -> N
         )
 
 
+def _static_filter(args: argparse.Namespace, overrides: list[str]) -> int:
+    from eval.static_filter import run_static_filter
+    from eval.vbench import load_prompts
+
+    try:
+        cfg = load_config(EvalConfig, args.config, overrides)
+        suite = load_prompts(args.prompts) if args.prompts else None
+        if suite is not None and not isinstance(suite, list):
+            raise ConfigError("--static-filter --prompts must be a VBench suite (JSON list with 'dimension')")
+        out = run_static_filter(
+            args.videos, args.out, scope=args.filter_scope, suite=suite, config=cfg, progress=not args.quiet
+        )
+    except EXPECTED_ERRORS as e:
+        return report_error("vdiff eval --static-filter", e, where=args.out)
+    kept = sum(v["static_count"] for v in out["filtered"].values())
+    where = Path(args.out) / "filtered_videos"
+    print(f"static filter: kept {kept} videos in {where} [{out['info']['method']}]")
+    if out["info"]["fewer_than_cap"]:
+        print(f"note: {len(out['info']['fewer_than_cap'])} prompts have fewer than 5 static videos")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``vdiff eval``; return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # NOTE: key=value words are config overrides wherever they appear (but for option values and
     # existing files); argparse sees the rest.
-    options = {"--out": 1, "--dimensions": 1, "--prompts": 1, "--config": 1, "--compare": 2}
+    options = {
+        "--out": 1,
+        "--dimensions": 1,
+        "--prompts": 1,
+        "--config": 1,
+        "--compare": 2,
+        "--filter-scope": 1,
+        "--workers": 1,
+    }
     words, overrides = split_overrides(argv, value_options=options)
     args = _parser().parse_args(words)
     if args.compare:
@@ -95,8 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.videos or not args.out:
         print("vdiff eval: VIDEOS and --out DIR are required (or --compare DIR_A DIR_B)", file=sys.stderr)
         return 2
+    if args.static_filter:
+        return _static_filter(args, overrides)
     if args.dimensions:
         overrides.append(f"dimensions=[{args.dimensions}]")
+    if args.workers is not None:
+        overrides.append(f"workers={args.workers}")
     from eval.registry import MissingDependencyError
     from eval.runner import evaluate
 
@@ -120,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         f"not scored: {len(info['skipped'])} unreadable, {len(info['missing'])} missing; "
         f"see {args.out}/report.html"
     )
+    if info["score_script_zeros"]:
+        print(
+            f"note: VBench's cal_final_score.py would count {len(info['score_script_zeros'])} dimensions "
+            f"absent from eval_results.json as 0: {', '.join(info['score_script_zeros'])}"
+        )
     if not any(d["num_videos"] for d in info["dimensions"].values()):
         reason = info["skipped"][0]["reason"] if info["skipped"] else "no video fit a requested dimension"
         print(f"vdiff eval: no video in {args.videos} was scored ({reason})", file=sys.stderr)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from eval.config import EvalConfig
 from eval.frames import every_kth_index, middle_frame_indices
 from eval.metrics.temporal import (
+    DYNAMIC_DEGREE_COMMIT,
     DynamicDegree,
     MotionSmoothness,
     TemporalFlickering,
@@ -20,6 +23,7 @@ from eval.metrics.temporal import (
 )
 from eval.registry import UnscorableVideoError, VideoSample
 from eval.runner import decode
+from eval.vbench import VBENCH_COMMITS
 from vdiff.io.video import write_mp4
 
 
@@ -54,26 +58,22 @@ def test_flicker_score_equals_vbench_formula_on_textured_frames(seed):
     assert mean_abs_diff_score(frames) < 0.95  # the textured flicker is really scored
 
 
-def test_flicker_through_mp4_and_static_filter(tmp_path, synth):
+def test_flicker_through_mp4_scores_every_video_as_vbench(tmp_path, synth):
     write_mp4(tmp_path / "flicker-0.mp4", synth.flicker(), fps=8, crf=0)
     write_mp4(tmp_path / "still-0.mp4", synth.static(), fps=8)
     metric = TemporalFlickering(EvalConfig())
     flicker, _ = decode(tmp_path / "flicker-0.mp4")
     still, _ = decode(tmp_path / "still-0.mp4")
-    # A uniform frame has no texture, so flow is zero and the static filter keeps it.
     assert metric.compute(sample(flicker))["video_results"] == pytest.approx((255 - 40) / 255, abs=1.5 / 255)
     assert metric.compute(sample(still))["video_results"] == pytest.approx(1.0, abs=2e-3)
-    assert not metric.comparable and "substitute" in metric.method
+    assert metric.comparable and "fc4620b4" in metric.method
 
 
-def test_static_filter_rejects_moving_video_as_vbench_does(synth):
+def test_static_test_rejects_moving_video_and_flicker_scores_it_anyway(synth):
     assert is_static(synth.static())
     assert not is_static(synth.linear())
-    with pytest.raises(UnscorableVideoError, match="not static"):
-        TemporalFlickering(EvalConfig()).compute(sample(synth.linear()))
-    # Without the filter every video is scored.
-    unfiltered = TemporalFlickering(EvalConfig(static_filter=False))
-    assert unfiltered.compute(sample(synth.linear()))["video_results"] < 1.0
+    # VBench's temporal_flickering scores every video given; filtering is a separate step.
+    assert TemporalFlickering(EvalConfig()).compute(sample(synth.linear()))["video_results"] < 1.0
 
 
 def test_dynamic_degree_static_vs_moving(synth):
@@ -90,11 +90,31 @@ def test_dynamic_degree_static_vs_moving(synth):
 def test_dynamic_degree_threshold_rule():
     # 64 x 64 at 8 fps: threshold 6 * 64 / 256 = 1.5 px; 16 frames need round(4 * 16 / 16) = 4 pairs.
     assert dynamic_params(num_frames=16, height=64, width=64, fps=8.0) == (1.5, 4)
-    # At 4 fps the threshold doubles (max(1, 8 / 4) = 2); 512 x 320 scales it by 320 / 256.
-    assert dynamic_params(num_frames=9, height=320, width=512, fps=4.0) == (2 * 6 * 320 / 256, 2)
+    # VBench f9d345a2 (current): 6 * min(H, W) / 256 at any fps; 512 x 320 scales it by 320 / 256.
+    assert dynamic_params(num_frames=9, height=320, width=512, fps=4.0) == (6 * 320 / 256, 2)
+    # VBench 11abda97 (2024-07-03 .. 07-13) multiplied by max(1, 8 / fps): doubled at 4 fps.
+    old = dynamic_params(num_frames=9, height=320, width=512, fps=4.0, commit="11abda97")
+    assert old == (2 * 6 * 320 / 256, 2)
+    assert (
+        dynamic_params(num_frames=9, height=320, width=512, fps=24.0, commit="11abda97")[0] == 6 * 320 / 256
+    )
+    with pytest.raises(ValueError, match="not a known VBench formula"):
+        dynamic_params(num_frames=9, height=320, width=512, fps=4.0, commit="deadbeef")
+    assert VBENCH_COMMITS["vbench/dynamic_degree.py"] == DYNAMIC_DEGREE_COMMIT
+    assert DynamicDegree(EvalConfig()).comparable is False  # no RAFT weights: a substitute
     assert not reaches_count([1.6] * 3 + [0.0] * 12, thres=1.5, count_num=4)
     assert reaches_count([1.6] * 4 + [0.0] * 11, thres=1.5, count_num=4)
     assert not reaches_count([1.5] * 15, thres=1.5, count_num=4)  # strictly greater
+
+
+def test_flicker_is_bit_exact_with_vbench_float32_bgr_mean():
+    # VBench: per pair np.mean(cv2.absdiff(float32 BGR, float32 BGR)), then the float32 mean.
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (5, 333, 517, 3), dtype=np.uint8)
+    bgr = frames[..., ::-1]
+    maes = [np.mean(cv2.absdiff(np.float32(a), np.float32(b))) for a, b in itertools.pairwise(bgr)]
+    want = (255.0 - np.mean(np.array(maes)).item()) / 255.0
+    assert mean_abs_diff_score(frames) == want
 
 
 def test_vbench_frame_sampling():

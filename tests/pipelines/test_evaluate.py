@@ -33,7 +33,9 @@ def test_vdiff_eval_writes_results_report_and_config(tmp_path, capsys):
     )
     assert rc == 0
     results = json.loads((tmp_path / "o" / "eval_results.json").read_text())
-    assert list(results) == ["dynamic_degree:substitute"]
+    assert results == {}  # a substitute is never in the file VBench's score script reads
+    subs = json.loads((tmp_path / "o" / "__vdiff__" / "substitute_results.json").read_text())
+    assert list(subs) == ["dynamic_degree"]
     assert (tmp_path / "o" / "report.html").is_file()
     assert "dimensions:\n- dynamic_degree" in (tmp_path / "o" / "config.yaml").read_text()
     assert "dynamic_degree" in capsys.readouterr().out
@@ -91,3 +93,27 @@ def test_vdiff_eval_refuses_empty_mismatched_or_unreadable_folders(tmp_path, cap
     monkeypatch.chdir(tmp_path)
     (tmp_path / "v").rename(tmp_path / "take=2")
     assert vdiff(["eval", "take=2", *out]) == 0
+
+
+def test_vdiff_eval_compare_warns_when_formulas_or_weights_differ(tmp_path, capsys):
+    make_videos(tmp_path / "v", moving=True)
+    for name in ("a", "b"):
+        args = ["eval", str(tmp_path / "v"), "--out", str(tmp_path / name), "--quiet", "--workers", "2"]
+        assert vdiff([*args, "--dimensions", "dynamic_degree"]) == 0
+    capsys.readouterr()
+    compare = ["eval", "--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path)]
+    assert vdiff(compare) == 0
+    assert "warning" not in capsys.readouterr().err
+    # Run B as if scored with another formula and other weights.
+    info_b = next(p for p in (tmp_path / "b").rglob("eval_info.json"))
+    info = json.loads(info_b.read_text())
+    dim = info["dimensions"]["dynamic_degree"]
+    assert dim["formula"]["method"] == dim["method"] and dim["ci95"] is None  # one video: no interval
+    dim["formula"]["method"] = dim["method"] = "VBench dynamic_degree.py @ 11abda97, other"
+    dim["weights"] = {"weights.raft": {"path": "/w/raft-things.pth", "sha256": {"raft-things.pth": "00"}}}
+    info_b.write_text(json.dumps(info))
+    assert vdiff(compare) == 0
+    err = capsys.readouterr().err
+    assert "warning: dynamic_degree: different methods" in err
+    assert "warning: dynamic_degree: only run B used weights weights.raft" in err
+    assert "different methods" in (tmp_path / "compare.html").read_text()

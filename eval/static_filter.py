@@ -1,0 +1,124 @@
+"""VBench's static filter as its own step: keep the static videos, copied to a filtered folder.
+
+Follows ``vbench/cli/static_filter.py`` at :data:`eval.vbench.VBENCH_COMMITS` (986e8884): videos are
+``sorted(glob(VIDEOS/*.mp4))``; each prompt in the scope gets at most ``STATIC_CAP`` (5) static
+videos when the scope is ``temporal_flickering`` (no cap otherwise); the test is
+:func:`eval.metrics.temporal.is_static` with RAFT, or a labelled weight-free flow without
+``weights.raft``. Output, as VBench writes it::
+
+    OUT/filtered_static_video.json     {prompt: {"static_count": n, "static_path": [video, ...]}}
+    OUT/filtered_videos/{prompt}-{i}.mp4   the i-th static video of each prompt (copied)
+    OUT/__vdiff__/static_filter_info.json  vdiff only: method, scope, unreadable videos
+
+``vdiff eval OUT/filtered_videos --dimensions temporal_flickering`` then scores what VBench scores.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from eval.config import EvalConfig
+from eval.metrics.temporal import build_flow, is_static
+from eval.vbench import VBENCH_COMMITS, prompt_from_filename
+from vdiff.io.files import atomic_write_json
+from vdiff.io.video import VideoError
+
+STATIC_CAP = 5
+STORE_NAME = "filtered_static_video.json"
+FILTERED_DIR = "filtered_videos"
+INFO_FILE = "__vdiff__/static_filter_info.json"
+
+
+def scope_prompts(scope: str, videos: list[Path], suite: list[dict[str, Any]] | None) -> list[str]:
+    """The prompts VBench filters for ``scope``: ``temporal_flickering`` (the suite's prompts for
+    that dimension; VBench reads its own VBench_full_info.json), ``all`` (every video's prompt), or
+    a JSON file listing video names or prompts."""
+    if scope == "temporal_flickering":
+        if suite is None:
+            raise ValueError(
+                "scope 'temporal_flickering' needs the VBench prompt suite (--prompts "
+                "VBench_full_info.json) to know which prompts belong to temporal_flickering; "
+                "or use --filter-scope all"
+            )
+        return [d["prompt_en"] for d in suite if "temporal_flickering" in d.get("dimension", [])]
+    if scope == "all":
+        return [prompt_from_filename(p) for p in videos]
+    path = Path(scope)
+    if not (path.is_file() and path.suffix.lower() == ".json"):
+        raise ValueError(
+            f"filter scope {scope!r} is not 'temporal_flickering', 'all' or an existing .json file"
+        )
+    names = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"filter scope {path}: expected a JSON list of video names or prompts")
+    return [prompt_from_filename(n) for n in names]
+
+
+def run_static_filter(
+    videos_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    scope: str = "temporal_flickering",
+    suite: list[dict[str, Any]] | None = None,
+    config: EvalConfig | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Filter ``videos_dir`` as VBench's ``static_filter`` does and copy the kept videos to
+    ``out_dir/filtered_videos``. Returns ``{"filtered": <filtered_static_video.json>, "info": ...}``.
+
+    Refuses an ``out_dir`` that already holds a filter result: nothing vdiff did not write is
+    overwritten.
+    """
+    from eval.runner import decode
+
+    cfg = config or EvalConfig()
+    videos_dir, out_dir = Path(videos_dir), Path(out_dir)
+    if not videos_dir.is_dir():
+        raise FileNotFoundError(f"videos folder {videos_dir} does not exist")
+    target = out_dir / FILTERED_DIR
+    for p in (out_dir / STORE_NAME, target):
+        if p.exists():
+            raise FileExistsError(f"{p} exists; name an empty --out folder for the static filter")
+    flow, label, comparable = build_flow(cfg, dimension="static filter")
+    # NOTE: VBench globs "*.mp4" only (case-sensitive) and sorts the full paths.
+    paths = sorted(videos_dir.glob("*.mp4"), key=str)
+    prompts = scope_prompts(scope, paths, suite)
+    filtered: dict[str, dict[str, Any]] = {p: {"static_count": 0, "static_path": []} for p in prompts}
+    unreadable: list[dict[str, str]] = []
+    for path in tqdm(paths, desc="static filter", unit="video", disable=not progress):
+        entry = filtered.get(prompt_from_filename(path))
+        if entry is None or (entry["static_count"] >= STATIC_CAP and scope == "temporal_flickering"):
+            continue
+        try:
+            frames, _ = decode(path)
+        except VideoError as e:
+            unreadable.append({"video_path": str(path), "reason": str(e)})
+            continue
+        if is_static(frames, flow):
+            entry["static_count"] += 1
+            entry["static_path"].append(str(path))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / STORE_NAME, filtered)
+    target.mkdir()
+    for prompt, v in filtered.items():
+        for i, src in enumerate(v["static_path"]):
+            shutil.copy(src, target / f"{prompt}-{i}.mp4")
+    info = {
+        "videos_dir": str(videos_dir),
+        "scope": scope,
+        "cap_per_prompt": STATIC_CAP if scope == "temporal_flickering" else None,
+        "method": f"VBench static_filter.py @ {VBENCH_COMMITS['vbench/cli/static_filter.py'][:8]}, {label}",
+        "comparable": comparable,
+        "fewer_than_cap": [p for p, v in filtered.items() if v["static_count"] < STATIC_CAP]
+        if scope == "temporal_flickering"
+        else [],
+        "unreadable": unreadable,
+    }
+    (out_dir / INFO_FILE).parent.mkdir(exist_ok=True)
+    atomic_write_json(out_dir / INFO_FILE, info)
+    return {"filtered": filtered, "info": info}
