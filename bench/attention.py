@@ -15,7 +15,7 @@ Every backend is timed on the same tensors; within each repeat the backends run 
 the other in an order that rotates between repeats, and the median wall time is reported with
 its ratio to SDPA's median (``x SDPA`` > 1: faster than SDPA). ``kept blocks`` is the fraction
 of (Q block, K block) pairs computed: the predicted mask on the tiled path (INT8 on a CPU with VNNI
-and no AMX, see ``vdiff.attention.sparse.torch_path``) and on CUDA; on the fused path the mask
+and no AMX, see ``vdiff.attention.execute.torch_path``) and on CUDA; on the fused path the mask
 widened to the union over each run of ``Q_GROUP`` Q blocks, 1 when that keeps more than
 ``DENSE_ABOVE`` and the kernel makes one dense call; 1 for the dense backends. On video inputs the sparse
 backends also run on the same tokens in tile order (``+tiles``: permuted once before timing, as
@@ -50,8 +50,10 @@ from pathlib import Path
 import torch
 
 from vdiff.attention import attention
+from vdiff.attention.execute import torch_path
+from vdiff.attention.fused import Q_GROUP, fused_fraction, group_rows
+from vdiff.attention.mask import predict_block_mask
 from vdiff.attention.metrics import attention_error, video_like_qkv
-from vdiff.attention.sparse import Q_GROUP, fused_fraction, group_rows, predict_block_mask, torch_path
 from vdiff.attention.token_order import tile_order
 
 HEADS = 12

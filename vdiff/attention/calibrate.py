@@ -3,7 +3,7 @@
 For each head, the smallest ``cdf_threshold`` of a grid whose output stays within a relative-L1
 budget of fp32 dense attention (SpargeAttn's calibration, a grid search per head), then,
 optionally, the most aggressive λ (``pv_threshold``) that still meets it. The result is a
-:class:`~vdiff.attention.sparse.SparseThresholds` saved as JSON next to the checkpoint
+:class:`~vdiff.attention.thresholds.SparseThresholds` saved as JSON next to the checkpoint
 (``sparse_attention.json``; format in docs/attention.md).
 
 Use :class:`ThresholdCalibrator` as the model's attention op during a few sampling runs: it
@@ -19,14 +19,11 @@ from pathlib import Path
 
 import torch
 
+from vdiff.attention.execute import block_sparse_attention
+from vdiff.attention.mask import predict_block_mask
 from vdiff.attention.metrics import dense_reference, relative_l1
-from vdiff.attention.sage import resolve_pv_dtype
-from vdiff.attention.sparse import (
-    LayerThresholds,
-    SparseThresholds,
-    block_sparse_attention,
-    predict_block_mask,
-)
+from vdiff.attention.quant import resolve_pv_dtype
+from vdiff.attention.thresholds import LayerThresholds, SparseThresholds
 
 DEFAULT_CDF_GRID = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
 """candidate cdf thresholds, tried from the smallest (sparsest); 1.0 keeps every block (for sparse,

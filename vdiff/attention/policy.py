@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from vdiff.attention import get_backend
+from vdiff.attention.registry import get_backend
 
 # NOTE: sdpa takes no options; the sparse backends take the layer index (per-layer thresholds)
 # and the head offset (Ulysses gives each rank a slice of the heads).

@@ -57,3 +57,21 @@ def inverse_order(order: torch.Tensor) -> torch.Tensor:
     inv = torch.empty_like(order)
     inv[order] = torch.arange(order.numel(), device=order.device)
     return inv
+
+
+def tile_permutation(grid: tuple[int, int, int] | list[int], *, tokens: int, k_block: int) -> torch.Tensor:
+    """Token order that makes every K block one square tile of a frame (SpargeAttn-style reordering).
+
+    ``grid`` is (frames, height, width) of tokens laid out in raster order (t, y, x), as a video
+    DiT does. Returns idx (tokens,) with ``x[:, :, idx]`` in tile order (:func:`tile_order` with
+    s x s tiles, s² = k_block; ragged tiles at the edges where s does not divide the height or
+    width); a Q block of 128 tokens is then two side-by-side 8x8 tiles instead of a 4-row strip,
+    so its mean is a good summary. The ``grid`` option of the sparse backends uses it.
+    """
+    t, h, w = (int(x) for x in grid)
+    s = math.isqrt(k_block)
+    if s * s != k_block:
+        raise ValueError(f"sparse option grid needs a square k_block (e.g. 64 = 8x8 tiles), got {k_block}")
+    if t * h * w != tokens:
+        raise ValueError(f"sparse option grid={tuple(grid)} holds {t * h * w} tokens, q and k have {tokens}")
+    return tile_order((t, h, w), tile=s)

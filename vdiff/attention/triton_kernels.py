@@ -5,7 +5,7 @@
 indices (SpargeAttn's layout), so skipped blocks cost neither FLOPs nor memory traffic:
 
 * ``quantize=True``: Q·Kᵀ is an INT8 x INT8 -> INT32 ``tl.dot`` of the blocks quantised by
-  :func:`vdiff.attention.sage.smooth_and_quantize` (K smoothed, softmax scale folded into Q, one
+  :func:`vdiff.attention.quant.smooth_and_quantize` (K smoothed, softmax scale folded into Q, one
   scale per Q block and per K block), times the two scales;
   ``quantize=False``: a half-precision ``tl.dot`` of q and k, fp32 accumulation;
 * P·V in V's dtype (fp16 or bf16) with fp32 accumulation, or for ``pv_dtype="fp8"`` (GPUs of
@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vdiff.attention.sage import smooth_and_quantize
+from vdiff.attention.quant import smooth_and_quantize
 
 HEAD_DIMS = (64, 128)
 """head dims the kernel is built and tested for"""

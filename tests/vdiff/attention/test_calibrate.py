@@ -7,9 +7,11 @@ import torch
 
 from vdiff.attention import attention
 from vdiff.attention.calibrate import NO_SKIP, ThresholdCalibrator, calibrate_layer
+from vdiff.attention.execute import block_sparse_attention
+from vdiff.attention.mask import predict_block_mask
 from vdiff.attention.metrics import dense_reference, relative_l1
-from vdiff.attention.sage import resolve_pv_dtype
-from vdiff.attention.sparse import block_sparse_attention, load_thresholds, predict_block_mask
+from vdiff.attention.quant import resolve_pv_dtype
+from vdiff.attention.thresholds import load_thresholds
 
 GRID = (0.3, 0.7, 0.9, 0.99, 0.999)  # a short grid keeps the tests fast
 

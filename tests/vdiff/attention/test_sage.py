@@ -7,7 +7,7 @@ import torch
 
 from vdiff.attention import attention
 from vdiff.attention.metrics import attention_error, dense_reference
-from vdiff.attention.sage import dequantize, int8_matmul, quantize_per_block
+from vdiff.attention.quant import dequantize, int8_matmul, quantize_per_block
 
 # Bounds documented in docs/attention.md (fp32 P·V; bf16/fp16 P·V; fp8 P·V numerics).
 COS_MIN, L1_MAX = 0.999, 0.03

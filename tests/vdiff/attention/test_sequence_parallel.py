@@ -15,7 +15,7 @@ import torch
 from tests.vdiff.parallel.conftest import spawn_gloo
 from vdiff.attention import attention
 from vdiff.attention.metrics import attention_error, dense_reference, video_like_qkv
-from vdiff.attention.sparse import LayerThresholds, SparseThresholds
+from vdiff.attention.thresholds import LayerThresholds, SparseThresholds
 from vdiff.parallel import ParallelConfig, build_mesh
 from vdiff.parallel.sequence import SequenceParallelAttention
 

@@ -9,22 +9,14 @@ import math
 import pytest
 import torch
 
-import vdiff.attention.sparse as sparse_mod
+import vdiff.attention.execute as execute_mod
 from vdiff.attention import attention
+from vdiff.attention.execute import block_sparse_attention, torch_path
+from vdiff.attention.fused import DENSE_ABOVE, fused_fraction, group_rows
+from vdiff.attention.mask import pool_blocks, predict_block_mask
 from vdiff.attention.metrics import attention_error, dense_reference, video_like_qkv
-from vdiff.attention.sparse import (
-    DENSE_ABOVE,
-    LayerThresholds,
-    SparseThresholds,
-    block_sparse_attention,
-    fused_fraction,
-    group_rows,
-    load_thresholds,
-    pool_blocks,
-    predict_block_mask,
-    tile_permutation,
-    torch_path,
-)
+from vdiff.attention.thresholds import LayerThresholds, SparseThresholds, load_thresholds
+from vdiff.attention.token_order import tile_permutation
 
 # Bounds documented in docs/attention.md for the video-like inputs: at cdf_threshold=0.99 (with or
 # without the λ = -8 P·V skip) and at topk=0.5. An uncalibrated cdf_threshold carries no guarantee
@@ -358,9 +350,12 @@ def test_grid_option_keeps_input_order_and_bounds(video_qkv, backend: str) -> No
     # rounds to one bf16 step (7.8e-3 at |O| ~ 1-2) where the two runs straddle a rounding edge.
     torch.testing.assert_close(full, plain, atol=1e-2 if backend == "sparse_sage" else 1e-5, rtol=1e-3)
     idx = tile_permutation((12, 8, 16), tokens=q.shape[2], k_block=64)
-    tiled = predict_block_mask(q[:, :, idx], k[:, :, idx], scale=0.125, cdf_threshold=0.99)
-    raster = predict_block_mask(q, k, scale=0.125, cdf_threshold=0.99)
-    assert tiled.float().mean() < raster.float().mean()  # compact tiles summarise better
+    # NOTE: compact tiles have better block means (SpargeAttn's rules alone, centres=1); the
+    # sub-block centres summarise raster strips well too, so on this small grid the full
+    # predictor keeps about as much in either order at cdf 0.99.
+    tiled = predict_block_mask(q[:, :, idx], k[:, :, idx], scale=0.125, cdf_threshold=0.99, centres=1)
+    raster = predict_block_mask(q, k, scale=0.125, cdf_threshold=0.99, centres=1)
+    assert tiled.float().mean() < raster.float().mean()
     err = attention_error(attention(q, k, v, backend=backend, grid=[12, 8, 16], cdf_threshold=0.99), ref)
     assert err.cos_sim >= COS_MIN and err.rel_l1 <= L1_MAX, err
     with pytest.raises(ValueError, match="self-attention"):
@@ -386,14 +381,14 @@ def test_sparse_clear_errors(random_qkv, backend: str) -> None:
 
 def test_torch_kernel_picks_the_path_this_cpu_runs_faster(monkeypatch: pytest.MonkeyPatch) -> None:
     q = torch.zeros(1, 1, 128, 64)
-    monkeypatch.setattr(sparse_mod, "cpu_has_amx", lambda: False)
-    monkeypatch.setattr(sparse_mod, "cpu_has_vnni", lambda: True)
+    monkeypatch.setattr(execute_mod, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(execute_mod, "cpu_has_vnni", lambda: True)
     assert torch_path("torch", q, quantize=True) == "tiled"  # INT8 _int_mm beats bf16 SDPA there
     assert torch_path("auto", q, quantize=False) == "fused"  # no INT8: SDPA
-    monkeypatch.setattr(sparse_mod, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(execute_mod, "cpu_has_amx", lambda: True)
     assert torch_path("torch", q, quantize=True) == "fused"  # AMX: bf16 SDPA is the faster
-    monkeypatch.setattr(sparse_mod, "cpu_has_amx", lambda: False)
-    monkeypatch.setattr(sparse_mod, "cpu_has_vnni", lambda: False)
+    monkeypatch.setattr(execute_mod, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(execute_mod, "cpu_has_vnni", lambda: False)
     assert torch_path("torch", q, quantize=True) == "fused"  # no VNNI: not measured, kept fused
     assert torch_path("tiled", q, quantize=False) == "tiled"  # explicit choices are kept
     with pytest.raises(ValueError, match="kernel must be one of"):

@@ -1,0 +1,217 @@
+"""Attention over a block mask: picks an execution path and prepares its inputs.
+
+:func:`block_sparse_attention` is stage 2 of the block-sparse backends and the whole of
+``sage`` (an all-kept mask). The paths, same numerics:
+
+* Triton (:mod:`vdiff.attention.triton_kernels`; CUDA, or Triton's CPU interpreter): one
+  online-softmax kernel over exactly the mask;
+* fused (:mod:`vdiff.attention.fused`): torch SDPA over the mask widened for speed (a superset);
+* tiled (:mod:`vdiff.attention.tiled`): explicit scores over exactly the mask, INT8 by
+  ``torch._int_mm``; it also serves every call that needs λ, the LSE or fp8 P·V.
+
+Every path receives the same mask from the caller; only the fused one adds blocks to it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+
+import torch
+
+from vdiff.attention.checks import per_head
+from vdiff.attention.cpu import cpu_has_amx, cpu_has_vnni
+from vdiff.attention.fused import Q_GROUP, dense_heads, fused_block_attention, group_rows
+from vdiff.attention.quant import PV_TORCH_DTYPES, dequantize, smooth_and_quantize
+from vdiff.attention.tiled import tiled_block_attention
+
+KERNELS = ("auto", "triton", "torch", "fused", "tiled")
+"""values of the backends' ``kernel`` option"""
+
+
+def computed_mask(mask: torch.Tensor, *, path: str, q_group: int = Q_GROUP) -> torch.Tensor:
+    """The blocks that ``path`` ("fused", "tiled" or "triton") computes for the predicted ``mask``.
+
+    The tiled and Triton paths compute exactly ``mask``; the fused one a superset: the union
+    over each run of ``q_group`` Q blocks (:func:`~vdiff.attention.fused.group_rows`), and every
+    block of a head whose union keeps more than :data:`~vdiff.attention.fused.DENSE_ABOVE`.
+    """
+    if path != "fused":
+        return mask
+    grouped = group_rows(mask, group=q_group)
+    return grouped | dense_heads(grouped)[..., None, None]
+
+
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    scale: float,
+    q_block: int = 128,
+    k_block: int = 64,
+    pv_threshold: float | torch.Tensor | None = None,
+    quantize: bool = False,
+    smooth_k: bool = True,
+    pv_dtype: str = "fp32",
+    need_lse: bool = True,
+    q_group: int = Q_GROUP,
+    kernel: str = "auto",
+    widen: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Softmax attention over the blocks ``mask`` (B, H, nqb, nkb) keeps.
+
+    Returns out (B, H, Nq, D) in q's dtype and the log-sum-exp (B, H, Nq) fp32 of the kept scores
+    (None unless ``need_lse``).
+    ``pv_threshold`` is λ (a float or per-head (H,) tensor; None disables the skip); ``quantize``
+    computes Q·Kᵀ in INT8 as ``sage`` does (:mod:`vdiff.attention.quant`). Differentiable when
+    ``quantize`` is False.
+
+    ``kernel``: "triton" runs :mod:`vdiff.attention.triton_kernels` (CUDA, fp16/bf16, no
+    gradients; exactly ``mask``), "fused" and "tiled" the PyTorch paths, "torch" the PyTorch path
+    this machine runs faster (:func:`torch_path`), "auto" Triton where it can run these inputs
+    (:func:`use_triton`), else as "torch".
+
+    Fused (no λ, no LSE, P·V in fp32/bf16/fp16): Q and K (INT8 values dequantised exactly) go
+    through torch's SDPA over the widened mask (:func:`computed_mask`, a superset of ``mask``,
+    so never less accurate); a fused call that needs λ, the LSE or fp8 P·V runs the tiled code
+    over that same widened mask. Tiled: exactly ``mask``. ``widen=False`` computes exactly
+    ``mask`` on the fused path too (slower on CPU): calibration measures that, so its budget
+    holds on every path.
+    """
+    b, h, n_q = q.shape[:3]
+    n_k = k.shape[2]
+    nq, nk = math.ceil(n_q / q_block), math.ceil(n_k / k_block)
+    if mask.shape != (b, h, nq, nk):
+        raise ValueError(f"block mask has shape {tuple(mask.shape)}, expected {(b, h, nq, nk)}")
+    lam = None if pv_threshold is None else per_head(pv_threshold, heads=h, device=q.device).view(h)
+    if lam is not None and bool((lam > 0).any()):
+        # NOTE: λ > 0 would drop even the block holding a row's maximum (the output becomes 0).
+        raise ValueError(
+            f"pv_threshold (λ) must be <= 0, the score gap below the row maximum past which P·V is "
+            f"skipped (e.g. -8); got {lam.tolist()}"
+        )
+    if use_triton(kernel, q, k, v, q_block=q_block, k_block=k_block, pv_dtype=pv_dtype, quantize=quantize):
+        # NOTE: imported here: the module needs triton, and TRITON_INTERPRET is read at its import.
+        from vdiff.attention.triton_kernels import triton_block_attention
+
+        out, lse = triton_block_attention(
+            q,
+            k,
+            v,
+            mask,
+            scale=scale,
+            q_block=q_block,
+            k_block=k_block,
+            quantize=quantize,
+            smooth_k=smooth_k,
+            pv_dtype=pv_dtype,
+            pv_threshold=lam,
+        )
+        return out, (lse if need_lse else None)
+    path = torch_path(kernel, q, quantize=quantize)
+    if widen and path == "fused":
+        mask = computed_mask(mask, path="fused", q_group=q_group)
+    else:
+        q_group = 1  # the fused path reads one mask row per run of q_group Q blocks
+    counts = mask.reshape(b * h * nq, nk).sum(dim=-1)  # (R,)
+    if bool((counts == 0).any()):
+        first = int((counts == 0).nonzero()[0, 0]) % nq
+        raise RuntimeError(f"block mask keeps no K block for Q block {first}; keep at least one")
+    int8 = offset = None
+    if quantize:
+        qi, q_scale, ki, k_scale, offset = smooth_and_quantize(
+            q, k, scale=scale, q_block=q_block, k_block=k_block, smooth_k=smooth_k
+        )
+        int8 = (qi, q_scale, ki, k_scale)
+    if path == "fused" and lam is None and not need_lse and pv_dtype in PV_TORCH_DTYPES:
+        dt = PV_TORCH_DTYPES[pv_dtype]
+        if int8 is not None:
+            qd = dequantize(int8[0], int8[1], block=q_block, dtype=dt)
+            kd = dequantize(int8[2], int8[3], block=k_block, dtype=dt)
+            sdpa_scale = 1.0  # folded into Q before quantisation
+        else:
+            qd, kd, sdpa_scale = q.to(dt), k.to(dt), scale
+        out = fused_block_attention(
+            qd, kd, v.to(dt), mask, scale=sdpa_scale, q_block=q_block, k_block=k_block, q_group=q_group
+        )
+        return out.to(q.dtype), None
+    out, lse = tiled_block_attention(
+        q,
+        k,
+        v,
+        mask,
+        scale=scale,
+        q_block=q_block,
+        k_block=k_block,
+        int8=int8,
+        lam=lam,
+        pv_dtype=pv_dtype,
+        need_lse=need_lse,
+    )
+    if lse is not None and offset is not None:
+        lse = lse + offset
+    return out, lse
+
+
+def torch_path(kernel: str, q: torch.Tensor, *, quantize: bool) -> str:
+    """The PyTorch path ("fused" or "tiled") that ``kernel`` picks when Triton does not run.
+
+    "auto"/"torch": tiled for INT8 Q·Kᵀ on a CPU with VNNI but no AMX, else fused.
+    """
+    if kernel in ("fused", "tiled"):
+        return kernel
+    # NOTE: measured at N = 16384, 12 heads, D = 128, video-like inputs in tile order, cdf 0.9
+    # (docs/benchmarks.md): on an AMD EPYC with AVX512-VNNI/BF16 but no AMX, SDPA runs bf16 no
+    # faster than fp32, while torch._int_mm runs INT8 fast, so the tiled INT8 path over the exact
+    # mask took 2.46 s against 4.68 s fused (same blocks) and 6.38 s fused over the widened mask.
+    # With AMX (Intel Xeon, same N, D, cdf) the fused bf16 path is the faster one: 3.09 s against
+    # 6.82 s tiled in tile order, 3.99 s against 11.79 s in raster order, because there
+    # torch._int_mm ran ~7x slower than a bf16 matmul of the same shape. CPUs without VNNI were
+    # not measured and keep the fused path.
+    if quantize and q.device.type == "cpu" and cpu_has_vnni() and not cpu_has_amx():
+        return "tiled"
+    return "fused"
+
+
+@functools.cache
+def _triton_installed() -> bool:
+    # NOTE: asked once, not on every attention call of every layer.
+    return importlib.util.find_spec("triton") is not None
+
+
+def use_triton(
+    kernel: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    q_block: int,
+    k_block: int,
+    pv_dtype: str,
+    quantize: bool,
+) -> bool:
+    """Whether ``kernel`` ("auto", "triton" or "torch") picks the Triton kernel for these inputs.
+
+    "auto" picks it on CUDA when Triton imports, no gradient is needed and the inputs are ones
+    it takes; "triton" insists, and inputs it cannot run are an error saying why.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"sparse/sage option kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel in ("torch", "fused", "tiled"):
+        return False
+    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+    if kernel == "auto" and (q.device.type != "cuda" or needs_grad or not _triton_installed()):
+        return False
+    if needs_grad:
+        raise ValueError("kernel='triton' is forward-only; use kernel='torch' (or 'auto') for gradients")
+    try:
+        from vdiff.attention.triton_kernels import unsupported_reason
+    except ImportError as e:
+        raise ValueError(f"kernel='triton' needs the triton package ({e}); pip install triton") from e
+    reason = unsupported_reason(q, q_block=q_block, k_block=k_block, pv_dtype=pv_dtype, quantize=quantize)
+    if reason is not None and kernel == "triton":
+        raise ValueError(f"kernel='triton' cannot run {reason}; use kernel='torch' or 'auto'")
+    return reason is None
