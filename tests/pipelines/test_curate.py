@@ -211,3 +211,17 @@ def test_disk_full_during_the_run_is_one_line_naming_the_folder_and_exit_1(
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1
     assert "No space left on device" in err and str(out) in err
+
+
+def test_an_input_file_named_like_an_override_is_an_input(
+    tiny_videos, tmp_path, small_overrides, monkeypatch
+):
+    import shutil
+
+    video = sorted(tiny_videos.glob("*.mp4"))[0]
+    shutil.copy(video, tmp_path / "take=2.mp4")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    assert curate.main(["take=2.mp4", "--out", str(out), "--no-progress", *small_overrides]) == 0
+    report = yaml.safe_load((out / "report.json").read_text())
+    assert [Path(e["path"]).name for e in report["inputs"]] == ["take=2.mp4"]
