@@ -66,7 +66,8 @@ class _ConsistencyMetric(Metric):
         return sum(e["video_sim"] for e in entries) / pairs if pairs else float("nan")
 
     def features(self, frames: np.ndarray) -> torch.Tensor:
-        raise NotImplementedError
+        """(T, F) per-frame features; each consistency dimension supplies its own (DINO, CLIP)."""
+        raise NotImplementedError(f"{type(self).__name__} must define features(frames)")
 
 
 @register_metric("subject_consistency", doc="DINO feature similarity to the previous and first frame")
