@@ -17,7 +17,14 @@ finished child processes (the workers), from ``getrusage``. The naive loop also 
 OpenCV on one thread (as each worker does), to show how much of the CPU ratio is OpenCV's
 thread pool spinning rather than work saved; that row is not in the ratio.
 
+With model weights in the environment (``VDIFF_RAFT`` for dynamic_degree, ``VDIFF_AMT_S`` for
+motion_smoothness) those dimensions run RAFT / AMT-S on ``--device`` (``bench/devices.py``; default
+cpu) instead of the substitutes; on a GPU the "workers" run is one process (forked workers cannot
+share it). ``--dtype`` accepts float32 only (``auto`` means float32 here): VBench runs these
+models in float32, and another dtype would change the scores this benchmark checks.
+
     python bench/eval.py [--quick] [--videos N] [--frames N] [--size HxW] [--repeat N] [--workers N]
+                         [--device cpu|cuda] [--dtype float32]
 """
 
 from __future__ import annotations
@@ -32,12 +39,14 @@ import time
 from pathlib import Path
 
 # NOTE: run as a script, this file's folder comes first on sys.path, where "eval" would be
-# this file rather than vdiff's eval package.
+# this file rather than vdiff's eval package; the repository root goes first instead.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench.devices import add_device_args, resolve  # noqa: E402
 from data_prep import synthetic  # noqa: E402
 from eval.config import WEIGHT_FREE_DIMENSIONS, EvalConfig  # noqa: E402
 from eval.registry import UnscorableVideoError, VideoSample, build_metric  # noqa: E402
@@ -106,17 +115,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="runs of each; the median is reported")
     p.add_argument("--workers", type=int, default=2, help="processes for the parallel vdiff eval run")
     p.add_argument("--quick", action="store_true", help="4 videos of 16 frames at 72x128, 1 repeat")
+    add_device_args(p)
     args = p.parse_args(argv)
+    if args.dtype not in ("auto", "float32"):
+        p.error(
+            f"--dtype {args.dtype}: vdiff eval runs VBench's models in float32, as VBench does; use float32"
+        )
+    if args.device == "cuda":
+        resolve(args, p)  # NOTE: a one-line exit 2 when torch sees no GPU
     count, frames, size, repeat = (
         (4, 16, "72x128", 1) if args.quick else (args.videos, args.frames, args.size, args.repeat)
     )
     height, _, width = size.partition("x")
     dims = list(WEIGHT_FREE_DIMENSIONS)
-    cfg = EvalConfig(dimensions=dims)
-    par = f"vdiff eval, {args.workers} workers"
-    cfg_par = EvalConfig(dimensions=dims, workers=args.workers)
+    dev = args.device
+    cfg = EvalConfig(dimensions=dims, device=dev)
+    # NOTE: forked workers need device=cpu; on a GPU the "parallel" run is one process as well.
+    workers = args.workers if dev == "cpu" else 1
+    par = f"vdiff eval, {workers} workers"
+    cfg_par = EvalConfig(dimensions=dims, workers=workers, device=dev)
     unshared = "vdiff eval, no flow sharing"
-    configs = {"vdiff eval": cfg, par: cfg_par, unshared: EvalConfig(dimensions=dims, flow_cache_mb=0)}
+    configs = {
+        "vdiff eval": cfg,
+        par: cfg_par,
+        unshared: EvalConfig(dimensions=dims, flow_cache_mb=0, device=dev),
+    }
 
     with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp_str:
         tmp = Path(tmp_str)
@@ -127,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
         )
         for name in dims:
-            build_metric(name, cfg)  # NOTE: untimed: the first build imports the metric modules (torch)
+            # NOTE: untimed: the first build imports the metric modules (torch)
+            print(f"  {name}: {build_metric(name, cfg).method} on {dev}")
         naive1 = "naive, 1 OpenCV thread"
         times: dict[str, list[tuple[float, float]]] = {
             k: [] for k in (*configs, "naive", naive1, "with report")
@@ -184,10 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         for label, key in (
             ("vdiff eval, 1 process, decode once, no flow sharing (before)", unshared),
             ("vdiff eval, 1 process (decode once, shared flows)", "vdiff eval"),
-            (f"vdiff eval, {args.workers} workers", par),
+            (f"vdiff eval, {workers} workers", par),
             ("naive loop (decode per dimension)", "naive"),
             ("naive loop, OpenCV on 1 thread (not in the ratio)", naive1),
-            (f"vdiff eval, {args.workers} workers + report.html (not in the ratio)", "with report"),
+            (f"vdiff eval, {workers} workers + report.html (not in the ratio)", "with report"),
         ):
             print(f"| {label} | {wall[key]:.2f} | {cpu[key]:.2f} | {count / wall[key]:.2f} |")
         for key in configs:

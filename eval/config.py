@@ -61,7 +61,7 @@ class EvalConfig:
     report_frames: int = 6
     """frames per video shown in the report's strip"""
     workers: int = 1
-    """processes scoring videos in parallel (forked; results equal a 1-process run bit for bit)"""
+    """forked processes scoring videos in parallel (same numbers as 1; torch models: as 1 thread)"""
     bootstrap_resamples: int = 1000
     """bootstrap resamples of the videos for each dimension's 95% confidence interval (0: none)"""
     flow_cache_mb: int = 1024

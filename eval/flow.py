@@ -7,9 +7,12 @@ AMT (motion_smoothness); results computed with them are never leaderboard-compar
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+import os
+import threading
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -17,6 +20,8 @@ import numpy as np
 from eval.metric import UnscorableVideoError
 
 FlowMethod = Literal["dis", "farneback"]
+FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""Dense flow between two (H, W, 3) uint8 RGB frames: (H', W', 2) float32 (H' >= H: RAFT's padded size)."""
 
 
 def _gray(frame: np.ndarray) -> np.ndarray:
@@ -49,15 +54,16 @@ class FlowCache:
             self.nbytes += frame.nbytes
         return found
 
-    def flow(self, a: np.ndarray, b: np.ndarray, method: FlowMethod) -> np.ndarray:
-        """``_optical_flow(a, b, method)``, computed once per frame pair while there is room."""
+    def flow(self, a: np.ndarray, b: np.ndarray, method: str, compute: FlowFn | None = None) -> np.ndarray:
+        """``compute(a, b)`` (default ``_optical_flow(a, b, method)``), computed once per frame pair
+        and ``method`` while there is room; ``method`` names the flow (e.g. RAFT's weights)."""
         ia, ib = self._frame_id(a), self._frame_id(b)
         key = None if ia is None or ib is None else (ia, ib, method)
         if key is not None and key in self._flows:
             self.hits += 1
             return self._flows[key]
         self.misses += 1
-        out = _optical_flow(a, b, method)
+        out = compute(a, b) if compute is not None else _optical_flow(a, b, method)
         if key is not None and self.nbytes + out.nbytes <= self.max_bytes:
             out.setflags(write=False)
             self._flows[key] = out
@@ -92,13 +98,41 @@ def optical_flow(a: np.ndarray, b: np.ndarray, method: FlowMethod = "dis") -> np
     return cache.flow(a, b, method) if cache is not None else _optical_flow(a, b, method)
 
 
-def _optical_flow(a: np.ndarray, b: np.ndarray, method: FlowMethod = "dis") -> np.ndarray:
+def cached(fn: FlowFn, key: str) -> FlowFn:
+    """``fn`` computed through the :func:`shared_flows` cache of the calling video under ``key``,
+    which must name the flow exactly (RAFT: its weights file), so that every dimension and the
+    static filter share one computation per frame pair."""
+
+    def run(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        cache = _FLOW_CACHE.get()
+        return cache.flow(a, b, key, fn) if cache is not None else fn(a, b)
+
+    return run
+
+
+_DIS: dict[tuple[int, int], Any] = {}
+
+
+def _dis() -> Any:
+    """This process's and thread's DIS (medium preset) instance.
+
+    NOTE: DIS keeps no state between ``calc`` calls without an initial flow, so one instance gives
+    the flows a fresh one gives (tests/eval/test_temporal.py) and skips the per-call setup (about
+    10 % of a 144x256 flow). Keyed by process too: a forked worker builds its own.
+    """
+    key = (os.getpid(), threading.get_ident())
+    dis = _DIS.get(key)
+    if dis is None:
+        dis = _DIS[key] = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    return dis
+
+
+def _optical_flow(a: np.ndarray, b: np.ndarray, method: str = "dis") -> np.ndarray:
     if max(a.shape[:2]) < 12:
         raise UnscorableVideoError(f"frames of {a.shape[0]}x{a.shape[1]} px are too small for optical flow")
     ga, gb = _gray(a), _gray(b)
     if method == "dis":
-        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-        return dis.calc(ga, gb, None)
+        return _dis().calc(ga, gb, None)
     if method == "farneback":
         return cv2.calcOpticalFlowFarneback(ga, gb, None, 0.5, 3, 15, 3, 5, 1.2, 0)
     raise ValueError(f"unknown flow method {method!r}; use 'dis' or 'farneback'")
@@ -112,10 +146,18 @@ def top_fraction_mean(flow: np.ndarray, fraction: float) -> float:
     return float(np.mean(np.partition(mag, mag.size - k)[-k:]))
 
 
+@functools.lru_cache(maxsize=8)
+def _pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) pixel coordinates, each (h, w) float32, read-only."""
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    gx.setflags(write=False)
+    gy.setflags(write=False)
+    return gx, gy
+
+
 def warp(frame: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """Backward warp: ``out(x) = frame(x + flow(x))`` with bilinear sampling, float32."""
-    h, w = flow.shape[:2]
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    gx, gy = _pixel_grid(*flow.shape[:2])
     return cv2.remap(
         frame.astype(np.float32),
         gx + flow[..., 0],

@@ -32,6 +32,10 @@ VBENCH_COMMITS: dict[str, str] = {
     "vbench/cli/static_filter.py": "986e8884ea399224abc3cfa9606284b6e8d8d3d5",  # 2024-04-17
     "vbench/third_party/RAFT/core/raft.py": "a06572e",  # 2023-12-30 (corr.py too)
     "vbench/utils.py": "e2cacab866e9fe53109d95bc0d136b939b7f7335",  # 2025-02-17
+    "vbench/motion_smoothness.py": "24f9d2ab02daf02006d9e95b0ea5e83ee2b01c5d",  # 2025-02-27
+    # networks/AMT-S.py, blocks/ifrnet.py, blocks/multi_flow.py (91bece8, 2024-01-23); blocks/raft.py,
+    # blocks/feat_enc.py, utils/utils.py, utils/flow_utils.py (d67ebac, 2023-11-30)
+    "vbench/third_party/amt/networks/AMT-S.py": "91bece8",  # 2024-01-23
 }
 
 # Where ``vdiff eval --out DIR`` writes. cal_final_score.py reads every top-level file whose name

@@ -3,6 +3,7 @@
 vdiff eval VIDEOS --out DIR [--dimensions a,b,...] [--prompts FILE] [--config YAML] [key=value ...]
 vdiff eval --compare DIR_A DIR_B [--out DIR]   (warns on stderr when formulas or weights differ)
 vdiff eval VIDEOS --static-filter --out DIR [--prompts SUITE] [--filter-scope temporal_flickering|all|FILE]
+                  [--workers N]
 """
 
 from __future__ import annotations
@@ -49,7 +50,11 @@ def _parser() -> argparse.ArgumentParser:
         default="temporal_flickering",
         help="static filter scope: temporal_flickering (needs --prompts suite), all, or a JSON list",
     )
-    p.add_argument("--workers", type=int, help="processes scoring videos in parallel (config key workers)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="processes scoring (or, with --static-filter, checking) videos in parallel (config key workers)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     return p
@@ -144,12 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.videos or not args.out:
         print("vdiff eval: VIDEOS and --out DIR are required (or --compare DIR_A DIR_B)", file=sys.stderr)
         return 2
+    if args.workers is not None:
+        overrides.append(f"workers={args.workers}")
     if args.static_filter:
         return _static_filter(args, overrides)
     if args.dimensions:
         overrides.append(f"dimensions=[{args.dimensions}]")
-    if args.workers is not None:
-        overrides.append(f"workers={args.workers}")
     from eval.registry import MissingDependencyError
     from eval.runner import evaluate
 

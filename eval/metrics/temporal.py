@@ -5,7 +5,8 @@ Formulas follow VBench's ``vbench/temporal_flickering.py``, ``vbench/dynamic_deg
 ``vbench/motion_smoothness.py`` and ``vbench/cli/static_filter.py`` at the commits in
 :data:`eval.vbench.VBENCH_COMMITS`. Flow is RAFT (:mod:`eval.models.raft`, VBench's
 ``raft-things.pth``) when ``weights.raft`` is given, else a labelled weight-free substitute
-(:mod:`eval.flow`); the interpolator (AMT) is replaced by flow-warped interpolation.
+(:mod:`eval.flow`); motion_smoothness interpolates with AMT-S (:mod:`eval.models.amt`, VBench's
+``amt-s.pth``) when ``weights.amt_s`` is given, else with labelled flow-warped interpolation.
 """
 
 from __future__ import annotations
@@ -17,16 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from eval.flow import FlowMethod, interpolate_middle, optical_flow, top_fraction_mean
+from eval.flow import FlowFn, FlowMethod, cached, interpolate_middle, optical_flow, top_fraction_mean
 from eval.frames import every_kth_index
 from eval.metric import Metric, UnscorableVideoError, VideoSample, register_metric
 from eval.vbench import VBENCH_COMMITS
 
-FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-"""Dense flow between two (H, W, 3) uint8 RGB frames: (H', W', 2) float32 (H' >= H: RAFT's padded size)."""
-
 FLICKER_COMMIT = VBENCH_COMMITS["vbench/temporal_flickering.py"]
 DYNAMIC_DEGREE_COMMIT = VBENCH_COMMITS["vbench/dynamic_degree.py"]
+MOTION_SMOOTHNESS_COMMIT = VBENCH_COMMITS["vbench/motion_smoothness.py"]
 # NOTE: 11abda97 (2024-07-03, "[fix] fps<8 bug") multiplied the threshold by max(1, 8 / fps);
 # fc4620b4 (2024-07-13) dropped the factor again, and every later commit (f9d345a2, current)
 # uses 6 * min(H, W) / 256.
@@ -109,7 +108,9 @@ def build_flow(cfg: Any, *, dimension: str) -> tuple[FlowFn, str, bool]:
             what="RAFT raft-things.pth",
             dimension=dimension,
         )
-        return RaftFlow.from_checkpoint(path, device=cfg.device), "RAFT raft-things (20 iterations)", True
+        raft = RaftFlow.from_checkpoint(path, device=cfg.device)
+        # NOTE: keyed by the weights file, so the dimensions of a video share RAFT's flows.
+        return cached(raft, f"raft:{path.resolve()}"), "RAFT raft-things (20 iterations)", True
     label = f"substitute: {flow_method_label(cfg.flow)} flow (VBench: RAFT)"
     return as_flow_fn(cfg.flow), label, False
 
@@ -201,16 +202,44 @@ def interpolation_error(frames: np.ndarray, method: FlowMethod) -> float:
     return float(np.mean(errors))
 
 
+def amt_path(cfg: Any) -> str:
+    """``weights.amt_s`` or ``$VDIFF_AMT_S``; empty when neither is set (then a substitute runs)."""
+    return cfg.weights.amt_s or os.environ.get("VDIFF_AMT_S", "")
+
+
 @register_metric("motion_smoothness", doc="(255 - error of interpolating odd frames from even ones) / 255")
 class MotionSmoothness(Metric):
-    """VBench motion smoothness with flow-warped interpolation in place of AMT."""
+    """VBench motion smoothness: AMT-S when ``weights.amt_s`` is given (VBench's method), else
+    flow-warped interpolation (a labelled substitute)."""
 
     name = "motion_smoothness"
 
     def __init__(self, cfg: Any) -> None:
         self.flow: FlowMethod = cfg.flow
-        self.method = f"substitute: {flow_method_label(self.flow)} flow-warped interpolation (VBench: AMT-S)"
-        self.comparable = False
+        self.amt: Callable[[np.ndarray], np.ndarray] | None = None
+        if amt_path(cfg):
+            from eval.metric import resolve_weight
+            from eval.models.amt import AmtInterpolator
+
+            path = resolve_weight(
+                cfg.weights.amt_s,
+                key="weights.amt_s",
+                env="VDIFF_AMT_S",
+                what="AMT-S amt-s.pth",
+                dimension=self.name,
+            )
+            self.amt = AmtInterpolator.from_checkpoint(path, device=cfg.device)
+            self.method = f"VBench motion_smoothness.py @ {MOTION_SMOOTHNESS_COMMIT[:8]}, AMT-S amt-s.pth"
+            self.comparable = True
+        else:
+            self.method = (
+                f"substitute: {flow_method_label(self.flow)} flow-warped interpolation (VBench: AMT-S)"
+            )
+            self.comparable = False
 
     def compute(self, video: VideoSample) -> dict[str, Any]:
+        if self.amt is not None:
+            from eval.models.amt import vbench_motion_score
+
+            return {"video_results": vbench_motion_score(video.frames, self.amt)}
         return {"video_results": (255.0 - interpolation_error(video.frames, self.flow)) / 255.0}

@@ -151,3 +151,25 @@ def test_dynamic_degree_and_static_test_run_raft_when_weights_given(tmp_path):
     res = metric.compute(VideoSample(path=tmp_path / "x-0.mp4", prompt="x", frames=frames, fps=8.0))
     assert isinstance(res["video_results"], bool)
     assert isinstance(is_static(frames, metric.flow), bool)
+
+
+def test_raft_flows_are_shared_between_dynamic_degree_and_static_filter(tmp_path, monkeypatch):
+    from eval.flow import shared_flows
+    from eval.metrics.temporal import build_flow
+
+    torch.save(randomized(RAFT()).state_dict(), tmp_path / "raft-things.pth")
+    cfg = EvalConfig(weights=WeightsConfig(raft=str(tmp_path / "raft-things.pth")))
+    calls = []
+    real = RaftFlow.__call__
+    monkeypatch.setattr(RaftFlow, "__call__", lambda self, a, b: calls.append(1) or real(self, a, b))
+    dyn, _, _ = build_flow(cfg, dimension="dynamic_degree")
+    static, _, _ = build_flow(cfg, dimension="static filter")  # another RaftFlow from the same file
+    frames = np.stack([np.kron(f, np.ones((2, 2, 1), np.uint8)) for f in linear_frames(n=3)])  # 128 px
+    with shared_flows(2**30):
+        first = dyn(frames[0], frames[1])
+        again = static(frames[0], frames[1])
+        static(frames[1], frames[2])
+    assert len(calls) == 2 and np.array_equal(first, again)
+    # Outside a video's shared_flows block nothing is kept.
+    dyn(frames[0], frames[1])
+    assert len(calls) == 3

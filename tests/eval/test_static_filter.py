@@ -82,3 +82,43 @@ def test_cli_static_filter_then_score(filter_videos, tmp_path, capsys):
     assert rc == 0
     results = json.loads((tmp_path / "e" / "eval_results.json").read_text())
     assert len(results["temporal_flickering"][1]) == 5
+
+
+def test_workers_give_the_single_process_result(filter_videos, tmp_path):
+    from eval.config import EvalConfig
+
+    videos, suite = filter_videos
+    (videos / "a still lake-7.mp4").write_bytes(b"not a video")  # past the cap: never read by VBench
+    (videos / "a panning street-1.mp4").write_bytes(b"not a video")
+    one = run_static_filter(videos, tmp_path / "one", suite=suite, progress=False)
+    two = run_static_filter(
+        videos, tmp_path / "two", suite=suite, config=EvalConfig(workers=2), progress=False
+    )
+    assert two["filtered"] == one["filtered"]
+    assert (
+        [u["video_path"] for u in two["info"]["unreadable"]]
+        == [u["video_path"] for u in one["info"]["unreadable"]]
+        == [str(videos / "a panning street-1.mp4")]
+    )
+    assert sorted(p.name for p in (tmp_path / "two" / "filtered_videos").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one" / "filtered_videos").iterdir()
+    )
+
+
+def test_cli_static_filter_accepts_workers(filter_videos, tmp_path, capsys):
+    videos, suite = filter_videos
+    (tmp_path / "suite.json").write_text(json.dumps(suite))
+    rc = eval_main(
+        [
+            str(videos),
+            "--static-filter",
+            "--out",
+            str(tmp_path / "f"),
+            "--prompts",
+            str(tmp_path / "suite.json"),
+            "--workers",
+            "2",
+            "--quiet",
+        ]
+    )
+    assert rc == 0 and "kept 5 videos" in capsys.readouterr().out

@@ -142,3 +142,15 @@ def test_frames_too_small_for_flow_are_unscorable_not_a_crash():
     tiny = np.zeros((8, 8, 8, 3), np.uint8)
     with pytest.raises(UnscorableVideoError, match="too small"):
         DynamicDegree(EvalConfig()).compute(sample(tiny))
+
+
+def test_reused_dis_gives_the_flow_of_a_fresh_one():
+    from eval.flow import _optical_flow
+    from tests.eval.conftest import linear_frames, texture
+
+    pairs = [(linear_frames(2, seed=s)[0], linear_frames(2, seed=s)[1]) for s in range(2)]
+    pairs.append((texture(3), np.roll(texture(3), 3, axis=1)))  # another size: buffers are resized
+    for a, b in [*pairs, *pairs[::-1]]:
+        fresh = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        want = fresh.calc(cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), cv2.cvtColor(b, cv2.COLOR_RGB2GRAY), None)
+        assert np.array_equal(_optical_flow(a, b, "dis"), want)
