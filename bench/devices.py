@@ -48,9 +48,9 @@ def resolve(args: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[torch
         p.error(
             "--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False); use --device cpu"
         )
-    device = (
-        torch.device("cuda", torch.cuda.current_device()) if args.device == "cuda" else torch.device("cpu")
-    )
+    # NOTE: the current CUDA device, without initialising CUDA here (a benchmark that forks
+    # workers, as bench/parallel_train.py does, must not have touched CUDA before the fork).
+    device = torch.device("cuda") if args.device == "cuda" else torch.device("cpu")
     name = args.dtype if args.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
     return device, DTYPES[name]
 

@@ -20,6 +20,14 @@ Measured per mode (medians over the rounds; the modes alternate within each roun
 
     python bench/parallel_train.py [--quick] [--rounds N] [--steps N] [--warmup N]
                                    [--latent TxHxW] [--batch N] [--threads N]
+                                   [--device cuda] [--dtype bfloat16] [--json PATH]
+
+``--device cuda`` runs the 2 ranks on 2 GPUs (NCCL, one GPU a rank; it needs 2): ``--dtype``
+(default there: bfloat16) is FSDP2's ``param_dtype`` for the FSDP modes and the autocast dtype
+of DDP (which keeps fp32 parameters), SDPA is pinned to its flash backend (``bench/devices.py``),
+steps are timed between synchronised barriers, and the memory column is the peak CUDA memory
+allocated per rank (``torch.cuda.max_memory_allocated``) instead of the RSS. FSDP2 on one GPU is
+measured by ``bench/train_step.py --variants fsdp``.
 """
 
 from __future__ import annotations
@@ -42,12 +50,17 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 
-from vdiff.diffusion import add_noise, sigma_to_timestep, velocity_target
-from vdiff.models import ModelConfig, build_model
-from vdiff.optim import OptimConfig, build_optimizer
-from vdiff.parallel import ParallelConfig, build_mesh
-from vdiff.parallel.distributed import full_value
-from vdiff.parallel.parallelize import parallelize, unwrap
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.devices import DTYPES, add_device_args, autocast, machine_line, resolve, sdpa_peer  # noqa: E402
+from vdiff.diffusion import add_noise, sigma_to_timestep, velocity_target  # noqa: E402
+from vdiff.models import ModelConfig, build_model  # noqa: E402
+from vdiff.optim import OptimConfig, build_optimizer  # noqa: E402
+from vdiff.parallel import ParallelConfig, build_mesh  # noqa: E402
+from vdiff.parallel.distributed import full_value  # noqa: E402
+from vdiff.parallel.parallelize import parallelize, unwrap  # noqa: E402
 
 MODES: dict[str, dict[str, int]] = {
     "DDP": {"dp_replicate": 2, "dp_shard": 1},
@@ -116,18 +129,26 @@ def run_mode(rank: int, world: int, port: int, job: dict[str, Any], out: str) ->
     # NOTE: FSDP2 warns that the wrapped embedding MLPs return views; no in-place op follows them.
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module")
     start_rss = rss_kib("VmRSS")
-    dist.init_process_group("gloo")
+    cuda = job["device"] == "cuda"
+    device = torch.device("cuda", rank) if cuda else torch.device("cpu")
+    dtype = DTYPES[job["dtype"]]
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
     try:
-        pcfg = ParallelConfig(param_dtype="float32", **job["degrees"])
-        mesh = build_mesh(pcfg)
+        ddp = job["degrees"].get("dp_shard") == 1
+        low = dtype == torch.bfloat16 and not ddp  # NOTE: FSDP2 mixed precision; DDP autocasts instead
+        pcfg = ParallelConfig(param_dtype="bfloat16" if low else "float32", **job["degrees"])
+        mesh = build_mesh(pcfg, device_type=device.type)
         local = mesh.dims.local_batch_size(job["batch"])
         torch.manual_seed(0)
-        model = build_model(ModelConfig(**job["model"])).train()
+        model = build_model(ModelConfig(**job["model"])).to(device).train()
         with torch.no_grad():
             # NOTE: Wan's zero output projection would make every mode's first loss the same
             # (the model outputs 0); random weights make the loss check mean something.
             torch.nn.init.normal_(model.unembed.proj.weight, std=0.02)
         model = parallelize(model, mesh, pcfg)
+        cast = autocast(device, dtype) if ddp else autocast(device, torch.float32)
         optimizer = build_optimizer(unwrap(model), OptimConfig(lr=1e-4, weight_decay=0.0))
         lo = mesh.dp_rank * local
         losses, times = [], []
@@ -135,14 +156,20 @@ def run_mode(rank: int, world: int, port: int, job: dict[str, Any], out: str) ->
             b = global_batch(step, size=job["batch"], latent=tuple(job["latent"]), text=tuple(job["text"]))
             x0, noise = b["x0"][lo : lo + local], b["noise"][lo : lo + local]
             sigma, context = b["sigma"][lo : lo + local], b["context"][lo : lo + local]
+            x0, noise, sigma, context = (t.to(device) for t in (x0, noise, sigma, context))
+            if cuda:
+                torch.cuda.synchronize(device)
             dist.barrier()
             t0 = time.perf_counter()
-            pred = model(add_noise(x0, noise, sigma), sigma_to_timestep(sigma), context)
+            with cast, sdpa_peer(device, dtype):
+                pred = model(add_noise(x0, noise, sigma), sigma_to_timestep(sigma), context)
             loss = F.mse_loss(pred.float(), velocity_target(x0, noise))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             full_value(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
             optimizer.step()
+            if cuda:
+                torch.cuda.synchronize(device)
             dist.barrier()
             times.append(time.perf_counter() - t0)
             loss_sum = loss.detach().clone()
@@ -153,7 +180,11 @@ def run_mode(rank: int, world: int, port: int, job: dict[str, Any], out: str) ->
             "rank": rank,
             "samples_per_s": job["batch"] * job["steps"] / timed,
             "state": state_bytes(unwrap(model), optimizer),
-            "peak_rss_mib": (rss_kib("VmHWM") - start_rss) / 1024,
+            "peak_rss_mib": (
+                torch.cuda.max_memory_allocated(device) / 2**20
+                if cuda
+                else (rss_kib("VmHWM") - start_rss) / 1024
+            ),
             "last_loss": losses[-1],
             "mode": mesh.dims.data_parallel,
         }
@@ -172,7 +203,9 @@ def launch(job: dict[str, Any], *, world: int) -> list[dict[str, Any]]:
     """Run one mode on ``world`` fresh processes; the per-rank result dicts."""
     with tempfile.TemporaryDirectory(prefix="bench_parallel_") as out:
         # NOTE: fork reuses this process's imports (as the distributed tests do): a mode starts in ~1 s.
-        mp.start_processes(run_mode, args=(world, free_port(), job, out), nprocs=world, start_method="fork")
+        # CUDA cannot be used in a forked child once the parent has initialised it: spawn there.
+        method = "spawn" if job["device"] == "cuda" else "fork"
+        mp.start_processes(run_mode, args=(world, free_port(), job, out), nprocs=world, start_method=method)
         return [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(world)]
 
 
@@ -185,8 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latent", default="4x16x16", help="latent TxHxW (16 channels, patch 1x2x2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank (2 ranks on 2 cores: 1)")
     p.add_argument("--quick", action="store_true", help="a tiny model, 1 round of 2 steps (a smoke run)")
+    p.add_argument("--json", help="also write the table's rows as JSON here")
+    add_device_args(p)
     args = p.parse_args(argv)
+    device, dtype = resolve(args, p)
     world = 2
+    if device.type == "cuda" and torch.cuda.device_count() < world:
+        p.error(f"--device cuda needs {world} GPUs (one a rank), torch sees {torch.cuda.device_count()}")
     job = {
         "model": QUICK_MODEL if args.quick else MODEL,
         "latent": QUICK_LATENT if args.quick else (16, *(int(v) for v in args.latent.split("x"))),
@@ -195,15 +233,19 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": 1 if args.quick else args.warmup,
         "steps": 2 if args.quick else args.steps,
         "threads": args.threads,
+        "device": device.type,
+        "dtype": str(dtype).removeprefix("torch."),
     }
     rounds = 1 if args.quick else args.rounds
     params = build_model(ModelConfig(**job["model"]), device="meta").num_params()
     t, h, w = job["latent"][1:]
+    backend = (
+        "NCCL ranks (one GPU each)" if device.type == "cuda" else f"gloo ranks x {args.threads} thread(s)"
+    )
     print(
-        f"machine: {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, {world} gloo ranks x "
-        f"{args.threads} thread(s); model {params / 1e6:.2f} M params, {t * (h // 2) * (w // 2)} tokens "
-        f"per sample, global batch {args.batch}, fp32; {job['warmup']} warm-up + {job['steps']} timed "
-        f"steps, {rounds} round(s)"
+        f"{machine_line(device, dtype)}; {len(os.sched_getaffinity(0))} cores, {world} {backend}; "
+        f"model {params / 1e6:.2f} M params, {t * (h // 2) * (w // 2)} tokens per sample, global batch "
+        f"{args.batch}; {job['warmup']} warm-up + {job['steps']} timed steps, {rounds} round(s)"
     )
     results: dict[str, list[list[dict[str, Any]]]] = {m: [] for m in MODES}
     for r in range(rounds):
@@ -220,23 +262,32 @@ def main(argv: list[str] | None = None) -> int:
     base_state = sum(results["DDP"][0][0]["state"].values())
     base_loss = results["DDP"][0][0]["last_loss"]
     print()
+    memory = "peak CUDA allocated" if device.type == "cuda" else "peak RSS"
     print(
         "| mode | samples/s | ratio vs DDP | params+grads+AdamW per rank (MiB) | ratio vs DDP "
-        "| peak RSS per rank (MiB) | ratio vs DDP | last loss − DDP's |"
+        f"| {memory} per rank (MiB) | ratio vs DDP | last loss − DDP's |"
     )
     print("|---|---|---|---|---|---|---|---|")
+    rows = []
     for mode in MODES:
         rate, rss = med(mode, "samples_per_s"), med(mode, "peak_rss_mib")
         state = max(sum(rank["state"].values()) for rank in results[mode][0])
         dloss = results[mode][0][0]["last_loss"] - base_loss
+        rows.append(
+            {"mode": mode, "samples_per_s": rate, "ratio": rate / base_rate, "state_mib": state / 2**20,
+             "peak_mib": rss, "peak_kind": memory, "last_loss_minus_ddp": dloss}
+        )  # fmt: skip
         print(
             f"| {mode} | {rate:.2f} | {rate / base_rate:.2f} | {state / 2**20:.1f} "
             f"| {state / base_state:.2f} | {rss:.0f} | {rss / base_rss:.2f} | {dloss:+.1e} |"
         )
     print(
-        "samples/s: global batch over the timed steps (median of rounds); memory: the larger of the "
-        "2 ranks. GPU figures (activation checkpointing, torch.compile): not measured (no GPU here)."
+        "samples/s: global batch over the timed steps (median of rounds); memory: the larger of the 2 "
+        "ranks. Activation checkpointing, torch.compile and FSDP2 on one GPU: bench/train_step.py --variants."
     )
+    if args.json:
+        meta = {"machine": machine_line(device, dtype), "world": world, "job": job, "rounds": rounds}
+        Path(args.json).write_text(json.dumps({**meta, "rows": rows}, indent=1))
     return 0
 
 

@@ -20,17 +20,27 @@ get the same prompt embeddings (encoded once by vdiff's text encoder, and checke
    prompt and seed change each repeat).
 
     python bench/sample.py [--repeat N] [--steps N] [--frames N] [--height N] [--width N]
+                           [--device cuda] [--dtype bfloat16] [--no-diffusers] [--no-eval] [--json PATH]
+
+``--device cuda`` runs both pipelines on the GPU with the transformers in ``--dtype`` (default
+there: bfloat16; the VAE and text encoder stay float32), SDPA's flash backend put first
+(``bench/devices.py``; the float32 VAE falls back; the sparse backends take their Triton
+kernels), CUDA-event timers, and each variant's peak memory (``torch.cuda.max_memory_allocated``;
+on CPU the peak RSS) next to its time. ``--frames 81 --height 480 --width 832`` gives 21x60x104
+latents: 32760 tokens, the size of a Wan2.1 480p video. ``--no-diffusers`` skips part 1,
+``--no-eval`` the VBench-dimension scores of part 2 (slow on large videos), ``--json PATH``
+writes the figures as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import math
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +51,19 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import torch  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.devices import (  # noqa: E402
+    add_device_args,
+    machine_line,
+    peak_memory_mib,
+    reset_peak,
+    resolve,
+    sdpa_peer,
+    time_call,
+)
 from vdiff.attention.policy import AttentionPolicy  # noqa: E402
 from vdiff.sampling import (  # noqa: E402
     ParallelGroups,
@@ -55,7 +78,6 @@ from vdiff.sampling import (  # noqa: E402
     to_uint8,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [
     "a red circle moving left",
     "a blue square moving up over a green field",
@@ -90,11 +112,13 @@ class FixedTextEncoder:
         return self
 
 
-def timed(fn: Callable[[], Any]) -> tuple[tuple[float, float], Any]:
-    """((wall, CPU) seconds, result) of ``fn()``; CPU is this process's, less sensitive to other load."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    out = fn()
-    return (time.perf_counter() - wall, time.process_time() - cpu), out
+def timed(fn: Callable[[], Any], device: torch.device, peaks: list[float]) -> tuple[tuple[float, float], Any]:
+    """((wall, CPU) seconds, result) of ``fn()``; CPU is this process's, less sensitive to other load.
+    The call's peak memory (MiB, ``bench/devices.py``) is appended to ``peaks``."""
+    reset_peak(device)
+    wall, cpu, out = time_call(fn, device)
+    peaks.append(peak_memory_mib(device))
+    return (wall, cpu), out
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -150,7 +174,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--keep", help="folder to keep the weights and videos in (default: a temporary one)")
+    p.add_argument("--no-diffusers", action="store_true", help="skip part 1 (vdiff vs diffusers)")
+    p.add_argument("--no-eval", action="store_true", help="skip the VBench-dimension scores of part 2")
+    p.add_argument("--json", help="also write the figures as JSON here")
+    add_device_args(p)
     args = p.parse_args(argv)
+    device, dtype = resolve(args, p)
+    with sdpa_peer(device, dtype, strict=False):  # NOTE: the fp32 VAE's attention cannot take flash
+        return run(args, device, dtype)
+
+
+def run(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> int:
+    """The benchmark proper (``main`` parses the arguments and pins SDPA)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     from diffusers import WanPipeline
@@ -161,11 +196,15 @@ def main(argv: list[str] | None = None) -> int:
         write_tiny_wan(
             model_dir, num_layers=args.layers, num_heads=args.heads, head_dim=args.head_dim, text_dim=64
         )
-    cfg = SampleConfig(progress=False, sampler=args.sampler, shift=args.shift)
+    dtype_name = str(dtype).removeprefix("torch.")
+    cfg = SampleConfig(
+        progress=False, sampler=args.sampler, shift=args.shift, device=device.type, dtype=dtype_name
+    )
     transformer, text, vae = load_components(model_dir, cfg)
     size = dict(frames=args.frames, height=args.height, width=args.width)
     shape = latent_shape(vae, **size)  # (C, T', H', W')
     tokens = shape[1] * (shape[2] // 2) * (shape[3] // 2)
+    print(machine_line(device, dtype))
     print(
         f"tiny Wan2.1: {args.layers} blocks, {args.heads} heads x {args.head_dim}, "
         f"{sum(p.numel() for p in transformer.parameters()) / 1e6:.2f} M transformer params; "
@@ -177,15 +216,26 @@ def main(argv: list[str] | None = None) -> int:
     # Prompt embeddings: encoded once by vdiff, compared with WanPipeline.encode_prompt.
     with torch.no_grad():
         table = {q: text.encode([q]) for q in [*PROMPTS, NEGATIVE]}  # (1, 512, D) each
+    from diffusers import WanTransformer3DModel
+
+    # NOTE: loaded in its dtype, so diffusers keeps the modules it wants in float32 (norms, RoPE).
+    ref_transformer = WanTransformer3DModel.from_pretrained(model_dir / "transformer", torch_dtype=dtype)
     ref_pipe = WanPipeline.from_pretrained(
-        model_dir, scheduler=make_scheduler(args.sampler, shift=args.shift), dtype=torch.float32
+        model_dir,
+        transformer=ref_transformer,
+        scheduler=make_scheduler(args.sampler, shift=args.shift),
+        dtype=torch.float32,
     )
     ref_pipe.set_progress_bar_config(disable=True)
+    ref_pipe.to(device)
     with torch.no_grad():
         pe, ne = ref_pipe.encode_prompt(
             PROMPTS[0], NEGATIVE, do_classifier_free_guidance=True, max_sequence_length=512
         )
-    emb_diff = max(float((pe - table[PROMPTS[0]]).abs().max()), float((ne - table[NEGATIVE]).abs().max()))
+    emb_diff = max(
+        float((pe.cpu() - table[PROMPTS[0]]).abs().max()), float((ne.cpu() - table[NEGATIVE]).abs().max())
+    )
+    table = {q: e.to(device) for q, e in table.items()}
     print(f"prompt embeddings, vdiff TextEncoder vs WanPipeline.encode_prompt: max abs diff {emb_diff:.2e}")
     pipe: VideoPipeline = make_pipeline(
         transformer, FixedTextEncoder(table), vae, cfg=cfg, groups=ParallelGroups()
@@ -221,45 +271,13 @@ def main(argv: list[str] | None = None) -> int:
                 output_type=output_type,
             ).frames[0]
         if output_type == "latent":
-            return out  # (C, T', H', W')
+            return out.float().cpu()  # (C, T', H', W')
         return torch.from_numpy(out).permute(3, 0, 1, 2).float() * 2 - 1  # (3, T, H, W) in [-1, 1]
 
-    # 1. vdiff vs diffusers, alternating: the denoising loop alone, and end to end.
-    run_vdiff(0), run_diffusers(0)  # warm-up
-    modes = {"denoising": ("latent", "latent"), "denoising + decode": ("video", "np")}
-    times: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    diffs: dict[str, list[float]] = {m: [] for m in modes}
-    runs = {"vdiff": run_vdiff, "diffusers": run_diffusers}
-    for r in range(args.repeat):
-        for mode, kinds in modes.items():
-            out = {}
-            # NOTE: the order flips every repeat (ABBA), so neither side always runs first.
-            for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:
-                kind = kinds[0] if name == "vdiff" else kinds[1]
-                t, out[name] = timed(lambda r=r, fn=runs[name], kind=kind: fn(r, output_type=kind))
-                times.setdefault((mode, name), []).append(t)
-            diffs[mode].append(float((out["vdiff"] - out["diffusers"]).abs().max()))
-    print("\n## vdiff vs diffusers WanPipeline")
-    for mode in modes:
-        print(f"{mode}:")
-        med = {}
-        for n in runs:
-            wall, cpu = zip(*times[(mode, n)])
-            med[n] = (statistics.median(wall), statistics.median(cpu))
-            print(
-                f"  {n:<10} median {med[n][0]:.3f} s wall, {med[n][1]:.3f} s CPU; "
-                f"walls {[round(t, 3) for t in wall]}"
-            )
-        pairs = [a[0] / b[0] for a, b in zip(times[(mode, "vdiff")], times[(mode, "diffusers")])]
-        print(
-            f"  time ratio vdiff / diffusers: {med['vdiff'][0] / med['diffusers'][0]:.3f} wall, "
-            f"{med['vdiff'][1] / med['diffusers'][1]:.3f} CPU, {statistics.median(pairs):.3f} median of "
-            "paired wall ratios  (goal <= 1.0)"
-        )
-    print(
-        f"max abs diff: latents {max(diffs['denoising']):.2e}, "
-        f"videos {max(diffs['denoising + decode']):.2e} (in [-1, 1])"
-    )
+    result: dict[str, Any] = {"machine": machine_line(device, dtype), "tokens": tokens, "args": vars(args)}
+    peaks: dict[str, list[float]] = {}
+    if not args.no_diffusers:
+        result["vs_diffusers"] = vs_diffusers(args, run_vdiff, run_diffusers, device, peaks)
 
     # 2. Step caching and sparse attention against vdiff's dense run.
     variants: dict[str, dict[str, Any]] = {
@@ -277,44 +295,120 @@ def main(argv: list[str] | None = None) -> int:
     stats: dict[str, Any] = {}
     for r in range(args.repeat):
         for name, kw in list(variants.items())[:: 1 if r % 2 == 0 else -1]:
-            t, lat = timed(lambda r=r, kw=kw: run_vdiff(r, output_type="latent", **kw))
+            t, lat = timed(
+                lambda r=r, kw=kw: run_vdiff(r, output_type="latent", **kw),
+                device,
+                peaks.setdefault(name, []),
+            )
             vtimes[name].append(t)
             if pipe.last_cache_stats is not None:
                 stats[name] = pipe.last_cache_stats
             with torch.no_grad():
-                video = vae.decode(lat[None]).float().clamp(-1, 1)[0]  # (3, T, H, W)
+                video = vae.decode(lat[None]).float().clamp(-1, 1)[0].cpu()  # (3, T, H, W)
             videos[name].append((PROMPTS[r % len(PROMPTS)], r // len(PROMPTS), video))
-    scores = {}
+    scores: dict[str, dict[str, float | None]] = {}
     for name in variants:
         folder = work / "videos" / name.replace(" ", "_")
         write_videos(folder, videos[name], fps=8.0)
-        scores[name] = eval_scores(folder, work / "eval" / name.replace(" ", "_"))
+        scores[name] = {} if args.no_eval else eval_scores(folder, work / "eval" / name.replace(" ", "_"))
     dense_t = [statistics.median(x) for x in zip(*vtimes["dense"])]  # wall, CPU
     print("\n## vdiff: step caching and sparse attention vs dense")
-    print("(time: the denoising loop alone; errors and scores: decoded videos)")
+    print("(time: the denoising loop alone; errors and scores: decoded videos; peak MiB: of the loop)")
+    dims = [] if args.no_eval else DIMENSIONS
     header = (
         f"{'variant':<16}{'wall s':>8}{'CPU s':>8}{'speedup':>9}{'(CPU)':>7}"
-        f"{'max err':>9}{'mean err':>10}{'PSNR dB':>9}"
+        f"{'max err':>9}{'mean err':>10}{'PSNR dB':>9}{'peak MiB':>10}"
     )
-    print(header + "".join(f"{d:>22}" for d in DIMENSIONS))
+    print(header + "".join(f"{d:>22}" for d in dims))
+    result["variants"] = {}
     for name in variants:
         errs = [
             (float((v - d).abs().max()), float((v - d).abs().mean()), psnr(v, d))
             for (_, _, v), (_, _, d) in zip(videos[name], videos["dense"])
         ]
         med_t = [statistics.median(x) for x in zip(*vtimes[name])]  # wall, CPU
+        fig = {
+            "wall_s": med_t[0],
+            "cpu_s": med_t[1],
+            "speedup": dense_t[0] / med_t[0],
+            "speedup_cpu": dense_t[1] / med_t[1],
+            "max_err": max(e[0] for e in errs),
+            "mean_err": statistics.mean(e[1] for e in errs),
+            "min_psnr_db": min(e[2] for e in errs),
+            "peak_mib": max(peaks[name]),
+            "scores": scores[name],
+        }
+        result["variants"][name] = fig
         row = (
-            f"{name:<16}{med_t[0]:>8.3f}{med_t[1]:>8.3f}"
-            f"{dense_t[0] / med_t[0]:>9.2f}{dense_t[1] / med_t[1]:>7.2f}"
-            f"{max(e[0] for e in errs):>9.4f}"
-            f"{statistics.mean(e[1] for e in errs):>10.5f}{min(e[2] for e in errs):>9.1f}"
+            f"{name:<16}{fig['wall_s']:>8.3f}{fig['cpu_s']:>8.3f}{fig['speedup']:>9.2f}{fig['speedup_cpu']:>7.2f}"
+            f"{fig['max_err']:>9.4f}{fig['mean_err']:>10.5f}{fig['min_psnr_db']:>9.1f}{fig['peak_mib']:>10.0f}"
         )
-        row += "".join(score_cell(scores[name][d], scores["dense"][d]) for d in DIMENSIONS)
+        row += "".join(score_cell(scores[name][d], scores["dense"][d]) for d in dims)
         print(row)
     for name, (computed, skipped) in stats.items():
         print(f"{name}: blocks computed on {computed}, skipped on {skipped} branch-steps (last run)")
     print(f"\nfiles under {work}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1, default=str))
     return 0
+
+
+def vs_diffusers(
+    args: argparse.Namespace,
+    run_vdiff: Callable[..., torch.Tensor],
+    run_diffusers: Callable[..., torch.Tensor],
+    device: torch.device,
+    peaks: dict[str, list[float]],
+) -> dict[str, Any]:
+    """Part 1: vdiff vs diffusers, alternating, on the denoising loop alone and end to end."""
+    run_vdiff(0), run_diffusers(0)  # warm-up
+    modes = {"denoising": ("latent", "latent"), "denoising + decode": ("video", "np")}
+    times: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    diffs: dict[str, list[float]] = {m: [] for m in modes}
+    runs = {"vdiff": run_vdiff, "diffusers": run_diffusers}
+    for r in range(args.repeat):
+        for mode, kinds in modes.items():
+            out = {}
+            # NOTE: the order flips every repeat (ABBA), so neither side always runs first.
+            for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+                kind = kinds[0] if name == "vdiff" else kinds[1]
+                t, out[name] = timed(
+                    lambda r=r, fn=runs[name], kind=kind: fn(r, output_type=kind),
+                    device,
+                    peaks.setdefault(f"{mode}: {name}", []),
+                )
+                times.setdefault((mode, name), []).append(t)
+            diffs[mode].append(float((out["vdiff"].float().cpu() - out["diffusers"]).abs().max()))
+    print("\n## vdiff vs diffusers WanPipeline")
+    result: dict[str, Any] = {}
+    for mode in modes:
+        print(f"{mode}:")
+        med = {}
+        for n in runs:
+            wall, cpu = zip(*times[(mode, n)])
+            med[n] = (statistics.median(wall), statistics.median(cpu))
+            peak = max(peaks[f"{mode}: {n}"])
+            result[f"{mode}: {n}"] = {"wall_s": med[n][0], "cpu_s": med[n][1], "peak_mib": peak}
+            print(
+                f"  {n:<10} median {med[n][0]:.3f} s wall, {med[n][1]:.3f} s CPU, peak {peak:.0f} MiB; "
+                f"walls {[round(t, 3) for t in wall]}"
+            )
+        pairs = [a[0] / b[0] for a, b in zip(times[(mode, "vdiff")], times[(mode, "diffusers")])]
+        print(
+            f"  time ratio vdiff / diffusers: {med['vdiff'][0] / med['diffusers'][0]:.3f} wall, "
+            f"{med['vdiff'][1] / med['diffusers'][1]:.3f} CPU, {statistics.median(pairs):.3f} median of "
+            "paired wall ratios  (goal <= 1.0)"
+        )
+        result[f"{mode}: ratio"] = med["vdiff"][0] / med["diffusers"][0]
+    print(
+        f"max abs diff: latents {max(diffs['denoising']):.2e}, "
+        f"videos {max(diffs['denoising + decode']):.2e} (in [-1, 1])"
+    )
+    result["max_diff_latents"], result["max_diff_videos"] = (
+        max(diffs["denoising"]),
+        max(diffs["denoising + decode"]),
+    )
+    return result
 
 
 if __name__ == "__main__":

@@ -89,6 +89,7 @@ from vdiff.training import (
     write_metrics,
     write_videos,
 )
+from vdiff.training.metrics import device_peak_flops, training_mfu
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -222,6 +223,7 @@ def train(cfg: TrainConfig) -> Path:
         writer = open_tensorboard(run, purge_step=step + 1 if (run / "tb").is_dir() else None)
     bar = tqdm(total=cfg.train.steps, initial=step, disable=rank != 0 or not cfg.train.progress, desc="train")
     meter = Throughput(cfg.train.warmup_log_steps)
+    peak = device_peak_flops(device, override_tflops=cfg.train.peak_tflops)  # all ranks; None: unknown
 
     def checkpoint() -> None:
         trainer_state = {"data": loader.state_dict(), "rng": rng_to_json(torch.get_rng_state())}
@@ -324,6 +326,9 @@ def train(cfg: TrainConfig) -> Path:
                 "shift": round(shift, 4),
                 "data_skipped": skipped,
             }
+            if peak is not None:
+                sizes = dict(latent_shape=tuple(x0.shape[1:]), text_len=context.shape[1])
+                row["mfu"] = training_mfu(samples_per_s, cfg.model, peak=peak, **sizes)
             write_metrics(run / METRICS_FILE, row, writer=writer)
             write_bad_samples(run / BAD_SAMPLES_FILE, bad_samples)
             bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")

@@ -88,12 +88,14 @@ class LoopConfig:
     """bfloat16 autocast for the forward pass (weights and optimizer stay float32)"""
     device: str = "auto"
     """auto (cuda if available, else cpu), cpu, cuda, cuda:1, ..."""
+    peak_tflops: float = 0.0
+    """dense bf16 TFLOP/s of one device for the mfu metric; 0: by GPU name (A100/H100/H200/L40S/RTX 4090)"""
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "log_every", "sample_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_minutes", "warmup_log_steps", "sample_every"):
+        for name in ("max_minutes", "warmup_log_steps", "sample_every", "peak_tflops"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0 (0: off), got {getattr(self, name)}")
         if self.sample_every > 0 and not self.sample_prompts:

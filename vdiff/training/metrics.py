@@ -3,7 +3,8 @@ and ``RUN/bad_samples.jsonl`` (the samples ``data.on_error=skip`` passed over).
 
 A metrics row is one JSON object a line with at least ``step``; ``vdiff train`` writes ``loss``,
 ``lr``, ``grad_norm``, ``samples_per_s``, ``tokens_per_s``, ``max_memory_mb``, ``time``,
-``shift`` and ``data_skipped``. TensorBoard gets each value but ``step`` as ``train/<key>``.
+``shift`` and ``data_skipped``, and ``mfu`` when the devices' peak FLOP/s is known
+(:func:`device_peak_flops`). TensorBoard gets each value but ``step`` as ``train/<key>``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import torch.distributed as dist
 from vdiff.config import ConfigError
 from vdiff.data import ShardLoader
 from vdiff.io.files import atomic_write_text
+from vdiff.models import ModelConfig
+from vdiff.models.flops import peak_flops, train_flops
 
 METRICS_FILE = "metrics.jsonl"
 """in the run folder: one JSON row a logged step"""
@@ -67,6 +70,42 @@ def max_memory_mb(device: torch.device) -> float:
     # NOTE: ru_maxrss is in KiB on Linux (bytes on macOS); it covers the whole process.
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def device_peak_flops(device: torch.device, *, override_tflops: float = 0.0) -> float | None:
+    """Dense bf16 peak FLOP/s of all the job's devices together (one a rank), or None if unknown.
+
+    The peak of one device is ``override_tflops`` (``train.peak_tflops``) when > 0, else
+    ``$VDIFF_PEAK_TFLOPS``, else looked up by the CUDA device's name
+    (:data:`vdiff.models.flops.PEAK_BF16_TFLOPS`); a CPU has none unless overridden.
+    """
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    peak = peak_flops(name, override_tflops=override_tflops)
+    if peak is None:
+        return None
+    return peak * (dist.get_world_size() if dist.is_initialized() else 1)
+
+
+def training_mfu(
+    samples_per_s: float | None,
+    model: ModelConfig,
+    *,
+    latent_shape: tuple[int, ...],
+    text_len: int,
+    peak: float,
+) -> float | None:
+    """Model FLOPs utilisation of a full fine-tune at ``samples_per_s`` (None while it is None).
+
+    ``latent_shape`` is one sample's (C, T, H, W), ``text_len`` the text embeddings' length and
+    ``peak`` the FLOP/s of all devices (:func:`device_peak_flops`). The FLOPs are
+    :func:`vdiff.models.flops.train_flops`: dense attention, no activation-checkpoint
+    recomputation; with LoRA the frozen weights' gradients are counted too, so the figure is high.
+    """
+    if samples_per_s is None:
+        return None
+    grid = [s // p for s, p in zip(latent_shape[1:], model.patch_size)]
+    tokens = grid[0] * grid[1] * grid[2]
+    return samples_per_s * train_flops(model, tokens=tokens, text_len=text_len) / peak
 
 
 def max_over_ranks(value: float, device: torch.device) -> float:
