@@ -20,12 +20,18 @@ match. ``--replace`` re-caches what changed (other settings, changed, added or r
 shards; the cached shards of removed sources are deleted), ``--overwrite`` writes into a
 non-empty folder that is no cache (only the cache's own file names are replaced). One run at a
 time holds ``DIR/.vdiff.lock``.
+
+On many GPUs or nodes: ``torchrun --nproc_per_node=G [--nnodes=N ...] -m pipelines.cache DATA
+--out DIR ...``. Rank 0 checks, locks and prepares ``DIR``; the shards left to do are dealt out
+round robin, one GPU (``LOCAL_RANK``) per rank; the output is byte-identical to a one-process
+run. ``DATA`` and ``DIR`` must be shared by all nodes.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +42,14 @@ import yaml
 from vdiff.config import ConfigError, describe, is_override, load_config, save_config, to_dict
 from vdiff.data import DataConfig, clip_meta, index_shard, list_shards, load_raw_sample
 from vdiff.data.loader import CACHED_EXT, EMPTY_PROMPT_FILE
-from vdiff.encoders import TextEncoderConfig, VAEConfig, VideoAutoencoder, build_text_encoder, build_vae
+from vdiff.encoders import (
+    TextEncoder,
+    TextEncoderConfig,
+    VAEConfig,
+    VideoAutoencoder,
+    build_text_encoder,
+    build_vae,
+)
 from vdiff.errors import EXPECTED_ERRORS, report_error
 from vdiff.io.files import atomic_open, atomic_write_bytes, file_sha256
 from vdiff.io.outdir import (
@@ -51,6 +64,8 @@ from vdiff.io.outdir import (
     remove_own_temps,
     write_marker,
 )
+from vdiff.parallel.distributed import destroy_distributed, init_distributed
+from vdiff.parallel.shares import failed_rank, from_rank0, gather_strings, rank_share, world
 
 COMMAND = "cache"
 OWN_NAMES = r"cache_settings\.json|cache_config\.yaml|empty_prompt\.safetensors|\.vdiff-cache\.json"
@@ -142,18 +157,44 @@ def cache(cfg: CacheConfig, *, overwrite: bool = False, replace: bool = False) -
     ``overwrite``: write into a non-empty folder that is no cache; ``replace``: re-cache an
     earlier cache whose settings or source shards differ (see :func:`claim_cache`). Raises
     :class:`OutDirError` (nothing written) otherwise, and FileNotFoundError when there are no
-    source shards.
+    source shards. Under ``torchrun`` the caller has joined the process group
+    (:func:`vdiff.parallel.distributed.init_distributed`): rank 0 checks, locks and prepares
+    ``cfg.out``, and each rank then encodes its share of the shards still to do.
     """
     out = Path(cfg.out)
     sources = list_shards(cfg.data.path)  # NOTE: no source shard: an error before --out is touched
-    check_out_dir(out, command=COMMAND, overwrite=overwrite)
-    with out_dir_lock(out, command=COMMAND):
-        return _cache_locked(cfg, sources, out=out, replace=replace)
+    rank, _ = world()
+    with ExitStack() as held:
+        prepared: tuple[dict, list[dict[str, Any]]] | None = None
+        error: Exception | None = None
+        if rank == 0:
+            try:
+                check_out_dir(out, command=COMMAND, overwrite=overwrite)
+                held.enter_context(out_dir_lock(out, command=COMMAND))  # NOTE: rank 0 holds it for all
+                prepared = _prepare(cfg, sources, out=out, replace=replace)
+            except Exception as e:  # NOTE: re-raised below, once the other ranks know to stop
+                error = e
+        _stop_if_failed(error)
+        return _encode_shards(cfg, sources, out=out, prepared=prepared)
 
 
-def _cache_locked(cfg: CacheConfig, sources: list[Path], *, out: Path, replace: bool) -> Path:
-    import webdataset as wds
+class OtherRankFailed(RuntimeError):
+    """Another rank of this ``torchrun`` job failed (its own error is what to read)."""
 
+
+def _stop_if_failed(error: Exception | None) -> None:
+    """Re-raise this rank's ``error``, or stop every other rank too when some rank had one."""
+    failed = failed_rank(error is not None)
+    if error is not None:
+        raise error
+    if failed is not None:
+        raise OtherRankFailed(f"rank {failed} failed (its error is above); this rank stopped too")
+
+
+def _prepare(
+    cfg: CacheConfig, sources: list[Path], *, out: Path, replace: bool
+) -> tuple[dict, list[dict[str, Any]]]:
+    """Claim ``out`` (marker, stale shards, temps) and write its settings files: (settings, entries)."""
     settings = json.loads(json.dumps(_settings(cfg)))  # NOTE: as the marker stores it (lists, not tuples)
     entries = claim_cache(out, sources, settings=settings, replace=replace)
     shard_dir = out / "shards"
@@ -162,48 +203,110 @@ def _cache_locked(cfg: CacheConfig, sources: list[Path], *, out: Path, replace: 
     remove_own_temps(shard_dir, [p.name for p in sources])
     atomic_write_bytes(out / "cache_settings.json", json.dumps(settings, indent=2).encode())
     save_config(cfg, out / "cache_config.yaml")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else "cpu")
-    if cfg.device != "auto":
-        device = torch.device(cfg.device)
+    return settings, entries
 
-    # 1. Encoders, and the empty prompt for caption dropout.
-    vae = build_vae(cfg.vae).to(device)
-    text = build_text_encoder(cfg.text).to(device)
-    atomic_write_bytes(out / EMPTY_PROMPT_FILE, _safetensors_bytes({"context": text.encode([""])[0]}))
 
-    # 2. Each input shard -> one output shard of the same name (skipped when already complete).
-    done = 0
-    for k, shard in enumerate(sources):
-        target = shard_dir / shard.name
-        if target.is_file():
-            done += 1
-            continue
-        sha = file_sha256(shard)
-        refs = index_shard(shard)
-        with atomic_open(target, "wb") as f:
-            writer = wds.TarWriter(f)
-            for i in range(0, len(refs), cfg.batch_size):
-                chunk = refs[i : i + cfg.batch_size]
-                samples = [load_raw_sample(ref, cfg.data) for ref in chunk]
-                with torch.no_grad():
-                    latents = encode_videos(vae, [s["video"] for s in samples], device=device)
-                    context = text.encode([s["caption"] for s in samples]).cpu()  # (B, L, D)
-                for ref, s, z, c in zip(chunk, samples, latents, context):
-                    meta = clip_meta(ref)  # NOTE: a third-party clip gets its probed frames, fps and size
-                    meta.update(caption=s["caption"], cache=settings)
-                    writer.write(
-                        {
-                            "__key__": ref.key,
-                            CACHED_EXT: _safetensors_bytes({"latents": z, "context": c}),
-                            "json": json.dumps(meta, sort_keys=True),
-                        }
-                    )
-            writer.close()
-        done += 1
-        entries[k] = {**entries[k], "sha256": sha}
-        print(f"cached {shard.name} ({len(refs)} clips) [{done}/{len(sources)}]", flush=True)
-    write_marker(out, COMMAND, settings=settings, inputs=entries, complete=True)
+def _device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+DONE, ENCODE, HASH = 0, 1, 2
+"""What a source shard needs: nothing, encoding (and hashing), or only its sha256 recorded."""
+
+
+def _todo(source: Path, k: int, shard_dir: Path, prepared: tuple[dict, list[dict]] | None) -> int:
+    """Rank 0: :data:`DONE`, :data:`ENCODE` or :data:`HASH` for source ``k``; other ranks: 0 (unused)."""
+    if prepared is None:
+        return DONE
+    if not (shard_dir / source.name).is_file():
+        return ENCODE
+    return DONE if prepared[1][k].get("sha256") else HASH
+
+
+def _encode_shards(
+    cfg: CacheConfig, sources: list[Path], *, out: Path, prepared: tuple[dict, list[dict[str, Any]]] | None
+) -> Path:
+    """Every rank: encode this rank's share of the unfinished shards; rank 0 then marks ``out`` complete."""
+    rank, world_size = world()
+    shard_dir = out / "shards"
+    device = _device(cfg.device)
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", torch.cuda.current_device())  # NOTE: this rank's GPU (LOCAL_RANK)
+
+    # 1. What is left, in rank 0's view (it just cleared what was stale), on every rank: shards to
+    # encode, and finished ones whose source hash is not yet recorded (a run killed before the end).
+    todo = from_rank0([_todo(sources[k], k, shard_dir, prepared) for k in range(len(sources))])
+    mine = rank_share([k for k, t in enumerate(todo) if t == ENCODE], rank=rank, world_size=world_size)
+    to_hash = rank_share([k for k, t in enumerate(todo) if t == HASH], rank=rank, world_size=world_size)
+
+    # 2. Encoders, (rank 0) the empty prompt for caption dropout, then each input shard -> one
+    # output shard of the same name. A rank that fails stops every rank at the next collective.
+    hashes: dict[int, str] = {}
+    error: Exception | None = None
+    try:
+        vae = build_vae(cfg.vae).to(device)
+        text = build_text_encoder(cfg.text).to(device)
+        if rank == 0:
+            empty = _safetensors_bytes({"context": text.encode([""])[0]})
+            atomic_write_bytes(out / EMPTY_PROMPT_FILE, empty)
+        for n, k in enumerate(mine, start=1):
+            target = shard_dir / sources[k].name
+            hashes[k], clips = _encode_shard(cfg, sources[k], target, vae=vae, text=text, device=device)
+            where = f"{n}/{len(mine)} of rank {rank}" if world_size > 1 else f"{n}/{len(mine)}"
+            print(f"cached {sources[k].name} ({clips} clips) [{where}]", flush=True)
+        hashes.update({k: file_sha256(sources[k]) for k in to_hash})
+    except Exception as e:  # NOTE: re-raised below, once the other ranks know to stop
+        error = e
+    _stop_if_failed(error)
+    sha = gather_strings(hashes, n=len(sources), width=64)
+
+    # 3. Rank 0 records the sources' hashes and that the cache is complete.
+    if rank == 0:
+        assert prepared is not None
+        entries = [e if h is None else {**e, "sha256": h} for e, h in zip(prepared[1], sha)]
+        write_marker(out, COMMAND, settings=prepared[0], inputs=entries, complete=True)
     return out
+
+
+def _encode_shard(
+    cfg: CacheConfig,
+    shard: Path,
+    target: Path,
+    *,
+    vae: VideoAutoencoder,
+    text: TextEncoder,
+    device: torch.device,
+) -> tuple[str, int]:
+    """Write ``target``, the cache of one source shard; return (the source's sha256, its clip count)."""
+    import webdataset as wds
+
+    settings = json.loads(json.dumps(_settings(cfg)))
+    sha = file_sha256(shard)
+    refs = index_shard(shard)
+    with atomic_open(target, "wb") as f:
+        # NOTE: a fixed mtime (0) in the tar headers, not the clock's: the same source content gives
+        # the same bytes in every run, on every rank.
+        writer = wds.TarWriter(f, mtime=0)
+        for i in range(0, len(refs), cfg.batch_size):
+            chunk = refs[i : i + cfg.batch_size]
+            samples = [load_raw_sample(ref, cfg.data) for ref in chunk]
+            with torch.no_grad():
+                latents = encode_videos(vae, [s["video"] for s in samples], device=device)
+                context = text.encode([s["caption"] for s in samples]).cpu()  # (B, L, D)
+            for ref, s, z, c in zip(chunk, samples, latents, context):
+                meta = clip_meta(ref)  # NOTE: a third-party clip gets its probed frames, fps and size
+                meta.update(caption=s["caption"], cache=settings)
+                writer.write(
+                    {
+                        "__key__": ref.key,
+                        CACHED_EXT: _safetensors_bytes({"latents": z, "context": c}),
+                        "json": json.dumps(meta, sort_keys=True),
+                    }
+                )
+        writer.close()
+    return sha, len(refs)
 
 
 def encode_videos(
@@ -268,8 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = None
     try:
         cfg = _load([a for a in argv if a not in FLAGS])
-        cache(cfg, overwrite="--overwrite" in flags, replace="--replace" in flags)
-    except EXPECTED_ERRORS as e:  # NOTE: ConfigError and OutDirError are ValueErrors (exit 2)
+        init_distributed(_device(cfg.device))  # NOTE: a plain process stays one; torchrun ranks join
+        try:
+            cache(cfg, overwrite="--overwrite" in flags, replace="--replace" in flags)
+        finally:
+            destroy_distributed()
+    except (*EXPECTED_ERRORS, OtherRankFailed) as e:  # NOTE: ConfigError, OutDirError: ValueErrors (exit 2)
         return report_error("vdiff cache", e, where=cfg.out if cfg is not None else None)
     return 0
 

@@ -10,12 +10,15 @@
 # The chosen environment is recorded in .vdiff-env ($VDIFF_ENV_FILE); `scripts/run CMD...` runs CMD inside it
 # (README). $PYTHON picks the interpreter (default python3); $VDIFF_VENV the venv folder.
 # PyTorch: if torch is already installed it is kept (install your CUDA build first on GPU
-# machines, see README). Otherwise an NVIDIA GPU gets the default (CUDA) wheel and a machine
+# machines, see README) when it is at least $TORCH_MIN; an older one is refused (exit 2, before
+# pip is run: pip would otherwise replace a CUDA build with PyPI's default one). Otherwise an NVIDIA GPU gets the default (CUDA) wheel and a machine
 # without one gets the CPU build $VDIFF_CPU_TORCH (default torch==2.13.0, which these
 # machines hold in their local wheel cache; plain `pip install torch` would pull GBs of CUDA).
-# --print-env: only choose (and create) the environment, print its interpreter, install nothing.
+# --print-env: only choose (and create) the environment, check its torch, print its interpreter,
+# install nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+TORCH_MIN="2.9"  # NOTE: the torch bound of pyproject.toml (torch.optim.Muon appeared in 2.9)
 PY="${PYTHON:-python3}"
 VENV="${VDIFF_VENV:-.venv}"
 EXTRA=""
@@ -64,6 +67,28 @@ if [[ "$KIND" == "managed" ]]; then
   PY="$VENV/bin/python"
 fi
 PY_ABS="$("$PY" -c 'import sys; print(sys.executable)')"
+
+# check_torch: exit 2 with one line when the environment's torch is older than TORCH_MIN; prints
+# the installed version (empty when torch is not installed).
+check_torch() {
+  "$PY" - "$TORCH_MIN" "$PY_ABS" <<'PYTORCH'
+import importlib.util, re, sys
+need, exe = sys.argv[1], sys.argv[2]
+if importlib.util.find_spec("torch") is None:
+    sys.exit(0)
+import torch
+have = torch.__version__
+def key(v): return tuple(int(x) for x in re.match(r"(\d+)\.(\d+)", v).groups())
+if key(have) < key(need):
+    print(f"install.sh: torch {have} in {exe} is older than vdiff needs (>= {need}); upgrade it "
+          f"first (GPU: pip install 'torch>={need}' --index-url https://download.pytorch.org/whl/cuXXX, "
+          f"your CUDA) and run this again", file=sys.stderr)
+    sys.exit(2)
+print(have)
+PYTORCH
+}
+HAVE_TORCH="$(check_torch)" || exit 2
+
 BIN_DIR="$(dirname "$PY_ABS")"
 echo "$BIN_DIR" > "${VDIFF_ENV_FILE:-.vdiff-env}"
 if [[ "$PRINT_ONLY" == "1" ]]; then
@@ -71,14 +96,15 @@ if [[ "$PRINT_ONLY" == "1" ]]; then
   exit 0
 fi
 
-if "$PY" -c "import torch" 2>/dev/null; then
-  echo "install.sh: keeping installed torch $("$PY" -c 'import torch; print(torch.__version__)')"
+if [[ -n "$HAVE_TORCH" ]]; then
+  echo "install.sh: keeping installed torch $HAVE_TORCH"
 elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   echo "install.sh: NVIDIA GPU found, installing the CUDA build of torch"
-  "$PY" -m pip install --quiet "torch>=2.5"
+  "$PY" -m pip install --quiet "torch>=$TORCH_MIN"
 else
   echo "install.sh: no CUDA GPU, installing the CPU build ${VDIFF_CPU_TORCH:-torch==2.13.0}"
   "$PY" -m pip install --quiet "${VDIFF_CPU_TORCH:-torch==2.13.0}"
+  check_torch >/dev/null || exit 2  # NOTE: a $VDIFF_CPU_TORCH older than TORCH_MIN
 fi
 "$PY" -m pip install --quiet -e ".${EXTRA}"
 

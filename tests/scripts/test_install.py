@@ -8,6 +8,7 @@ itself refuses to install into it (checked), exactly as on Debian's and Ubuntu's
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -110,3 +111,51 @@ def test_an_active_venv_is_used_even_on_a_managed_base(managed_python, tmp_path)
 def test_unknown_options_are_refused(tmp_path):
     res = _install(Path(sys.executable), tmp_path, "--devv")
     assert res.returncode == 2 and "unknown option --devv" in res.stderr
+
+
+def _python_with_torch(tmp_path: Path, version: str) -> Path:
+    """This Python, seeing a stand-in ``torch`` package of ``version`` (a GPU machine's pre-installed one)."""
+    site = tmp_path / f"torch-{version}"
+    (site / "torch").mkdir(parents=True)
+    (site / "torch" / "__init__.py").write_text(f"__version__ = {version!r}\n")
+    wrapper = tmp_path / f"python-torch-{version}"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{site}" exec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def _pyproject_torch_bound() -> str:
+    text = (REPO / "pyproject.toml").read_text()
+    return re.search(r'"torch>=([0-9.]+)"', text).group(1)
+
+
+@pytest.mark.parametrize("version", ["2.5.1+cu121", "2.8.0", "1.13.1"])
+def test_a_torch_older_than_vdiff_needs_is_refused_before_anything_is_installed(
+    tmp_path, version, monkeypatch
+):
+    # NOTE: should the check let it through, pip refuses too (no venv, no index): nothing is installed
+    monkeypatch.setenv("PIP_REQUIRE_VIRTUALENV", "1")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    res = _install(_python_with_torch(tmp_path, version), tmp_path)  # a real install run, not --print-env
+    need = _pyproject_torch_bound()
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert (
+        len(lines) == 1
+        and f"torch {version}" in lines[0]
+        and f"older than vdiff needs (>= {need})" in lines[0]
+    )
+    assert "pip install 'torch>=" in lines[0]
+    assert not (tmp_path / "record").exists() and "installing" not in res.stdout  # stopped before pip
+
+
+@pytest.mark.parametrize("version", ["2.9.0+cu128", "2.13.0", "3.0.0"])
+def test_a_recent_enough_torch_passes_the_check(tmp_path, version):
+    res = _install(_python_with_torch(tmp_path, version), tmp_path, "--print-env")
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == "" and (tmp_path / "record").is_file()
+
+
+def test_install_sh_and_pyproject_name_the_same_torch_bound():
+    script = (REPO / "scripts" / "install.sh").read_text()
+    assert re.search(r'^TORCH_MIN="([0-9.]+)"', script, re.M).group(1) == _pyproject_torch_bound() == "2.9"

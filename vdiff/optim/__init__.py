@@ -7,6 +7,8 @@
   rest, as one object (:class:`~vdiff.optim.muon.MuonWithAdamW`);
 - ``shampoo``: blocked Shampoo grafted to AdamW or Adagrad (:class:`~vdiff.optim.shampoo.Shampoo`).
 
+:mod:`vdiff.optim.memory` counts each one's state from parameter shapes alone (a meta-device model).
+
 The schedule is a pure function of the step (nanoGPT style): the training loop sets the lr of
 every param group before each step, so resuming needs no scheduler state. All three keep their
 state in ``Optimizer.state``/``state_dict`` form, which vdiff.checkpoint saves with
@@ -71,7 +73,8 @@ class ShampooConfig:
     """Blocked Shampoo (vdiff.optim.shampoo) whose step takes a first-order optimizer's norm per block."""
 
     max_preconditioner_dim: int = 1024
-    """split each weight (viewed as dim 0 x the rest) into blocks of at most this size per dimension"""
+    """split each weight (size-1 dims dropped, then first dim x the rest) into blocks of at most this
+    size per dimension"""
     precondition_frequency: int = 20
     """recompute the inverse 4th roots of the factors (eigendecomposition) every this many steps"""
     start_preconditioning_step: int = 20
@@ -93,7 +96,9 @@ class OptimConfig:
     lr: float = 1e-4
     """peak learning rate (after warmup)"""
     betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW (beta1, beta2); shampoo: momentum of the preconditioned gradient, graft's beta2"""
+    """AdamW (beta1, beta2) (muon: of its AdamW half; Muon uses optim.muon.momentum). shampoo: beta1 is
+    the EMA of the raw gradient, the first moment M that both L^(-1/4)·M·R^(-1/4) and the graft step
+    use (0: M is the gradient); beta2 the adamw graft's second-moment decay (unused by adagrad)"""
     eps: float = 1e-8
     """AdamW epsilon (also the Shampoo graft's)"""
     weight_decay: float = 0.0

@@ -1,7 +1,8 @@
 """Shampoo with per-block Kronecker-factored preconditioners, grafted to a first-order step.
 
-For a weight viewed as a matrix G (dim 0 x the product of the other dims) and split into
-blocks of at most ``max_preconditioner_dim`` per dimension, each block keeps
+For a weight viewed as a matrix G (its first dim x the product of the others, once size-1 dims
+are dropped, as Meta's Distributed Shampoo does) and split into blocks of at most
+``max_preconditioner_dim`` per dimension, each block keeps
 
     L ← L + G·Gᵀ    (r, r)        R ← R + Gᵀ·G    (c, c)
 
@@ -12,15 +13,16 @@ roots come from an eigendecomposition every ``precondition_frequency`` steps, wi
 block's Shampoo direction is rescaled to the Frobenius norm of the step that a first-order
 optimizer (``graft``: AdamW's ``M / (sqrt(v̂) + eps)`` or Adagrad's ``M / (sqrt(Σ G²) + eps)``)
 would take on that block, so the learning rate and its schedule carry over from that
-optimizer. Before ``start_preconditioning_step`` (and always for 0-D and 1-D parameters:
-biases, norm scales) the update is the grafted optimizer's step itself. Weight decay is
+optimizer. Before ``start_preconditioning_step`` (and always for parameters with fewer than two
+dims of size > 1: biases, norm scales) the update is the grafted optimizer's step itself. Weight decay is
 decoupled (``θ ← θ − lr·wd·θ``).
 
 Every piece of state is a tensor in ``Optimizer.state`` with a shape fixed at the first step
 (``step``, ``exp_avg``, ``graft_sq``, and per block ``L_i``, ``R_i``, ``L_root_i``,
 ``R_root_i``), so ``state_dict``/``load_state_dict`` and torch.distributed.checkpoint save and
 resume it exactly. The block layout depends on ``max_preconditioner_dim``, ``betas[0] > 0`` and
-the parameter shapes: a checkpoint resumes only with the same ones.
+the parameter shapes: a checkpoint resumes only with the same ones (and, for a parameter whose
+first dim has size 1, only if written since size-1 dims are dropped).
 
 Under FSDP2/HSDP (DTensor parameters) the elementwise state stays sharded like the parameter;
 the gradient, moment and graft step of a matrix are all-gathered (:mod:`vdiff.optim.gather`),
@@ -50,10 +52,18 @@ def evaluate_closure(closure: Callable[[], float] | None) -> float | None:
 
 
 def matrix_shape(shape: torch.Size | tuple[int, ...]) -> tuple[int, int] | None:
-    """The (dim 0, product of the rest) matrix view of a >= 2-D parameter; None for 0-D and 1-D."""
-    if len(shape) < 2:
+    """The (first dim, product of the rest) matrix view of a parameter, size-1 dims dropped first.
+
+    None when fewer than two dims of size > 1 remain (0-D, 1-D, (1, n), ...): diagonal only.
+
+    NOTE: size-1 dims are squeezed as in Meta's Distributed Shampoo (``merge_small_dims``): a
+    (1, 6, 1536) modulation table is the (6, 1536) matrix, not (1, 9216), whose 1024-wide blocks
+    would each carry a 1024 x 1024 right factor for 1024 parameters.
+    """
+    dims = [d for d in shape if d != 1]
+    if len(dims) < 2:
         return None
-    return shape[0], math.prod(shape[1:])
+    return dims[0], math.prod(dims[1:])
 
 
 def block_slices(rows: int, cols: int, max_dim: int) -> list[tuple[slice, slice]]:
@@ -66,7 +76,7 @@ def block_slices(rows: int, cols: int, max_dim: int) -> list[tuple[slice, slice]
 
 
 def param_blocks(shape: torch.Size | tuple[int, ...], max_dim: int) -> list[tuple[slice, slice]]:
-    """The preconditioner blocks of a parameter's matrix view; [] for 0-D/1-D (diagonal only)."""
+    """The preconditioner blocks of a parameter's matrix view; [] when it has none (diagonal only)."""
     matrix = matrix_shape(shape)
     return [] if matrix is None else block_slices(*matrix, max_dim)
 

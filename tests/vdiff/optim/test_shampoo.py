@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from vdiff.optim.shampoo import Shampoo, block_slices, inverse_root, param_blocks
+from vdiff.optim.shampoo import Shampoo, block_slices, inverse_root, matrix_shape, param_blocks
 
 
 def shampoo(params: list[torch.Tensor], **kw: object) -> Shampoo:
@@ -242,3 +242,53 @@ def left_after(grads: list[torch.Tensor], step: int, factor_beta: float) -> torc
     """L after ``step`` steps, from the closed form Σ_s β^(step−s)·(1 − β)·G_s·G_sᵀ (β = 1: the plain sum)."""
     new = 1.0 if factor_beta == 1.0 else 1 - factor_beta
     return sum(factor_beta ** (step - s) * new * g @ g.T for s, g in enumerate(grads[:step], start=1))
+
+
+def test_size_one_dims_are_dropped_and_other_shapes_keep_the_matrix_view() -> None:
+    # the previous rule, (dim 0, product of the rest), for shapes without a size-1 dim
+    for shape in [(6, 10), (9, 3, 2, 2), (5, 7, 3), (1536, 8960)]:
+        assert matrix_shape(shape) == (shape[0], math.prod(shape[1:]))
+        assert param_blocks(shape, 1024) == block_slices(shape[0], math.prod(shape[1:]), 1024)
+    # size-1 dims dropped (Meta's Distributed Shampoo squeezes them before merging dims)
+    assert matrix_shape((1, 6, 1536)) == (6, 1536)
+    assert matrix_shape((1536, 16, 1, 2, 2)) == (1536, 64)  # unchanged: the product is the same
+    assert matrix_shape((1, 1536)) is None and matrix_shape((1, 1, 1)) is None  # diagonal only
+    # a (1, 6, 1536) modulation table: (6, 1024) and (6, 512) blocks, not nine 1024 x 1024 R factors
+    assert param_blocks((1, 6, 1536), 1024) == [
+        (slice(0, 6), slice(0, 1024)),
+        (slice(0, 6), slice(1024, 1536)),
+    ]
+
+
+def test_modulation_table_state_is_its_6_x_1536_factors() -> None:
+    table = torch.nn.Parameter(torch.zeros(1, 6, 1536))  # a Wan2.1-1.3B block's modulation
+    opt = shampoo([table])
+    step_with(opt, [table], [torch.randn(1, 6, 1536)])
+    state = opt.state[table]
+    shapes = {k: tuple(v.shape) for k, v in state.items() if k[0] in "LR"}
+    assert shapes == {
+        "L_0": (6, 6), "L_root_0": (6, 6), "R_0": (1024, 1024), "R_root_0": (1024, 1024),
+        "L_1": (6, 6), "L_root_1": (6, 6), "R_1": (512, 512), "R_root_1": (512, 512),
+    }  # fmt: skip
+    nbytes = sum(v.numel() * v.element_size() for v in state.values())
+    # step + exp_avg + graft_sq + two copies (factor, root) of 6² + 1024² + 6² + 512², fp32
+    assert nbytes == 4 + 2 * 9216 * 4 + 2 * (2 * 36 + 1024**2 + 512**2) * 4
+    # 30 such tables (Wan2.1-1.3B): ~0.31 GB; the (1, 9216) view kept nine 1x1 L and 1024² R
+    # factors (and roots) each: 30 * 9 * 2 * (1 + 1024²) * 4 bytes ~ 2.26 GB
+    assert 30 * nbytes < 0.32e9 < 2.2e9 < 30 * 9 * 2 * (1 + 1024**2) * 4
+
+
+@pytest.mark.parametrize(
+    ("shape", "squeezed"), [((1, 6, 20), (6, 20)), ((1, 20), (20,)), ((6, 1, 20), (6, 20))]
+)
+def test_size_one_dims_change_nothing_in_the_update(shape: tuple, squeezed: tuple) -> None:
+    torch.manual_seed(3)
+    init = torch.randn(squeezed, dtype=torch.float64)
+    a = torch.nn.Parameter(init.reshape(shape).clone())
+    b = torch.nn.Parameter(init.clone())
+    opt_a, opt_b = shampoo([a], max_preconditioner_dim=8), shampoo([b], max_preconditioner_dim=8)
+    for _ in range(4):
+        g = torch.randn(squeezed, dtype=torch.float64)
+        step_with(opt_a, [a], [g.reshape(shape)])
+        step_with(opt_b, [b], [g])
+    torch.testing.assert_close(a.detach().reshape(squeezed), b.detach(), rtol=1e-12, atol=1e-12)
