@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "curate": ("pipelines.curate", "raw videos -> scene-cut, motion-filtered, captioned WebDataset shards"),
     "cache": ("pipelines.cache", "precompute VAE latents and text embeddings into shards"),
     "train": ("pipelines.train", "train a video DiT with flow matching (torchrun for many devices)"),
+    "distill": ("pipelines.distill", "distil a trained run into a few-step student without guidance"),
     "convert": ("pipelines.convert", "Wan2.1 checkpoints diffusers <-> vdiff; export training runs"),
     "sample": ("pipelines.sample", "text -> video with a trained or converted model"),
     "eval": ("pipelines.evaluate", "VBench-style scores and an HTML report for a folder of videos"),

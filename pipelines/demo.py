@@ -14,6 +14,11 @@
 6. ``DIR/index.html`` shows the videos, the loss curve and the scores; ``DIR/scores.json``
    holds the scores.
 
+With ``--distill`` (or ``distill=true``), ``vdiff distill`` also turns the trained run into a
+4-step student without guidance (``configs/distill-demo.yaml``, into ``DIR/distill``), ``vdiff
+sample`` generates the same held-out videos with it (``DIR/samples_student``), and the report
+puts its videos, scores and sampling time next to the teacher's (``scores.json``: ``student``).
+
 Every stage is the same command a user would run, called in-process; re-running the demo
 reuses the world, the curated shards and the trained checkpoint already in DIR.
 """
@@ -78,6 +83,14 @@ class DemoConfig:
     """curate worker processes"""
     seed: int = 0
     """seed of the world, the training run and the sampling noise"""
+    distill: bool = False
+    """also distil the run into a few-step student and report it next to the teacher (--distill)"""
+    distill_config: str = "configs/distill-demo.yaml"
+    """vdiff distill config (relative paths: the working folder, then the repository)"""
+    distill_minutes: float = 8.0
+    """distillation wall-time cap in minutes (it stops at the config's train.steps or here, if sooner)"""
+    distill_overrides: list[str] = field(default_factory=list)
+    """extra key=value overrides for vdiff distill, e.g. [train.steps=200]"""
     dimensions: list[str] = field(
         default_factory=lambda: ["temporal_flickering", "dynamic_degree", "motion_smoothness"]
     )
@@ -103,14 +116,16 @@ class DemoConfig:
             )
         if self.train_minutes <= 0:
             raise ConfigError(f"train_minutes must be > 0, got {self.train_minutes}")
+        if self.distill_minutes <= 0:
+            raise ConfigError(f"distill_minutes must be > 0, got {self.distill_minutes}")
 
 
-def resolve_train_config(name: str) -> Path:
+def resolve_train_config(name: str, *, key: str = "train_config") -> Path:
     """``name`` as given, else relative to the repository root; a clear error when neither exists."""
     for p in (Path(name), REPO / name):
         if p.is_file():
             return p
-    raise ConfigError(f"train_config={name}: no such file here or in {REPO}")
+    raise ConfigError(f"{key}={name}: no such file here or in {REPO}")
 
 
 def _stage(title: str) -> float:
@@ -210,20 +225,43 @@ def train_args(cfg: DemoConfig, out: Path) -> list[str]:
     ]
 
 
-def sample_args(cfg: DemoConfig, out: Path, prompts_file: Path) -> list[str]:
-    """The ``vdiff sample`` command line of stage 4."""
+def distill_args(cfg: DemoConfig, out: Path) -> list[str]:
+    """The ``vdiff distill`` command line of the ``--distill`` stage."""
+    return [
+        str(out / "train"),
+        "--out",
+        str(out / "distill"),
+        "--config",
+        str(resolve_train_config(cfg.distill_config, key="distill_config")),
+        f"seed={cfg.seed}",
+        f"train.max_minutes={cfg.distill_minutes}",
+        "train.progress=false",
+        *cfg.distill_overrides,
+    ]
+
+
+def sample_args(cfg: DemoConfig, out: Path, prompts_file: Path, *, student: bool = False) -> list[str]:
+    """The ``vdiff sample`` command line of stage 4 (``student``: the distilled run, its own steps)."""
+    # NOTE: a student run brings its steps, grid and guidance 1 (vdiff sample reads them from it).
+    solver = (
+        []
+        if student
+        else [
+            f"steps={cfg.steps}",
+            f"guidance={cfg.guidance}",
+            f"shift={cfg.shift}",
+            f"sampler={cfg.sampler}",
+        ]
+    )
     return [
         "--model",
-        str(out / "train"),
+        str(out / ("distill" if student else "train")),
         "--prompts",
         str(prompts_file),
         "--out",
-        str(out / "samples"),
+        str(out / ("samples_student" if student else "samples")),
         f"seed={cfg.seed}",
-        f"steps={cfg.steps}",
-        f"guidance={cfg.guidance}",
-        f"shift={cfg.shift}",
-        f"sampler={cfg.sampler}",
+        *solver,
         f"frames={cfg.clip_frames}",
         f"height={cfg.clip_size}",
         f"width={cfg.clip_size}",
@@ -232,6 +270,14 @@ def sample_args(cfg: DemoConfig, out: Path, prompts_file: Path) -> list[str]:
         f"batch_size={cfg.samples_per_combo}",
         "progress=false",
     ]
+
+
+def read_student_steps(run: Path) -> int:
+    """``distill.student_steps`` of a student run's config.yaml."""
+    import yaml
+
+    raw = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    return int(raw["distill"]["student_steps"])
 
 
 def read_losses(metrics: Path) -> list[tuple[int, float]]:
@@ -281,11 +327,24 @@ def render_html(
     rows: list[dict[str, Any]],
     truth: list[dict[str, Any]],
     timings: dict[str, float],
+    student: dict[str, Any] | None = None,
 ) -> str:
-    """The demo page: scores, loss curve, generated videos with what the metrics read from them."""
+    """The demo page: scores, loss curve, generated videos with what the metrics read from them.
+
+    ``student`` (``--distill``): the distilled student's ``scores``, ``rows`` and ``steps``, shown
+    next to the teacher's.
+    """
     e = html.escape
+    student_scores = (student or {}).get("scores", {})
+
+    def student_cell(k: str) -> str:
+        v = student_scores.get(k)
+        return f"<td>{v:.3f}</td>" if isinstance(v, float) else ("<td></td>" if student else "")
+
     score_rows = "".join(
-        f"<tr><td>{e(k)}</td><td>{v:.3f}</td></tr>" for k, v in scores.items() if isinstance(v, float)
+        f"<tr><td>{e(k)}</td><td>{v:.3f}</td>{student_cell(k)}</tr>"
+        for k, v in scores.items()
+        if isinstance(v, float)
     )
     time_rows = "".join(f"<tr><td>{e(k)}</td><td>{v:.0f} s</td></tr>" for k, v in timings.items())
 
@@ -297,13 +356,36 @@ def render_html(
         )
         return f"<figure><img src='{e(r['gif'])}' width=128><figcaption>{marks}</figcaption></figure>"
 
-    by_prompt: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        by_prompt.setdefault(r["prompt"], []).append(r)
+    def group(items: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        for r in items:
+            out.setdefault(r["prompt"], []).append(r)
+        return out
+
+    by_prompt, student_rows = group(rows), group((student or {}).get("rows", []))
     gen = "".join(
         f"<tr><td>{e(p)}</td><td><img src='{e(t['gif'])}' width=128></td>"
-        f"<td>{''.join(cell(r) for r in rs)}</td></tr>"
+        f"<td>{''.join(cell(r) for r in rs)}</td>"
+        + (f"<td>{''.join(cell(r) for r in student_rows.get(p, []))}</td>" if student else "")
+        + "</tr>"
         for (p, rs), t in zip(by_prompt.items(), truth)
+    )
+    score_head = (
+        "<tr><th></th><th>teacher</th>"
+        + (f"<th>student ({student['steps']} steps)</th>" if student else "")
+        + "</tr>"
+    )
+    gen_head = (
+        "<tr><th>prompt (held out of training)</th><th>a real video of it</th><th>generated</th>"
+        + (f"<th>generated by the {student['steps']}-step student (no guidance)</th>" if student else "")
+        + "</tr>"
+    )
+    student_note = (
+        f"<p>--distill: the trained run distilled by <code>vdiff distill</code> into a {student['steps']}"
+        "-step student with guidance folded in (docs/distillation.md), sampling the same prompts and "
+        "noise seeds with one forward per step.</p>"
+        if student
+        else ""
     )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>vdiff demo</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
@@ -315,10 +397,10 @@ img{{image-rendering:pixelated}}</style></head><body>
 street footage), asked for colour × shape × direction combinations it never saw in training.
 Each generated video is labelled with the colour, shape and direction the classical-CV metrics
 read from it (green: as asked, red: not).</p>
-<h2>Scores (held-out combinations)</h2><table>{score_rows}</table>
+<h2>Scores (held-out combinations)</h2>{student_note}<table>{score_head}{score_rows}</table>
 <h2>Training loss</h2><img src="loss.png" alt="loss curve">
 <h2>Generated videos</h2>
-<table><tr><th>prompt (held out of training)</th><th>a real video of it</th><th>generated</th></tr>
+<table>{gen_head}
 {gen}</table>
 <h2>Time per stage</h2><table>{time_rows}</table>
 </body></html>
@@ -331,7 +413,7 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     from eval.demo_metrics import Label, score_videos
     from eval.runner import evaluate
     from eval.vbench import vbench_video_name
-    from pipelines import cache, curate, sample, train
+    from pipelines import cache, curate, distill, sample, train
     from vdiff.io.files import atomic_write_json, atomic_write_text
     from vdiff.io.video import read_frames
 
@@ -359,25 +441,72 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     _check(sample.main(sample_args(cfg, out, prompts_file)), "vdiff sample")
     timings["sample"] = time.perf_counter() - t
 
+    if cfg.distill:
+        t = _stage(f"4b vdiff distill: {cfg.distill_config}, at most {cfg.distill_minutes:g} minutes")
+        _check(distill.main(distill_args(cfg, out)), "vdiff distill")
+        timings["distill"] = time.perf_counter() - t
+        t = _stage("4c vdiff sample: the held-out combinations with the student")
+        _check(sample.main(sample_args(cfg, out, prompts_file, student=True)), "vdiff sample (student)")
+        timings["sample_student"] = time.perf_counter() - t
+
     t = _stage("5/6 vdiff eval + colour / shape / direction accuracy")
+
+    def labelled(samples: Path) -> list[tuple[Path, Any]]:
+        return [
+            (samples / vbench_video_name(p, i), Label(*combo))
+            for p, combo in zip(prompts, held)
+            for i in range(cfg.samples_per_combo)
+        ]
+
     samples = out / "samples"
-    videos = [
-        (samples / vbench_video_name(p, i), Label(*combo))
-        for p, combo in zip(prompts, held)
-        for i in range(cfg.samples_per_combo)
-    ]
+    videos = labelled(samples)
     demo = score_videos(videos, palette=PALETTE)
     ev = evaluate(samples, out / "eval", dimensions=cfg.dimensions, prompts=str(prompts_file), progress=False)
     dims = {n: d["aggregate"] for n, d in ev["info"]["dimensions"].items()}
     timings["eval"] = time.perf_counter() - t
 
+    student: dict[str, Any] | None = None
+    if cfg.distill:
+        student_videos = labelled(out / "samples_student")
+        student_demo = score_videos(student_videos, palette=PALETTE)
+        student_ev = evaluate(
+            out / "samples_student",
+            out / "eval_student",
+            dimensions=cfg.dimensions,
+            prompts=str(prompts_file),
+            progress=False,
+        )
+        student_dims = {n: d["aggregate"] for n, d in student_ev["info"]["dimensions"].items()}
+        student_metrics = read_losses(out / "distill" / "metrics.jsonl")
+        student = {
+            "scores": {
+                **{k: student_demo[k] for k in ("color_accuracy", "shape_accuracy", "direction_accuracy")},
+                **{k: v for k, v in student_dims.items() if v is not None},
+            },
+            "steps": read_student_steps(out / "distill"),
+            "distill_steps": student_metrics[-1][0] if student_metrics else 0,
+            "videos": student_demo["videos"],
+        }
+    timings["eval"] = time.perf_counter() - t
+
     t = _stage("6/6 report: index.html and scores.json")
-    rows, truth = [], []
-    for (path, _), r in zip(videos, demo["videos"]):
-        gif = Path("gifs") / (path.stem + ".gif")
-        # NOTE: generated clips (clip_size) are shown as large as the world's videos (size × 4).
-        write_gif(read_frames(path), out / gif, fps=cfg.clip_fps, scale=max(1, 4 * cfg.size // cfg.clip_size))
-        rows.append({**r, "gif": str(gif), "prompt": path.stem.rsplit("-", 1)[0]})
+    truth = []
+    # NOTE: generated clips (clip_size) are shown as large as the world's videos (size × 4).
+    scale = max(1, 4 * cfg.size // cfg.clip_size)
+
+    def gif_rows(
+        items: list[tuple[Path, Any]], read: list[dict[str, Any]], prefix: str
+    ) -> list[dict[str, Any]]:
+        out_rows = []
+        for (path, _), r in zip(items, read):
+            gif = Path("gifs") / (prefix + path.stem + ".gif")
+            write_gif(read_frames(path), out / gif, fps=cfg.clip_fps, scale=scale)
+            out_rows.append({**r, "gif": str(gif), "prompt": path.stem.rsplit("-", 1)[0]})
+        return out_rows
+
+    rows = gif_rows(videos, demo["videos"], "")
+    if student is not None:
+        student["rows"] = gif_rows(student_videos, student["videos"], "student-")
     for h in world["videos"]:
         if h["split"] == "heldout":
             gif = Path("gifs") / ("truth-" + Path(h["path"]).stem + ".gif")
@@ -398,11 +527,25 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "videos": demo["videos"],
     }
+    if student is not None:
+        scores["student"] = {k: v for k, v in student.items() if k != "rows"}
     timings["report"] = time.perf_counter() - t
     scores["timings_s"]["report"] = round(timings["report"], 1)
     atomic_write_json(out / "scores.json", scores)
-    atomic_write_text(out / "index.html", render_html(scores=scores, rows=rows, truth=truth, timings=timings))
+    page = render_html(scores=scores, rows=rows, truth=truth, timings=timings, student=student)
+    atomic_write_text(out / "index.html", page)
     return scores
+
+
+def student_line(student: dict[str, Any] | None) -> str:
+    """The summary line of the distilled student (empty without --distill)."""
+    if not student:
+        return ""
+    s = student["scores"]
+    return (
+        f"{student['steps']}-step student (no guidance): colour accuracy {s['color_accuracy']:.2f}, "
+        f"direction accuracy {s['direction_accuracy']:.2f}\n"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -417,6 +560,11 @@ def _parser() -> argparse.ArgumentParser:
         "--out", required=True, help="output folder (index.html, scores.json and every stage's files)"
     )
     p.add_argument("--config", help="YAML file of demo keys")
+    p.add_argument(
+        "--distill",
+        action="store_true",
+        help="also distil the run into a 4-step student (vdiff distill) and report it next to the teacher",
+    )
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     return p
 
@@ -427,8 +575,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [a for a in argv if is_override(a)]
     args = _parser().parse_args([a for a in argv if not is_override(a)])
     try:
-        cfg = load_config(DemoConfig, args.config, overrides)
+        cfg = load_config(DemoConfig, args.config, overrides + (["distill=true"] if args.distill else []))
         resolve_train_config(cfg.train_config)
+        if cfg.distill:
+            resolve_train_config(cfg.distill_config, key="distill_config")
     except ConfigError as e:
         print(f"vdiff demo: {e}", file=sys.stderr)
         return 2
@@ -444,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\ncolour accuracy {scores['color_accuracy']:.2f}, shape accuracy {scores['shape_accuracy']:.2f}, "
         f"direction accuracy {scores['direction_accuracy']:.2f} on {scores['num_videos']} videos of "
         f"{len(scores['held_out'])} held-out combinations; total {time.perf_counter() - t0:.0f} s\n"
-        f"open {out / 'index.html'}"
+        + student_line(scores.get("student"))
+        + f"open {out / 'index.html'}"
     )
     return 0
 

@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from vdiff.config import ConfigError, describe, load_config, save_config, split_overrides
+from vdiff.config import ConfigError, describe, load_config, parse_override, save_config, split_overrides
 from vdiff.errors import EXPECTED_ERRORS, report_error
 from vdiff.parallel.distributed import destroy_distributed
 from vdiff.sampling import SampleConfig, VideoPipeline, load_pipeline, setup_distributed, to_uint8
+from vdiff.sampling.loading import with_student_settings
 
 
 def read_prompts(prompt: Sequence[str] | None, prompts_file: str | None) -> list[str]:
@@ -112,6 +113,16 @@ def sample_to_folder(
     return written
 
 
+def read_yaml_keys(path: str | None) -> list[str]:
+    """The top-level keys of a ``--config`` file (none without one)."""
+    import yaml
+
+    if not path or not Path(path).is_file():
+        return []
+    data = yaml.safe_load(Path(path).read_text())
+    return list(data) if isinstance(data, dict) else []
+
+
 def _parser() -> argparse.ArgumentParser:
     keys = "\n".join("  " + line for line in describe(SampleConfig))
     p = argparse.ArgumentParser(
@@ -140,11 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     try:
         cfg = load_config(SampleConfig, args.config, overrides)
+        # NOTE: a distilled student run brings its step count, grid and guidance 1; keys the user gives win.
+        given = {parse_override(o)[0][0] for o in overrides} | set(read_yaml_keys(args.config))
+        cfg, student = with_student_settings(cfg, args.model, given=given)
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {out} is a file; name a folder for the videos")
         prompts = read_prompts(args.prompt, args.prompts)
         video_jobs(prompts, cfg)
         rank, groups = setup_distributed(cfg.parallel)
+        if student and rank == 0:
+            print(f"distilled student run: {', '.join(f'{k}={v}' for k, v in student.items())}", flush=True)
         pipe = load_pipeline(args.model, cfg, groups=groups)
     except EXPECTED_ERRORS as e:
         return report_error("vdiff sample", e)

@@ -36,7 +36,18 @@ class ConfigError(ValueError):
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Return ``{field: docstring}`` from the string literal that follows each field."""
+    """Return ``{field: docstring}`` from the string literal that follows each field.
+
+    A subclass gets its bases' field docs too (its own win).
+    """
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(klass):
+            docs.update(_own_field_docs(klass))
+    return {**docs, **_own_field_docs(cls)}
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     try:
         source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):

@@ -108,3 +108,22 @@ def test_full_demo_reaches_the_goal(tmp_path):
     scores = json.loads((out / "scores.json").read_text())
     assert scores["color_accuracy"] >= 0.9
     assert scores["direction_accuracy"] >= 0.8
+
+
+def test_demo_distill_smoke_reports_the_student_next_to_the_teacher(tmp_path):
+    """``--distill``: vdiff distill runs on the demo's run, the student samples the held-out prompts
+    with its own step count and no guidance, and the report shows both."""
+    out = tmp_path / "demo"
+    overrides = ["distill_overrides=[train.steps=2,train.batch_size=2,distill.teacher_steps=4]"]
+    assert main(["--out", str(out), "--distill", *TINY, *overrides]) == 0
+    scores = json.loads((out / "scores.json").read_text())
+    student = scores["student"]
+    assert student["steps"] == 4 and student["distill_steps"] == 2
+    for key in ("color_accuracy", "shape_accuracy", "direction_accuracy"):
+        assert 0.0 <= student["scores"][key] <= 1.0
+    assert len(list((out / "samples_student").glob("*.mp4"))) == 2
+    sampled = (out / "samples_student" / "sample_config.yaml").read_text()
+    assert "steps: 4" in sampled and "guidance: 1.0" in sampled and "schedule: uniform" in sampled
+    page = (out / "index.html").read_text()
+    assert "4-step student" in page and len(list((out / "gifs").glob("student-*.gif"))) == 2
+    assert "distill" in scores["timings_s"] and "sample_student" in scores["timings_s"]

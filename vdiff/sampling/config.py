@@ -56,6 +56,9 @@ class SampleConfig:
     """flow-matching solver: diffusers' FlowMatchEulerDiscreteScheduler or UniPCMultistepScheduler"""
     shift: float = 3.0
     """time shift of the sampling schedule (SD3/Wan; larger spends more steps at high noise)"""
+    schedule: Literal["default", "uniform"] = "default"
+    """noise levels: default = the sampler's (steps levels from 1 to 0.001, then 0); uniform = 1, 1 − 1/steps,
+    …, 1/steps, then 0 (both shifted): a distilled student's grid (euler only)"""
     videos_per_prompt: int = 1
     """videos written per prompt (VBench uses 5)"""
     batch_size: int = 1
@@ -97,6 +100,10 @@ class SampleConfig:
             raise ConfigError(
                 f"checkpoint_step must be >= 0, or -1 for the latest; got {self.checkpoint_step}"
             )
+        if self.schedule == "uniform" and self.sampler != "euler":
+            raise ConfigError(
+                f"schedule=uniform (a distilled student's grid) needs sampler=euler, got {self.sampler}"
+            )
         if self.parallel.cfg not in (1, 2):
             raise ConfigError(f"parallel.cfg must be 1 or 2, got {self.parallel.cfg}")
         if self.parallel.cfg == 2 and self.guidance == 1:
@@ -113,6 +120,7 @@ class SampleConfig:
             "width": self.width,
             "sampler": self.sampler,
             "shift": self.shift,
+            "schedule": self.schedule,
             "cache": self.cache,
             "attention": self.attention,
         }

@@ -12,8 +12,10 @@ diffusers folder's ``model_index.json`` is read as JSON only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +129,50 @@ def run_encoders(path: str | Path) -> tuple[TextEncoderConfig, VAEConfig]:
     except ValueError as e:
         raise ConfigError(f"{cfg_path}: {e}") from e
     return text, vae
+
+
+STUDENT_KEYS = ("steps", "guidance", "shift", "sampler", "schedule")
+"""the sampling keys a distilled student run fixes unless given on the command line"""
+
+
+def student_settings(path: str | Path) -> dict[str, Any] | None:
+    """The sampling a distilled student run (``vdiff distill``) was trained for, else None.
+
+    From its ``config.yaml``'s ``distill`` section: ``distill.student_steps`` Euler steps on the
+    uniform grid (:mod:`vdiff.training.distill`'s student levels) with ``distill.shift``, guidance 1
+    (the teacher's guidance is folded into the student).
+    """
+    path = Path(path)
+    cfg_path = path / "config.yaml"
+    if not (path.is_dir() and cfg_path.is_file() and (path / "checkpoints").is_dir()):
+        return None
+    try:
+        raw = yaml.safe_load(cfg_path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{cfg_path} is not valid YAML: {e}") from e
+    section = raw.get("distill") if isinstance(raw, dict) else None
+    if not isinstance(section, dict):
+        return None
+    steps, shift = section.get("student_steps"), section.get("shift")
+    if not isinstance(steps, int) or steps < 1 or not isinstance(shift, int | float) or shift <= 0:
+        raise ConfigError(
+            f"{cfg_path}: distill.student_steps must be an integer >= 1 and distill.shift a number > 0; "
+            f"got {steps!r} and {shift!r}"
+        )
+    return {"steps": steps, "guidance": 1.0, "shift": float(shift), "sampler": "euler", "schedule": "uniform"}
+
+
+def with_student_settings(
+    cfg: SampleConfig, path: str | Path, *, given: Collection[str] = ()
+) -> tuple[SampleConfig, dict[str, Any] | None]:
+    """``cfg`` with a student run's :func:`student_settings`, except the keys in ``given`` (the user's)."""
+    settings = student_settings(path)
+    if settings is None:
+        return cfg, None
+    chosen = {k: v for k, v in settings.items() if k not in given}
+    new = dataclasses.replace(cfg, **chosen)
+    new.validate()
+    return new, chosen
 
 
 def load_run(path: str | Path, *, weights: Weights, step: int) -> Components:

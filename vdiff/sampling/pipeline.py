@@ -136,6 +136,7 @@ class VideoPipeline:
         width: int = 32,
         sampler: str = "euler",
         shift: float = 3.0,
+        schedule: Literal["default", "uniform"] = "default",
         cache: StepCacheConfig | None = None,
         attention: AttentionPolicy | None = None,
         progress: bool = False,
@@ -159,7 +160,10 @@ class VideoPipeline:
 
         # 3. Set the solver's timesteps: σ from 1 towards 0, time-shifted, t = σ·1000.
         scheduler = make_scheduler(sampler, shift=shift)
-        scheduler.set_timesteps(steps, device=device)
+        # NOTE: "uniform" (a distilled student's grid): levels 1, 1 − 1/steps, …, 1/steps, which the
+        # scheduler shifts and ends with σ = 0; the default grid ends at σ = 0.001 before the 0.
+        sigmas = [1.0 - i / steps for i in range(steps)] if schedule == "uniform" else None
+        scheduler.set_timesteps(steps, device=device, sigmas=sigmas)
         timesteps = scheduler.timesteps  # (steps,)
 
         # 4. Per-step options: the dense/sparse attention schedule and the step cache.
