@@ -22,7 +22,8 @@ Where things live (each module imports only the ones listed before it; no cycles
 * backends, compositions of the parts: :mod:`~vdiff.attention.dense` (``sdpa``),
   :mod:`~vdiff.attention.sage` (``sage``: quant + execute), :mod:`~vdiff.attention.sparse`
   (``sparse``, ``sparse_sage``: mask + quant + execute + thresholds);
-* :mod:`~vdiff.attention.calibrate` (thresholds from mask + execute), :mod:`~vdiff.attention.policy`.
+* :mod:`~vdiff.attention.calibrate` (thresholds from mask + execute), :mod:`~vdiff.attention.policy`;
+  :mod:`~vdiff.attention.record` (record a model's q, k, v while it samples).
 """
 
 from __future__ import annotations

@@ -29,6 +29,55 @@ from vdiff.attention.tiled import tiled_block_attention
 KERNELS = ("auto", "triton", "torch", "fused", "tiled")
 """values of the backends' ``kernel`` option"""
 
+FULL_COST = {
+    ("tiled", True, 128): 0.77,
+    ("tiled", True, 64): 1.05,
+    ("fused", False, 128): 1.7,
+    ("fused", False, 64): 1.7,
+    ("fused", True, 128): 1.7,
+    ("fused", True, 64): 1.7,
+}
+"""(path, INT8 Q·Kᵀ, head dim) -> the path's time with every block kept, as a fraction of fp32
+SDPA's, on the 2-core AMD EPYC with VNNI and no AMX of docs/benchmarks.md: tiled INT8 (``sage``
+against SDPA, N = 16384, video-like, quiet machine, 2026-12-06) 1.30x at D 128 and 0.95x at D 64
+(2026-12-03: 1.59x and 1.16x; the slower day is used); the fused path over exactly the mask,
+4.68 s for 0.31 of the blocks against SDPA's 8.83 s (D 128), i.e. ~1.7x SDPA per kept block
+(gathers, and bf16 SDPA no faster than fp32 there). Other head dims use the nearest entry;
+unmeasured combinations 1.7."""
+MASK_COST = 0.05
+"""mask prediction's share of SDPA time that :func:`dense_is_faster` adds (0.2 s of 8.8 s at
+N = 16384, D = 128, rounded up)"""
+MIN_SPARSE_TOKENS = 2048
+"""below this many keys ``kernel="auto"`` on a CPU runs dense SDPA: a few 64-key blocks leave
+little to skip, and the fixed costs (mask, gathers, quantisation) dominate"""
+SAGE_MIN_SPEEDUP = 1.5
+"""``sage`` with ``kernel="auto"`` on a CPU runs only where its measured speed-up over fp32 SDPA
+reaches this (:func:`dense_is_faster` with every block kept); elsewhere dense SDPA"""
+
+
+def dense_is_faster(
+    *,
+    kept: float,
+    path: str,
+    quantize: bool,
+    head_dim: int,
+    n_k: int,
+    need: float = 1.0,
+    mask_cost: float = MASK_COST,
+) -> bool:
+    """The CPU rule of ``kernel="auto"``: whether fp32 SDPA beats ``path`` at this kept fraction.
+
+    The path's time is predicted as ``kept · FULL_COST + mask_cost`` of SDPA's (:data:`FULL_COST`,
+    measured per CPU kind; ``mask_cost`` is 0 for ``sage``, which predicts no mask). SDPA wins when
+    that is not below ``1 / need`` (``need`` > 1 asks the path for that speed-up, e.g.
+    :data:`SAGE_MIN_SPEEDUP`), or when there are fewer than :data:`MIN_SPARSE_TOKENS` keys.
+    """
+    if n_k < MIN_SPARSE_TOKENS:
+        return True
+    d = 128 if head_dim >= 96 else 64
+    cost = FULL_COST.get((path, quantize, d), 1.7)
+    return kept * cost + mask_cost >= 1.0 / need
+
 
 def computed_mask(mask: torch.Tensor, *, path: str, q_group: int = Q_GROUP) -> torch.Tensor:
     """The blocks that ``path`` ("fused", "tiled" or "triton") computes for the predicted ``mask``.
@@ -60,6 +109,8 @@ def block_sparse_attention(
     q_group: int = Q_GROUP,
     kernel: str = "auto",
     widen: bool = True,
+    min_speedup: float = 1.0,
+    mask_cost: float = MASK_COST,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Softmax attention over the blocks ``mask`` (B, H, nqb, nkb) keeps.
 
@@ -72,7 +123,9 @@ def block_sparse_attention(
     ``kernel``: "triton" runs :mod:`vdiff.attention.triton_kernels` (CUDA, fp16/bf16, no
     gradients; exactly ``mask``), "fused" and "tiled" the PyTorch paths, "torch" the PyTorch path
     this machine runs faster (:func:`torch_path`), "auto" Triton where it can run these inputs
-    (:func:`use_triton`), else as "torch".
+    (:func:`use_triton`), else as "torch", except that on a CPU, when no LSE or λ is needed, it
+    runs dense fp32 SDPA over every block where :func:`dense_is_faster` predicts SDPA to be the
+    faster (``min_speedup``: the speed-up the sparse path must promise, e.g. ``sage``'s 1.5).
 
     Fused (no λ, no LSE, P·V in fp32/bf16/fp16): Q and K (INT8 values dequantised exactly) go
     through torch's SDPA over the widened mask (:func:`computed_mask`, a superset of ``mask``,
@@ -112,6 +165,24 @@ def block_sparse_attention(
         )
         return out, (lse if need_lse else None)
     path = torch_path(kernel, q, quantize=quantize)
+    if kernel == "auto" and q.device.type == "cpu" and lam is None and not need_lse:
+        kept = (
+            float(computed_mask(mask, path=path, q_group=q_group).float().mean())
+            if widen
+            else float(mask.float().mean())
+        )
+        if dense_is_faster(
+            kept=kept,
+            path=path,
+            quantize=quantize,
+            head_dim=q.shape[-1],
+            n_k=n_k,
+            need=min_speedup,
+            mask_cost=mask_cost,
+        ):
+            # NOTE: every block, exact: never less accurate than the sparse path it replaces.
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+            return out, None
     if widen and path == "fused":
         mask = computed_mask(mask, path="fused", q_group=q_group)
     else:

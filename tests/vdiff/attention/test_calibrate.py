@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.vdiff.attention import activations
 from vdiff.attention import attention
-from vdiff.attention.calibrate import NO_SKIP, ThresholdCalibrator, calibrate_layer
+from vdiff.attention.calibrate import MARGIN, NO_SKIP, ThresholdCalibrator, calibrate_layer, held_out_l1
 from vdiff.attention.execute import block_sparse_attention
 from vdiff.attention.mask import predict_block_mask
 from vdiff.attention.metrics import dense_reference, relative_l1
@@ -100,6 +101,8 @@ def test_calibration_errors(video_qkv) -> None:
         calibrate_layer(q, k, v, l1_budget=0.01, backend="sage")
     with pytest.raises(ValueError, match="l1_budget"):
         calibrate_layer(q, k, v, l1_budget=0.0)
+    with pytest.raises(ValueError, match="margin must be in"):
+        calibrate_layer(q, k, v, l1_budget=0.01, margin=1.0)
     # sparse_sage keeps its quantisation error (~0.006 here) even with every block kept
     with pytest.raises(ValueError, match="below sparse_sage's error with every block kept"):
         calibrate_layer(q, k, v, l1_budget=1e-4, backend="sparse_sage", cdf_grid=(0.99,))
@@ -114,3 +117,33 @@ def test_calibration_errors(video_qkv) -> None:
     calib(q[:, :1], k[:, :1], v[:, :1], layer_index=0, head_offset=0, num_heads=2)
     with pytest.raises(ValueError, match=r"heads \[0\] are not 0..1"):
         calib.result()
+
+
+def test_margin_holds_back_part_of_the_budget(video_qkv) -> None:
+    q, k, v = video_qkv
+    budget = 0.02
+    t = calibrate_layer(q, k, v, l1_budget=budget, backend="sparse", cdf_grid=GRID)
+    assert MARGIN == 0.5
+    for cdf, err in zip(t.cdf_threshold, t.rel_l1):
+        assert cdf == 1.0 or err <= (1 - MARGIN) * budget, (cdf, err)
+    none = calibrate_layer(q, k, v, l1_budget=budget, backend="sparse", cdf_grid=GRID, margin=0.0)
+    assert all(a <= b for a, b in zip(none.cdf_threshold, t.cdf_threshold))  # no margin: sparser
+
+
+@pytest.mark.parametrize("backend", ["sparse", "sparse_sage"])
+def test_calibration_holds_on_held_out_seeds_and_noise_levels(backend: str) -> None:
+    # Calibrate on one seed's noise at three noise levels of a model's sampling run; verify on
+    # other seeds and the other noise levels: every layer and head within the budget.
+    budget = 0.02
+    recs = activations.recorded((0, 1, 2))
+    calib_steps = (0, 2, 4)
+    calib = ThresholdCalibrator(l1_budget=budget, backend=backend, cdf_grid=GRID)
+    for r in recs:
+        if r.tag["seed"] == 0 and r.tag["step"] in calib_steps:
+            calib(r.q, r.k, r.v, layer_index=r.layer)
+    t = calib.result()
+    assert min(min(lt.cdf_threshold) for lt in t.layers.values()) < 1.0  # it does pick sparsity
+    held = [r for r in recs if r.tag["seed"] != 0 or r.tag["step"] not in calib_steps]
+    assert len(held) == len(recs) - 2 * len(calib_steps)
+    worst = max(float(held_out_l1(t, r.q, r.k, r.v, layer_index=r.layer).max()) for r in held)
+    assert worst <= budget, worst
