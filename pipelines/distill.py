@@ -1,8 +1,9 @@
 """Distil a trained run into a few-step student: ``vdiff distill TEACHER_RUN --out DIR [key=value ...]``.
 
-The loop reads like ``pipelines/train.py`` and writes the same run folder (``config.yaml``,
-``metrics.jsonl``, ``tb/``, ``checkpoints/step_{step:08d}/``, exact ``resume=auto``, LoRA or full,
-FSDP2 / DDP / Ulysses / ring on torchrun), plus ``DIR/teacher/``: the frozen teacher's weights as a
+The loop reads like ``pipelines/train.py``, shares its steps (:mod:`vdiff.training.loop`) and
+writes the same run folder (``config.yaml``, ``metrics.jsonl``, ``tb/``,
+``checkpoints/step_{step:08d}/``, exact ``resume=auto``, LoRA or full, FSDP2 / DDP / Ulysses /
+ring on torchrun), plus ``DIR/teacher/``: the frozen teacher's weights as a
 model folder, the student's starting point and its run's ``init_from``. Each step: (1) read this
 rank's slice of the global batch of captions, (2) draw each video's noise, seeded by (seed, step,
 sample), (3) run the teacher's guided Euler solution from it and keep its states at the student's
@@ -16,11 +17,8 @@ then ``--config FILE`` (e.g. configs/distill-demo.yaml), then the ``key=value`` 
 
 from __future__ import annotations
 
-import copy
-import json
 import sys
 import time
-from collections import OrderedDict
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -28,48 +26,51 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import yaml
-from torch.distributed.checkpoint.api import CheckpointException
-from tqdm import tqdm
 
-from vdiff.checkpoint import (
-    checkpoint_cause,
-    latest_checkpoint,
-    load_checkpoint,
-    rng_from_json,
-    rng_to_json,
-    save_checkpoint,
+from vdiff.checkpoint import load_checkpoint
+from vdiff.config import (
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    describe,
+    merge_mappings,
+    read_yaml_mapping,
+    read_yaml_section,
+    save_config,
+    split_overrides,
 )
-from vdiff.config import ConfigError, config_from_dict, describe, parse_override, save_config, split_overrides
-from vdiff.data import ShardLoader, cached_settings, load_empty_prompt
+from vdiff.data import ShardLoader
 from vdiff.diffusion import sample_seed
 from vdiff.encoders import build_text_encoder, build_vae
-from vdiff.errors import EXPECTED_ERRORS, error_line, is_user_error, report_error
 from vdiff.models import load_model, save_model
-from vdiff.optim import build_optimizer, learning_rate
-from vdiff.parallel import build_mesh
-from vdiff.parallel.distributed import any_rank, destroy_distributed, full_value, init_distributed, mean_over
+from vdiff.optim import build_optimizer
 from vdiff.parallel.parallelize import parallelize, shard_like_model, unwrap
 from vdiff.parallel.sequence import apply_sequence_parallel
 from vdiff.runs import load_run_model
 from vdiff.sampling import initial_noise
 from vdiff.training import (
-    METRICS_FILE,
-    Throughput,
+    Checkpointer,
     apply_lora,
-    bad_samples_over_ranks,
     base_model,
-    check_cache,
+    begin_run,
+    build_ema,
     check_paths,
     check_ring_backend,
-    check_shapes,
     check_weights_exist,
-    max_memory_mb,
-    max_over_ranks,
-    open_tensorboard,
-    prepare_run,
+    checked_empty_prompt,
+    close_logging,
+    log_due,
+    log_row,
+    log_values,
+    metrics_row,
+    open_logging,
+    optimizer_step,
+    out_of_time,
+    requires_grad,
+    restore_state,
     resume_checkpoint,
-    write_metrics,
+    run_command,
+    start_ranks,
 )
 from vdiff.training.distill import (
     TEACHER_DIR,
@@ -88,28 +89,6 @@ TEACHER_SECTIONS = ("model", "vae", "text", "data", "flow")
 # ----------------------------------------------------------------------------- helpers
 
 
-@torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema ← decay·ema + (1 − decay)·model, for the parameters that train."""
-    ema_params = OrderedDict(ema.named_parameters())
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            ema_params[name].lerp_(p.detach(), 1.0 - decay)
-
-
-def requires_grad(model: torch.nn.Module, flag: bool = True) -> None:
-    """Set ``requires_grad`` on every parameter of ``model``."""
-    for p in model.parameters():
-        p.requires_grad = flag
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def teacher_sections(teacher: Path) -> dict[str, Any]:
     """The :data:`TEACHER_SECTIONS` of the teacher run's ``config.yaml``."""
     path = teacher / "config.yaml"
@@ -118,35 +97,15 @@ def teacher_sections(teacher: Path) -> dict[str, Any]:
             f"TEACHER_RUN {teacher}: not a vdiff training run (config.yaml + checkpoints/); name the folder "
             "`vdiff train` wrote"
         )
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping at the top level")
+    raw = read_yaml_mapping(path)
     return {k: raw[k] for k in TEACHER_SECTIONS if k in raw}
 
 
 def read_yaml(path: str) -> dict[str, Any]:
     """A ``--config`` file as a mapping."""
-    p = Path(path)
-    if not p.is_file():
+    if not Path(path).is_file():
         raise ConfigError(f"--config {path} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--config {path} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config {path} must hold a mapping at the top level")
-    return data
-
-
-def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """``update`` over ``base``, section by section."""
-    out = dict(base)
-    for k, v in update.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    return read_yaml_mapping(path, f"--config {path}")
 
 
 def distill_config(
@@ -156,14 +115,9 @@ def distill_config(
     teacher = Path(teacher)
     data: dict[str, Any] = teacher_sections(teacher)
     if config:
-        data = merge(data, read_yaml(config))
-    data = merge(data, {"run_dir": out, "distill": {"teacher": str(teacher)}})
-    for text in overrides or []:
-        keys, value = parse_override(text)
-        nested: Any = value
-        for k in reversed(keys):
-            nested = {k: nested}
-        data = merge(data, nested)
+        data = merge_mappings(data, read_yaml(config))
+    data = merge_mappings(data, {"run_dir": out, "distill": {"teacher": str(teacher)}})
+    data = apply_overrides(data, overrides or [])
     if data.get("init_from"):
         raise ConfigError(
             "init_from is set by vdiff distill (RUN/teacher, the teacher's weights); leave it out"
@@ -177,11 +131,7 @@ def previous_teacher(run: Path) -> str | None:
     path = run / "config.yaml"
     if not path.is_file():
         return None
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from e
-    section = raw.get("distill") if isinstance(raw, dict) else None
+    section = read_yaml_section(path, "distill")
     return str(section.get("teacher")) if isinstance(section, dict) and section.get("teacher") else None
 
 
@@ -220,13 +170,9 @@ def distill(cfg: DistillRunConfig) -> Path:
     dc = cfg.distill
 
     # 1. Devices, ranks and the mesh (as training).
-    device = init_distributed(pick_device(cfg.train.device))
-    mesh = build_mesh(cfg.parallel, device_type=device.type)
-    mesh.dims.check_training()
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    device, mesh, rank = start_ranks(cfg)  # seeds torch with cfg.seed
     dp_rank, dp_world = mesh.dp_rank, mesh.dims.dp
     local_batch = mesh.dims.local_batch_size(cfg.train.batch_size)
-    torch.manual_seed(cfg.seed)
 
     # 2. The teacher's weights, once, into RUN/teacher (rank 0), then the checks that need them.
     if rank == 0:
@@ -240,16 +186,7 @@ def distill(cfg: DistillRunConfig) -> Path:
     cached = loader.kind == "cached"
     vae = None if cached else build_vae(cfg.vae)
     text = None if cached else build_text_encoder(cfg.text).to(device)
-    if cached:
-        check_cache(cfg, cached_settings(loader.refs[0]))
-        first = loader.load(0, 0)
-        latent_channels, text_dim = first["latents"].shape[0], first["context"].shape[-1]
-        empty = load_empty_prompt(cfg.data.path)  # (L, D)
-    else:
-        latent_channels, text_dim = vae.latent_channels, text.dim
-        empty = text.encode([""])[0]  # (L, D)
-    empty = empty.to(device)
-    check_shapes(cfg, latent_channels=latent_channels, text_dim=text_dim)
+    empty = checked_empty_prompt(cfg, loader, vae=vae, text=text).to(device)  # (L, D), for guidance
 
     # 4. Student (from the teacher's weights), its EMA, the frozen teacher, the optimizer. The teacher
     # and the EMA get the student's sequence parallelism and sharding.
@@ -257,11 +194,7 @@ def distill(cfg: DistillRunConfig) -> Path:
     lora = cfg.lora.rank > 0
     if lora:
         student = apply_lora(student, cfg.lora)
-    ema = None
-    if cfg.ema.enabled:
-        ema = copy.deepcopy(student).eval()
-        requires_grad(ema, False)
-        ema = shard_like_model(ema, mesh, cfg.parallel)
+    ema = build_ema(student, cfg, mesh)  # None without EMA
     teacher = load_model(cfg.init_from, dtype=torch.float32, attention=cfg.model.attention).to(device).eval()
     requires_grad(teacher, False)
     if mesh.dims.sp > 1:
@@ -276,44 +209,17 @@ def distill(cfg: DistillRunConfig) -> Path:
         return load_checkpoint(ckpt, model=unwrap(student), optimizer=optimizer, ema=ema, trainable_only=lora)
 
     state, resume_from = resume_checkpoint(cfg.resume, ckpt_root, load=load, warn=rank == 0)
-    step = 0
-    if state is not None:
-        step = int(state["step"])
-        loader.load_state_dict(state["data"])
-        torch.set_rng_state(rng_from_json(state["rng"]))
-    same_run = resume_from is None or resume_from.resolve().parent == ckpt_root.resolve()
+    step = 0 if state is None else restore_state(state, loader)
     if rank == 0:
-        branch = prepare_run(run, step=step, same_run=same_run and cfg.resume != "none")
+        begin_run(run, cfg, step=step, resume_from=resume_from, command="vdiff distill")
         save_config(cfg, run / "config.yaml")
-        if resume_from is not None:
-            print(f"resumed from {resume_from} at step {step}", flush=True)
-        if branch is not None:
-            print(f"vdiff distill: {branch}", flush=True)
     if dist.is_initialized():
         dist.barrier()
+    writer, bar, meter = open_logging(run, cfg.train, step=step, rank=rank, desc="distill")
 
-    writer = None
-    if rank == 0 and cfg.train.tensorboard:
-        writer = open_tensorboard(run, purge_step=step + 1 if (run / "tb").is_dir() else None)
-    bar = tqdm(
-        total=cfg.train.steps, initial=step, disable=rank != 0 or not cfg.train.progress, desc="distill"
+    saver = Checkpointer(
+        ckpt_root, unwrap(student), optimizer, ema, loader, trainable_only=lora, last_saved=step
     )
-    meter = Throughput(cfg.train.warmup_log_steps)
-
-    def checkpoint() -> None:
-        trainer_state = {"data": loader.state_dict(), "rng": rng_to_json(torch.get_rng_state())}
-        try:
-            save_checkpoint(
-                ckpt_root,
-                step=step,
-                model=unwrap(student),
-                optimizer=optimizer,
-                ema=ema,
-                trainer_state=trainer_state,
-                trainable_only=lora,
-            )
-        except CheckpointException as e:
-            raise checkpoint_cause(e) from e
 
     # The grids: the student's K + 1 levels, the teacher's K·M Euler steps through them.
     k_steps = dc.student_steps
@@ -331,7 +237,6 @@ def distill(cfg: DistillRunConfig) -> Path:
     # 6. The loop.
     t0 = time.time()
     batches = iter(loader)
-    last_saved = step
     while step < cfg.train.steps:
         t_step = time.perf_counter()
         # 6a. This rank's captions (B, L, D) and the latent shape (C, T, H, W) of its videos.
@@ -362,58 +267,30 @@ def distill(cfg: DistillRunConfig) -> Path:
         loss = F.mse_loss(pred.float(), target)
 
         # 6d. Backward, clip, step at the scheduled lr, EMA.
-        lr = learning_rate(step, cfg.optim, total_steps=cfg.train.steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-        grad_norm = full_value(torch.nn.utils.clip_grad_norm_(student.parameters(), max_norm))
-        optimizer.step()
-        if ema is not None:
-            update_ema(ema, unwrap(student), cfg.ema.decay)
+        lr, grad_norm = optimizer_step(loss, student, optimizer, ema, step=step, cfg=cfg)
         step += 1
 
         # 6e. Log and checkpoint.
         elapsed = time.time() - t0
-        out_of_time = cfg.train.max_minutes > 0 and any_rank(elapsed > 60 * cfg.train.max_minutes)
-        log_now = step % cfg.train.log_every == 0 or step == 1 or step == cfg.train.steps or out_of_time
+        stopping = out_of_time(elapsed, cfg.train)
+        log_now = log_due(step, cfg.train, stopping=stopping)
         if log_now:
-            loss_mean = mean_over(loss, mesh.group("dp"))
-            memory = max_over_ranks(max_memory_mb(device), device)
-            skipped, _ = bad_samples_over_ranks(loader, mesh.group("dp"))
+            logged = log_values(loss, device=device, loader=loader, mesh=mesh)
         meter.add(time.perf_counter() - t_step, samples=cfg.train.batch_size, tokens=0)
         bar.update(1)
         if rank == 0 and log_now:
             samples_per_s, _ = meter.rates()
-            row = {
-                "step": step,
-                "loss": loss_mean.item(),
-                "lr": lr,
-                "grad_norm": float(grad_norm),
-                "samples_per_s": samples_per_s,
-                "teacher_s": round(t_teacher, 4),
-                "max_memory_mb": round(memory, 1),
-                "time": round(elapsed, 3),
-                "data_skipped": skipped,
-            }
-            write_metrics(run / METRICS_FILE, row, writer=writer)
-            bar.set_postfix(loss=f"{row['loss']:.5f}", lr=f"{lr:.2e}")
-            if not cfg.train.progress:
-                print(json.dumps(row), flush=True)
-        if cfg.checkpoint.every > 0 and step % cfg.checkpoint.every == 0:
-            checkpoint()
-            last_saved = step
-        if out_of_time:
+            row = metrics_row(
+                step, lr, grad_norm, samples_per_s, elapsed, logged, teacher_s=round(t_teacher, 4)
+            )
+            log_row(run, row, writer=writer, bar=bar, progress=cfg.train.progress, digits=5)
+        saver.save_if_due(step, cfg.checkpoint.every)
+        if stopping:
             break
 
     # 7. Final checkpoint.
-    loader.close()
-    bar.close()
-    if writer is not None:
-        writer.close()
-    if step != last_saved or latest_checkpoint(ckpt_root) is None:
-        checkpoint()
+    close_logging(loader, bar, writer)
+    saver.save_final(step)
     return run
 
 
@@ -446,22 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(positional) != 1 or out is None or positional[0].startswith("-"):
         print(f"vdiff distill: give one TEACHER_RUN and --out DIR\n\n{USAGE}", file=sys.stderr)
         return 2
-    try:
-        cfg = distill_config(positional[0], out=out, config=config, overrides=overrides)
-    except ValueError as e:
-        print(f"vdiff distill: {error_line(e)}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        return report_error("vdiff distill", e)
-    try:
-        distill(cfg)
-    except EXPECTED_ERRORS as e:
-        if not dist.is_initialized() or dist.get_rank() == 0:
-            return report_error("vdiff distill", e, where=cfg.run_dir)
-        return 2 if is_user_error(e) else 1
-    finally:
-        destroy_distributed()
-    return 0
+
+    def make_config() -> DistillRunConfig:
+        return distill_config(positional[0], out=out, config=config, overrides=overrides)
+
+    return run_command("vdiff distill", make_config, distill)
 
 
 if __name__ == "__main__":

@@ -17,18 +17,16 @@ mixed in or deleted. ``RUN/bad_samples.jsonl`` lists the samples ``data.on_error
 (one line, exit 2); a failing disk is one line naming the path (exit 1).
 
 This file is the loop and its command line; what it builds on is library code: the config
-(:mod:`vdiff.training.config`), the checks before work, the base model and LoRA, resume and
-branching, metrics and validation videos (:mod:`vdiff.training`), and the LoRA merge
+(:mod:`vdiff.training.config`), the checks before work, the base model and LoRA, the steps the loop
+shares with ``vdiff distill`` (:mod:`vdiff.training.loop`), resume and branching, metrics and
+validation videos (:mod:`vdiff.training`), and the LoRA merge
 (:func:`vdiff.runs.merge_run`).
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import sys
 import time
-from collections import OrderedDict
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -36,19 +34,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.distributed.checkpoint.api import CheckpointException
-from tqdm import tqdm
 
-from vdiff.checkpoint import (
-    checkpoint_cause,
-    latest_checkpoint,
-    load_checkpoint,
-    rng_from_json,
-    rng_to_json,
-    save_checkpoint,
-)
+from vdiff.checkpoint import load_checkpoint
 from vdiff.config import describe, is_override, load_config, save_config
-from vdiff.data import ShardLoader, cached_settings, load_empty_prompt
+from vdiff.data import ShardLoader
 from vdiff.diffusion import (
     add_noise,
     draw_training_noise,
@@ -59,61 +48,43 @@ from vdiff.diffusion import (
     velocity_target,
 )
 from vdiff.encoders import build_text_encoder, build_vae
-from vdiff.errors import EXPECTED_ERRORS, error_line, is_user_error, report_error
-from vdiff.optim import build_optimizer, learning_rate
-from vdiff.parallel import build_mesh
-from vdiff.parallel.distributed import any_rank, destroy_distributed, full_value, init_distributed, mean_over
-from vdiff.parallel.parallelize import parallelize, shard_like_model, unwrap
+from vdiff.errors import EXPECTED_ERRORS, report_error
+from vdiff.optim import build_optimizer
+from vdiff.parallel.parallelize import parallelize, unwrap
 from vdiff.runs import merge_run
 from vdiff.training import (
     BAD_SAMPLES_FILE,
-    METRICS_FILE,
-    Throughput,
+    Checkpointer,
     TrainConfig,
     apply_lora,
     bad_samples_over_ranks,
     base_model,
+    begin_run,
+    build_ema,
     check_before_work,
-    check_cache,
     check_lora_can_learn,
-    check_shapes,
-    max_memory_mb,
-    max_over_ranks,
-    open_tensorboard,
-    prepare_run,
+    checked_empty_prompt,
+    close_logging,
+    log_due,
+    log_row,
+    log_values,
+    metrics_row,
+    open_logging,
+    optimizer_step,
+    out_of_time,
     renamed_hint,
     report_bad_samples,
+    restore_state,
     resume_checkpoint,
+    run_command,
+    start_ranks,
     validation_videos,
     write_bad_samples,
-    write_metrics,
     write_videos,
 )
 from vdiff.training.metrics import device_peak_flops, training_mfu
 
 # ----------------------------------------------------------------------------- helpers
-
-
-@torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema ← decay·ema + (1 − decay)·model, parameter by parameter."""
-    ema_params = OrderedDict(ema.named_parameters())
-    for name, p in model.named_parameters():
-        if p.requires_grad:  # NOTE: frozen weights (LoRA's base) equal the EMA's already
-            ema_params[name].lerp_(p.detach(), 1.0 - decay)
-
-
-def requires_grad(model: torch.nn.Module, flag: bool = True) -> None:
-    """Set ``requires_grad`` on every parameter of ``model``."""
-    for p in model.parameters():
-        p.requires_grad = flag
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def num_tokens(latent_shape: torch.Size | tuple[int, ...], patch: tuple[int, int, int]) -> int:
@@ -133,13 +104,9 @@ def train(cfg: TrainConfig) -> Path:
 
     # 1. Devices, ranks and the mesh: torchrun's processes join one group (gloo on CPU, NCCL on
     # CUDA); the mesh splits them into data-parallel and sequence-parallel ranks (vdiff.parallel).
-    device = init_distributed(pick_device(cfg.train.device))
-    mesh = build_mesh(cfg.parallel, device_type=device.type)
-    mesh.dims.check_training()
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    device, mesh, rank = start_ranks(cfg)  # seeds torch with cfg.seed
     dp_rank, dp_world = mesh.dp_rank, mesh.dims.dp
     local_batch = mesh.dims.local_batch_size(cfg.train.batch_size)
-    torch.manual_seed(cfg.seed)
 
     # 2. Data: this dp rank's slice of each global batch (sequence-parallel peers share dp_rank).
     loader = ShardLoader(cfg.data, batch_size=local_batch, rank=dp_rank, world=dp_world, seed=cfg.seed)
@@ -148,16 +115,9 @@ def train(cfg: TrainConfig) -> Path:
     # 3. Frozen encoders (only what the data needs): latents and text embeddings.
     vae = None if cached else build_vae(cfg.vae).to(device)
     text = None if cached else build_text_encoder(cfg.text).to(device)
-    if cached:
-        check_cache(cfg, cached_settings(loader.refs[0]))
-        first = loader.load(0, 0)
-        latent_channels, text_dim = first["latents"].shape[0], first["context"].shape[-1]
-        empty = load_empty_prompt(cfg.data.path) if cfg.flow.caption_dropout > 0 else first["context"] * 0
-    else:
-        latent_channels, text_dim = vae.latent_channels, text.dim
-        empty = text.encode([""])[0]  # (L, D)
-    empty = empty.to(device)
-    check_shapes(cfg, latent_channels=latent_channels, text_dim=text_dim)
+    # The data are checked against the model; the empty prompt's embedding is for caption dropout.
+    empty = checked_empty_prompt(cfg, loader, vae=vae, text=text, from_file=cfg.flow.caption_dropout > 0)
+    empty = empty.to(device)  # (L, D)
 
     # 3b. Validation prompts. NOTE: cached shards hold no encoders; the cache check above proved
     # cfg.vae and cfg.text are the ones it was made with, so they are built here: the text encoder
@@ -181,11 +141,7 @@ def train(cfg: TrainConfig) -> Path:
     if lora:
         model = apply_lora(model, cfg.lora)
         check_lora_can_learn(model, cfg)
-    ema = None
-    if cfg.ema.enabled:
-        ema = copy.deepcopy(model).eval()
-        requires_grad(ema, False)
-        ema = shard_like_model(ema, mesh, cfg.parallel)
+    ema = build_ema(model, cfg, mesh)  # None without EMA
     model = parallelize(model, mesh, cfg.parallel)  # the module to call (DDP wraps it)
     optimizer = build_optimizer(unwrap(model), cfg.optim)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.train.bf16 else nullcontext()
@@ -196,54 +152,30 @@ def train(cfg: TrainConfig) -> Path:
         return load_checkpoint(ckpt, model=unwrap(model), optimizer=optimizer, ema=ema, trainable_only=lora)
 
     state, resume_from = resume_checkpoint(cfg.resume, ckpt_root, load=load, warn=rank == 0)
-    step = 0
-    if state is not None:
-        step = int(state["step"])
-        loader.load_state_dict(state["data"])
-        torch.set_rng_state(rng_from_json(state["rng"]))
+    step = 0 if state is None else restore_state(state, loader)  # also the data position and RNG
 
     # 5b. The run folder. Resuming from a checkpoint older than the run's newest (or starting over in
     # a run that has checkpoints) begins a branch: what was written after it is set aside, not mixed in.
-    same_run = resume_from is None or resume_from.resolve().parent == ckpt_root.resolve()
     skipped, bad_samples = bad_samples_over_ranks(loader, mesh.group("dp"))
     if rank == 0:
-        branch = prepare_run(run, step=step, same_run=same_run and cfg.resume != "none")
+        begin_run(run, cfg, step=step, resume_from=resume_from, command="vdiff train")
         save_config(cfg, run / "config.yaml")
         write_bad_samples(run / BAD_SAMPLES_FILE, bad_samples)
-        if resume_from is not None:
-            print(f"resumed from {resume_from} at step {step}", flush=True)
-        if branch is not None:
-            print(f"vdiff train: {branch}", flush=True)
     if dist.is_initialized():
         dist.barrier()
 
     # 5c. Logging: metrics.jsonl and TensorBoard (rank 0), a progress bar, throughput after warm-up.
-    writer = None
-    if rank == 0 and cfg.train.tensorboard:
-        writer = open_tensorboard(run, purge_step=step + 1 if (run / "tb").is_dir() else None)
-    bar = tqdm(total=cfg.train.steps, initial=step, disable=rank != 0 or not cfg.train.progress, desc="train")
-    meter = Throughput(cfg.train.warmup_log_steps)
+    writer, bar, meter = open_logging(run, cfg.train, step=step, rank=rank, desc="train")
     peak = device_peak_flops(device, override_tflops=cfg.train.peak_tflops)  # all ranks; None: unknown
 
-    def checkpoint() -> None:
-        trainer_state = {"data": loader.state_dict(), "rng": rng_to_json(torch.get_rng_state())}
-        try:
-            save_checkpoint(
-                ckpt_root,
-                step=step,
-                model=unwrap(model),
-                optimizer=optimizer,
-                ema=ema,
-                trainer_state=trainer_state,
-                trainable_only=lora,  # LoRA: adapters (+ their EMA and moments) only
-            )
-        except CheckpointException as e:
-            raise checkpoint_cause(e) from e  # NOTE: e.g. the OSError of a full disk, not DCP's wrapper
+    # LoRA: adapters (+ their EMA and moments) only
+    saver = Checkpointer(
+        ckpt_root, unwrap(model), optimizer, ema, loader, trainable_only=lora, last_saved=step
+    )
 
     # 6. The loop.
     t0 = time.time()
     batches = iter(loader)
-    last_saved = step
     while step < cfg.train.steps:
         t_step = time.perf_counter()
         # 6a. This rank's batch -> latents x0 (B, C, T, H, W) and context (B, L, D).
@@ -285,55 +217,36 @@ def train(cfg: TrainConfig) -> Path:
         loss = F.mse_loss(pred.float(), target)
 
         # 6d. Backward, clip, step at the scheduled lr, EMA.
-        lr = learning_rate(step, cfg.optim, total_steps=cfg.train.steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-        grad_norm = full_value(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-        optimizer.step()
-        if ema is not None:
-            update_ema(ema, unwrap(model), cfg.ema.decay)
+        lr, grad_norm = optimizer_step(loss, model, optimizer, ema, step=step, cfg=cfg)
         step += 1
 
         # 6e. Log (loss reduced over ranks here when distributed) and checkpoint.
         elapsed = time.time() - t0
-        # NOTE: all ranks must agree to stop, or the others would wait in a collective forever.
-        out_of_time = cfg.train.max_minutes > 0 and any_rank(elapsed > 60 * cfg.train.max_minutes)
-        log_now = step % cfg.train.log_every == 0 or step == 1 or step == cfg.train.steps or out_of_time
-        if log_now:
-            loss_mean = mean_over(loss, mesh.group("dp"))  # the global batch's loss; every rank calls it
-            memory = max_over_ranks(max_memory_mb(device), device)
-            skipped, bad_samples = bad_samples_over_ranks(loader, mesh.group("dp"))
-        if device.type == "cuda" and log_now:
-            torch.cuda.synchronize(device)  # NOTE: so the window's time covers the queued GPU work
+        stopping = out_of_time(elapsed, cfg.train)  # every rank agrees
+        log_now = log_due(step, cfg.train, stopping=stopping)
+        if log_now:  # the global batch's loss, ...: collectives every rank calls
+            logged = log_values(loss, device=device, loader=loader, mesh=mesh)
         tokens = num_tokens(x0.shape[1:], cfg.model.patch_size) * cfg.train.batch_size  # all ranks
         meter.add(time.perf_counter() - t_step, samples=cfg.train.batch_size, tokens=tokens)
         bar.update(1)
         if log_now:
             samples_per_s, tokens_per_s = meter.rates()
         if rank == 0 and log_now:
-            row = {
-                "step": step,
-                "loss": loss_mean.item(),
-                "lr": lr,
-                "grad_norm": float(grad_norm),
-                "samples_per_s": samples_per_s,
-                "tokens_per_s": tokens_per_s,
-                "max_memory_mb": round(memory, 1),
-                "time": round(elapsed, 3),
-                "shift": round(shift, 4),
-                "data_skipped": skipped,
-            }
+            row = metrics_row(
+                step=step,
+                lr=lr,
+                grad_norm=grad_norm,
+                samples_per_s=samples_per_s,
+                elapsed_s=elapsed,
+                logged=logged,
+                tokens_per_s=tokens_per_s,
+                shift=round(shift, 4),
+            )
             if peak is not None:
                 sizes = dict(latent_shape=tuple(x0.shape[1:]), text_len=context.shape[1])
                 row["mfu"] = training_mfu(samples_per_s, cfg.model, peak=peak, **sizes)
-            write_metrics(run / METRICS_FILE, row, writer=writer)
-            write_bad_samples(run / BAD_SAMPLES_FILE, bad_samples)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
-            if not cfg.train.progress:
-                print(json.dumps(row), flush=True)
+            log_row(run, row, writer=writer, bar=bar, progress=cfg.train.progress)
+            write_bad_samples(run / BAD_SAMPLES_FILE, logged.bad_samples)
         if cfg.train.sample_every > 0 and step % cfg.train.sample_every == 0:
             # 6f. Validation videos from the EMA weights (or the raw ones without EMA).
             videos = validation_videos(
@@ -352,19 +265,13 @@ def train(cfg: TrainConfig) -> Path:
                     prompts=cfg.train.sample_prompts,
                     fps=cfg.data.fps,
                 )
-        if cfg.checkpoint.every > 0 and step % cfg.checkpoint.every == 0:
-            checkpoint()
-            last_saved = step
-        if out_of_time:
+        saver.save_if_due(step, cfg.checkpoint.every)
+        if stopping:
             break
 
     # 7. Final checkpoint.
-    loader.close()  # NOTE: stops the data workers now; the checkpoint keeps the loader's position
-    bar.close()
-    if writer is not None:
-        writer.close()
-    if step != last_saved or latest_checkpoint(ckpt_root) is None:
-        checkpoint()
+    close_logging(loader, bar, writer)  # NOTE: stops the data workers now; the loader keeps its position
+    saver.save_final(step)
     skipped, bad_samples = bad_samples_over_ranks(loader, mesh.group("dp"))
     if rank == 0:
         report_bad_samples(run, skipped, bad_samples)
@@ -419,22 +326,11 @@ def main(argv: list[str] | None = None) -> int:
         what = "an existing file (one CONFIG comes first)" if Path(bad[0]).exists() else "not"
         print(f"vdiff train: {bad[0]!r} is {what} a key.sub=value override\n\n{USAGE}", file=sys.stderr)
         return 2
-    try:
-        cfg = load_config(TrainConfig, path, overrides)
-    except ValueError as e:
-        print(f"vdiff train: {error_line(e)}{renamed_hint(str(e))}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        return report_error("vdiff train", e)
-    try:
-        train(cfg)
-    except EXPECTED_ERRORS as e:  # NOTE: MeshError and ConfigError are ValueErrors
-        if not dist.is_initialized() or dist.get_rank() == 0:
-            return report_error("vdiff train", e, where=cfg.run_dir)
-        return 2 if is_user_error(e) else 1
-    finally:
-        destroy_distributed()
-    return 0
+
+    def make_config() -> TrainConfig:
+        return load_config(TrainConfig, path, overrides)
+
+    return run_command("vdiff train", make_config, train, hint=renamed_hint)
 
 
 if __name__ == "__main__":

@@ -170,7 +170,7 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     for name, f in fields.items():
         base = _factory_defaults(f)
         if name in data:
-            value = _merge(base, data[name]) if base and isinstance(data[name], dict) else data[name]
+            value = merge_mappings(base, data[name]) if base and isinstance(data[name], dict) else data[name]
             kwargs[name] = _coerce(value, hints[name], prefix + name)
         elif dataclasses.is_dataclass(hints[name]):
             kwargs[name] = _build(hints[name], base, prefix=f"{prefix}{name}.")
@@ -232,14 +232,49 @@ def split_overrides(
     return words, overrides
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge_mappings(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``, nested mappings merged key by key (neither is changed)."""
     out = dict(base)
     for k, v in update.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = merge_mappings(out[k], v)
         else:
             out[k] = v
     return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str]) -> dict[str, Any]:
+    """``data`` with each ``key.sub=value`` of ``overrides`` merged in, in order."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested: Any = value
+        for k in reversed(keys):
+            nested = {k: nested}
+        data = merge_mappings(data, nested)
+    return data
+
+
+def read_yaml_section(path: str | Path, name: str) -> Any:
+    """The value under top-level key ``name`` of YAML file ``path``; None when the file holds no
+    mapping or no such key (a ConfigError when it is not valid YAML)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    return data.get(name) if isinstance(data, dict) else None
+
+
+def read_yaml_mapping(path: str | Path, name: str | None = None) -> dict[str, Any]:
+    """The mapping YAML file ``path`` holds ({} when empty); a ConfigError naming it ``name`` (default:
+    the path) when it is not valid YAML or not a mapping."""
+    name = str(path) if name is None else name
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{name} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name} must hold a mapping at the top level")
+    return data
 
 
 def load_config(
@@ -253,20 +288,8 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        data = loaded
-    for text in overrides:
-        keys, value = parse_override(text)
-        nested: Any = value
-        for k in reversed(keys):
-            nested = {k: nested}
-        data = _merge(data, nested)
-    return _build(cls, data)
+        data = read_yaml_mapping(path, f"config file {path}")
+    return _build(cls, apply_overrides(data, overrides))
 
 
 def config_from_dict(cls: type[T], data: typing.Mapping[str, Any], *, prefix: str = "") -> T:

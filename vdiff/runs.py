@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import yaml
 from safetensors import safe_open
 from torch.distributed.checkpoint.api import CheckpointException
 
 from vdiff.checkpoint import checkpoint_keys, latest_checkpoint, load_state
-from vdiff.config import ConfigError
+from vdiff.config import ConfigError, read_yaml_mapping
 from vdiff.models.config import ModelConfig
 from vdiff.models.dit import build_model
 from vdiff.models.io import WEIGHTS_NAME, load_model, save_model
@@ -110,12 +109,7 @@ def read_run(path: str | Path) -> RunInfo:
             f"{cfg_path} does not exist: {path} is not a complete vdiff training run "
             "(vdiff train writes config.yaml and checkpoints/)"
         )
-    try:
-        raw = yaml.safe_load(cfg_path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{cfg_path} is not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{cfg_path} must hold a mapping at the top level")
+    raw = read_yaml_mapping(cfg_path)
     try:
         model = ModelConfig.from_dict(_section(raw, "model", cfg_path))
     except (TypeError, ValueError) as e:

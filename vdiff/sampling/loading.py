@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from vdiff.config import ConfigError, config_from_dict
+from vdiff.config import ConfigError, config_from_dict, read_yaml_mapping, read_yaml_section
 from vdiff.encoders import TextEncoderConfig, VAEConfig, VideoAutoencoder
 from vdiff.runs import Weights, load_run_model
 from vdiff.sampling.config import SampleConfig, torch_dtype
@@ -117,12 +116,7 @@ def load_wan_folder(path: Path, cfg: SampleConfig) -> Components:
 def run_encoders(path: str | Path) -> tuple[TextEncoderConfig, VAEConfig]:
     """The ``text`` and ``vae`` sections of run ``path``'s ``config.yaml`` (defaults where absent)."""
     cfg_path = Path(path) / "config.yaml"
-    try:
-        raw = yaml.safe_load(cfg_path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{cfg_path} is not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{cfg_path} must hold a mapping at the top level")
+    raw = read_yaml_mapping(cfg_path)
     try:
         text = config_from_dict(TextEncoderConfig, raw.get("text") or {}, prefix="text.")
         vae = config_from_dict(VAEConfig, raw.get("vae") or {}, prefix="vae.")
@@ -146,11 +140,7 @@ def student_settings(path: str | Path) -> dict[str, Any] | None:
     cfg_path = path / "config.yaml"
     if not (path.is_dir() and cfg_path.is_file() and (path / "checkpoints").is_dir()):
         return None
-    try:
-        raw = yaml.safe_load(cfg_path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{cfg_path} is not valid YAML: {e}") from e
-    section = raw.get("distill") if isinstance(raw, dict) else None
+    section = read_yaml_section(cfg_path, "distill")
     if not isinstance(section, dict):
         return None
     steps, shift = section.get("student_steps"), section.get("shift")
