@@ -7,7 +7,9 @@ default guided sampler (Euler, ``--steps`` 20, guidance 4, shift 3: two forwards
 student with what its run says (``vdiff sample``'s student mode: K Euler steps on the uniform
 grid, guidance 1: one forward per step). They alternate ``--repeat`` times (the order flips every
 repeat); the figures are each one's median wall and CPU time, the speedup teacher / student, and
-the demo metrics (colour, shape, direction accuracy) of each one's videos.
+the demo metrics (colour, shape, direction accuracy) of each one's videos, and ``teacher_l1``: the
+mean absolute pixel difference (0-1) between each video and the teacher's from the same prompt and
+noise seed (decoded frames), i.e. how close a few-step sampler lands to the teacher's many-step one.
 
     python bench/distill.py --demo runs/demo [--student runs/demo/distill] [--repeat 3] [--json PATH]
 """
@@ -81,6 +83,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             pipes[name] = (teacher_pipe, cfg)
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in pipes}
     scores: dict[str, dict[str, float]] = {}
+    names = [vbench_video_name(p, i) for p in prompts for i in range(args.per_combo)]
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeat):
             order = list(pipes) if r % 2 == 0 else list(reversed(pipes))
@@ -100,6 +103,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     scores[name] = {
                         k: got[k] for k in ("color_accuracy", "shape_accuracy", "direction_accuracy")
                     }
+        for name in pipes:
+            scores[name]["teacher_l1"] = teacher_l1(Path(tmp) / name, Path(tmp) / "teacher", names)
     result: dict[str, Any] = {"machine": machine_line(torch.device("cpu"), torch.float32)}
     for name, (_, cfg) in pipes.items():
         result[name] = {
@@ -114,6 +119,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["speedup_cpu"] = result["teacher"]["cpu_s"] / result["student"]["cpu_s"]
     result["videos"] = len(prompts) * args.per_combo
     return result
+
+
+def teacher_l1(folder: Path, teacher: Path, names: list[str]) -> float:
+    """Mean |frame - teacher's frame| / 255 over the videos ``names`` in both folders (decoded)."""
+    import numpy as np
+
+    from vdiff.io.video import read_frames
+
+    def frames(path: Path) -> np.ndarray:
+        return read_frames(path).astype(np.float64)  # (T, H, W, 3)
+
+    diffs = [np.abs(frames(folder / n) - frames(teacher / n)).mean() for n in names]
+    return float(np.mean(diffs)) / 255.0
 
 
 def pipes_order(result: dict[str, Any]) -> list[str]:
@@ -147,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:16s} {r['steps']:3d} steps, guidance {r['guidance']:g}, {r['schedule']:8s} grid: "
             f"{r['wall_s']:7.2f} s wall, {r['cpu_s']:7.2f} s CPU for {result['videos']} videos; colour "
             f"{r['color_accuracy']:.2f}, shape {r['shape_accuracy']:.2f}, "
-            f"direction {r['direction_accuracy']:.2f}"
+            f"direction {r['direction_accuracy']:.2f}; L1 to the teacher's videos {r['teacher_l1']:.4f}"
         )
     print(
         f"speedup (teacher / student): {result['speedup_wall']:.2f}x wall, {result['speedup_cpu']:.2f}x CPU"
