@@ -38,6 +38,17 @@ def test_dense_reference_matches_sdpa() -> None:
     )
 
 
+
+def test_dense_reference_in_row_runs_equals_one_run() -> None:
+    # NOTE: runs of 3 query rows (2 heads x 70 keys x 3 = 420 scores), the last one short; the
+    # default at N = 16384 with 12 heads used to hold the whole 13 GB score matrix.
+    q, k, v = (torch.randn(1, 2, 70, 16, dtype=torch.float64) for _ in range(3))
+    whole = dense_reference(q, k, v, scale=0.3)
+    runs = dense_reference(q, k, v, scale=0.3, max_scores=420)
+    torch.testing.assert_close(runs, whole, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(whole, F.scaled_dot_product_attention(q, k, v, scale=0.3).float())
+
+
 def test_video_like_attention_is_local_in_space_and_time() -> None:
     frames, height, width = 8, 16, 16
     q, k, v = video_like_qkv(batch=1, heads=2, frames=frames, height=height, width=width, head_dim=64)
