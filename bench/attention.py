@@ -18,6 +18,12 @@ For each token count N, head dim D and kind of input, with batch 1 and 12 heads:
 Headline rows run the sparse backends at ``--cdf`` (default 0.99, the default threshold, whose
 accuracy the docs promise); ``--curve 0.7 0.9`` adds labelled rows ``sparse_sage@0.9`` etc. at
 looser thresholds: a speed/accuracy curve, each speed next to its error, not a headline.
+``--calibrate 0.02`` adds headline rows ``sparse_sage@cal0.02`` (and ``+tiles``): per-head
+thresholds from :func:`vdiff.attention.calibrate.calibrate_layer` at that relative-L1 budget (its
+safety margin included), calibrated on *other* inputs than the timed ones: video-like inputs of
+another seed (other frequencies, noise, channel offsets and v), or, for recordings, the same
+layer and step of the recording's second seed. The error printed is the one on the timed inputs,
+so the row shows whether the budget held on inputs the calibration did not see.
 
 Every backend is timed on the same tensors; within each repeat the backends run one after
 the other in an order that rotates between repeats, and the median wall time is reported with
@@ -60,11 +66,13 @@ from pathlib import Path
 import torch
 
 from vdiff.attention import attention
+from vdiff.attention.calibrate import calibrate_layer
 from vdiff.attention.execute import torch_path
 from vdiff.attention.fused import Q_GROUP, fused_fraction, group_rows
 from vdiff.attention.mask import predict_block_mask
 from vdiff.attention.metrics import attention_error, video_like_qkv
 from vdiff.attention.record import load_recordings
+from vdiff.attention.thresholds import SparseThresholds
 from vdiff.attention.token_order import tile_order
 
 HEADS = 12
@@ -94,13 +102,16 @@ class Row:
 
 
 def make_inputs(
-    kind: str, *, tokens: int, head_dim: int, dtype: torch.dtype, device: str = "cpu"
+    kind: str, *, tokens: int, head_dim: int, dtype: torch.dtype, device: str = "cpu", seed: int = 0
 ) -> tuple[torch.Tensor, ...]:
     """(1, HEADS, tokens, head_dim) contiguous q, k, v of the named kind, on ``device``."""
-    return tuple(x.to(device) for x in _make_inputs(kind, tokens=tokens, head_dim=head_dim, dtype=dtype))
+    made = _make_inputs(kind, tokens=tokens, head_dim=head_dim, dtype=dtype, seed=seed)
+    return tuple(x.to(device) for x in made)
 
 
-def _make_inputs(kind: str, *, tokens: int, head_dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+def _make_inputs(
+    kind: str, *, tokens: int, head_dim: int, dtype: torch.dtype, seed: int = 0
+) -> tuple[torch.Tensor, ...]:
     if kind == "video":
         per_frame = FRAME[0] * FRAME[1]
         if tokens % per_frame:
@@ -113,9 +124,10 @@ def _make_inputs(kind: str, *, tokens: int, head_dim: int, dtype: torch.dtype) -
             width=FRAME[1],
             head_dim=head_dim,
             dtype=dtype,
+            seed=seed,
         )
     if kind == "random":
-        g = torch.Generator().manual_seed(0)
+        g = torch.Generator().manual_seed(seed)
         return tuple(torch.randn(1, HEADS, tokens, head_dim, generator=g).to(dtype) for _ in range(3))
     raise SystemExit(f"--inputs: unknown kind {kind!r}; use video or random")
 
@@ -124,10 +136,16 @@ KERNEL = "torch"
 """the sparse backends' ``kernel`` option in the timed calls (``--kernel``)"""
 
 
-def variant(label: str, *, cdf: float, tokens: int) -> tuple[str, dict]:
-    """(backend, keyword options) of a row label: ``name[+tiles][@cdf]`` (``@`` overrides ``cdf``)."""
+def variant(
+    label: str, *, cdf: float, tokens: int, calibrated: dict[str, SparseThresholds] | None = None
+) -> tuple[str, dict]:
+    """(backend, keyword options) of a row label: ``name[+tiles][@cdf|@calBUDGET]`` (``@`` overrides
+    ``cdf``; ``@cal`` rows take their thresholds from ``calibrated``, keyed by label)."""
     name, _, at = label.replace("+tiles", "").partition("@")
-    opts: dict = {"cdf_threshold": float(at) if at else cdf} if name in SPARSE else {}
+    if at.startswith("cal"):
+        opts: dict = {"thresholds": (calibrated or {})[label], "layer_index": 0}
+    else:
+        opts = {"cdf_threshold": float(at) if at else cdf} if name in SPARSE else {}
     if name != "sdpa":
         opts["kernel"] = KERNEL
     return name, opts
@@ -140,7 +158,10 @@ def tile_index(tokens: int) -> torch.Tensor:
 
 def computed_fraction(q: torch.Tensor, k: torch.Tensor, *, name: str, opts: dict) -> float:
     """Fraction of (Q block, K block) pairs the sparse backend ``name`` computes with these options."""
-    mask = predict_block_mask(q, k, scale=q.shape[-1] ** -0.5, cdf_threshold=opts["cdf_threshold"])
+    cdf = opts.get("cdf_threshold")
+    if "thresholds" in opts:
+        cdf = torch.tensor(opts["thresholds"].for_layer(0, heads=q.shape[1]).cdf_threshold)
+    mask = predict_block_mask(q, k, scale=q.shape[-1] ** -0.5, cdf_threshold=cdf)
     if q.is_cuda or torch_path(opts.get("kernel", "auto"), q, quantize=name == "sparse_sage") == "tiled":
         return float(mask.float().mean())  # the Triton kernel and the tiled path: exactly the mask
     # NOTE: the fused path computes, for each run of Q_GROUP Q blocks, the union of their K blocks,
@@ -156,6 +177,32 @@ def recorded_cases(path: Path) -> list:
         raise SystemExit(f"--activations {path}: {e}") from e
     first = records[0].tag.get("seed")
     return [r for r in records if r.tag.get("seed") == first]
+
+
+def calibrated_thresholds(
+    qkv: tuple[torch.Tensor, ...], *, budget: float, grid: tuple[int, int, int] | None
+) -> SparseThresholds:
+    """sparse_sage's per-head thresholds at relative-L1 ``budget`` on ``qkv`` (in tile order when
+    ``grid``), as one layer (index 0) of a thresholds file."""
+    q, k, v = qkv
+    if grid is not None:
+        idx = tile_order(grid, tile=8).to(q.device)
+        q, k, v = (x.index_select(2, idx) for x in (q, k, v))
+    layer = calibrate_layer(q, k, v, l1_budget=budget, backend="sparse_sage")
+    return SparseThresholds(
+        backend="sparse_sage", l1_budget=budget, q_block=128, k_block=64, sim_threshold=0.3, layers={0: layer}
+    )
+
+
+def held_out_recordings(path: Path) -> dict:
+    """(layer, step) -> the recording of the second seed in ``path`` (calibration inputs for
+    ``--calibrate``); empty when the file holds one seed."""
+    records, _ = load_recordings(path)
+    seeds = list(dict.fromkeys(r.tag.get("seed") for r in records))
+    if len(seeds) < 2:
+        print(f"# {path} holds one seed: no held-out recording to calibrate on", flush=True)
+        return {}
+    return {(r.layer, r.tag.get("step")): r for r in records if r.tag.get("seed") == seeds[1]}
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, torch.Tensor]:
@@ -192,9 +239,13 @@ def bench_case(
     curve: tuple[float, ...] = (),
     qkv: tuple[torch.Tensor, ...] | None = None,
     grid: tuple[int, int, int] | None = None,
+    calibrate: float | None = None,
+    held_out: tuple[torch.Tensor, ...] | None = None,
 ) -> list[Row]:
     """Time and score every backend on one input (``qkv`` when given); rows in BACKENDS order,
-    then the tile-order rows, then the curve's (``sparse_sage@CDF``)."""
+    then the tile-order rows, then the calibrated ones (``sparse_sage@calBUDGET``, thresholds
+    calibrated on ``held_out``, by default video-like inputs of seed 1), then the curve's
+    (``sparse_sage@CDF``)."""
     if qkv is None:
         q, k, v = make_inputs(kind, tokens=tokens, head_dim=head_dim, dtype=dtype, device=device)
     else:
@@ -202,7 +253,19 @@ def bench_case(
     if grid is None and kind == "video":
         grid = (tokens // (FRAME[0] * FRAME[1]), *FRAME)
     tiled = TILED if grid is not None else ()
-    extra = tuple(f"sparse_sage{t}@{c:g}" for c in curve for t in ("", "+tiles")[: 1 + (grid is not None)])
+    orders = ("", "+tiles")[: 1 + (grid is not None)]
+    calibrated: dict[str, SparseThresholds] = {}
+    if calibrate is not None:
+        if held_out is None and qkv is None:
+            held_out = make_inputs(kind, tokens=tokens, head_dim=head_dim, dtype=dtype, device=device, seed=1)
+        if held_out is not None:
+            for t in orders:
+                start = time.perf_counter()
+                calibrated[f"sparse_sage{t}@cal{calibrate:g}"] = calibrated_thresholds(
+                    tuple(x.to(device, dtype) for x in held_out), budget=calibrate, grid=grid if t else None
+                )
+                print(f"# calibrated sparse_sage{t} in {time.perf_counter() - start:.1f} s", flush=True)
+    extra = tuple(calibrated) + tuple(f"sparse_sage{t}@{c:g}" for c in curve for t in orders)
     labels = BACKENDS + tiled + extra
     # NOTE: the tile-order rows get the tokens permuted once, outside the timed call, as the
     # model's embed does; their outputs are compared in that order.
@@ -214,7 +277,7 @@ def bench_case(
     for r in range(repeat):
         order = labels[r % len(labels) :] + labels[: r % len(labels)]
         for b in order:
-            name, opts = variant(b, cdf=cdf, tokens=tokens)
+            name, opts = variant(b, cdf=cdf, tokens=tokens, calibrated=calibrated)
             sec, out = timed(run_backend, *inputs[b], name=name, opts=opts)
             times[b].append(sec)
             outs[b] = out
@@ -224,7 +287,7 @@ def bench_case(
     sdpa_median = statistics.median(times["sdpa"])
     rows = []
     for b in labels:
-        name, opts = variant(b, cdf=cdf, tokens=tokens)
+        name, opts = variant(b, cdf=cdf, tokens=tokens, calibrated=calibrated)
         kept = computed_fraction(*inputs[b][:2], name=name, opts=opts) if name in SPARSE else 1.0
         err = attention_error(outs[b], ref.index_select(2, idx) if "+tiles" in b else ref)
         med = statistics.median(times[b])
@@ -266,7 +329,7 @@ def goal_lines(rows: list[Row], *, device: str = "cpu") -> list[str]:
     out = []
     goal_n = 32768 if device == "cuda" else 16384
     for r in rows:
-        if "@" in r.backend or r.inputs == "random":
+        if ("@" in r.backend and "@cal" not in r.backend) or r.inputs == "random":
             continue
         if r.backend.startswith("sparse_sage") and (r.tokens == goal_n or r.inputs.startswith("recorded")):
             met = r.speedup >= 2.0 and r.cos_sim >= 0.999 and r.rel_l1 <= 0.02
@@ -311,6 +374,14 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         default=[],
         help="also run sparse_sage at these looser cdf thresholds (labelled speed/accuracy rows)",
+    )
+    p.add_argument(
+        "--calibrate",
+        type=float,
+        default=None,
+        metavar="BUDGET",
+        help="also run sparse_sage calibrated per head at this relative-L1 budget on held-out inputs "
+        "(headline rows sparse_sage@calBUDGET)",
     )
     p.add_argument(
         "--kernel",
@@ -369,11 +440,14 @@ def main(argv: list[str] | None = None) -> int:
                     dtype=dtype,
                     device=args.device,
                     curve=curve,
+                    calibrate=args.calibrate,
                 )
                 print(format_table(case).split("\n", 2)[2], flush=True)
                 rows.extend(case)
     if "recorded" in args.inputs:
+        held = held_out_recordings(args.activations) if args.calibrate is not None else {}
         for rec in recorded_cases(args.activations):
+            other = held.get((rec.layer, rec.tag.get("step")))
             case = bench_case(
                 f"recorded L{rec.layer} s{rec.tag.get('step')}",
                 tokens=rec.q.shape[2],
@@ -385,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
                 curve=curve,
                 qkv=(rec.q, rec.k, rec.v),
                 grid=tuple(rec.tag["grid"]) if "grid" in rec.tag else None,
+                calibrate=args.calibrate if other is not None else None,
+                held_out=None if other is None else (other.q, other.k, other.v),
             )
             print(format_table(case).split("\n", 2)[2], flush=True)
             rows.extend(case)

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from vdiff.attention.layout import chunk_rows, to_blocks
+from vdiff.attention.layout import block_chunks, to_blocks
 
 Q_GROUP = 4
 """consecutive Q blocks that share one set of K blocks (the union of theirs)"""
@@ -110,23 +110,20 @@ def _gathered_attention(
     tile = q_block * q_group
     rows_mask = mask[:, :, ::q_group].reshape(-1, nk)  # (R, nk): one row per query tile
     nt = rows_mask.shape[0] // (b * h)
-    counts = rows_mask.sum(dim=-1)  # (R,)
     q_rows = to_blocks(q, block=tile).reshape(-1, tile, d)  # (B*H*nt, tile, D)
     k_rows = to_blocks(k, block=k_block).reshape(-1, k_block, d)  # (B*H*nk, bk, D)
     v_rows = to_blocks(v, block=k_block).reshape(-1, k_block, d)
     key_ok = torch.arange(nk * k_block, device=q.device).view(nk, k_block) < n_k  # (nk, bk)
-    cols_sorted = rows_mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True)  # (R, nk)
     # NOTE: SDPA keeps no score matrix, so a chunk is bounded by its gathered K (and V) instead.
-    order, chunks = chunk_rows(counts, elems_per_block=k_block * d)
+    order, chunks = block_chunks(rows_mask, rows_per_head=nt, elems_per_block=k_block * d)
     outs = []
-    for sel, c in chunks:
+    for ch in chunks:
+        sel, c, cols, flat = ch.rows, ch.width, ch.cols, ch.flat
         g = sel.numel()
-        cols = cols_sorted.index_select(0, sel)[:, :c]  # (G, c)
-        flat = (torch.div(sel, nt, rounding_mode="floor")[:, None] * nk + cols).view(-1)  # (G*c,)
         k_sel = k_rows.index_select(0, flat).view(1, g, c * k_block, d)
         v_sel = v_rows.index_select(0, flat).view(1, g, c * k_block, d)
         ok = key_ok.index_select(0, cols.reshape(-1)).view(g, c, k_block)
-        ok = ok & (torch.arange(c, device=q.device) < counts.index_select(0, sel)[:, None])[..., None]
+        ok = ok & ch.valid[..., None]  # (G, c, bk)
         attn_mask = None
         if not bool(ok.all()):
             attn_mask = torch.zeros(ok.shape, dtype=q.dtype, device=q.device).masked_fill_(~ok, float("-inf"))

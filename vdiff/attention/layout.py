@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -38,3 +40,46 @@ def chunk_rows(
         chunks.append((order[start : start + g], c))
         start += g
     return order, chunks
+
+
+@dataclass
+class BlockChunk:
+    """One chunk of mask rows and the K blocks each keeps (:func:`block_chunks`)."""
+
+    rows: torch.Tensor
+    """(G,) indices of the chunk's rows into the (B*H*rows_per_head) rows"""
+    width: int
+    """c: the largest kept-block count in the chunk; every row is padded to it"""
+    heads: torch.Tensor
+    """(G,) the (batch x head) index of each row"""
+    cols: torch.Tensor
+    """(G, c) kept K-block columns of each row, ascending, then padding (dropped columns)"""
+    valid: torch.Tensor
+    """(G, c) bool: False for the padding after each row's own count"""
+    flat: torch.Tensor
+    """(G*c,) indices of those K blocks into the (B*H*nk) K blocks"""
+
+
+def block_chunks(
+    rows_mask: torch.Tensor, *, rows_per_head: int, elems_per_block: int
+) -> tuple[torch.Tensor, Iterator[BlockChunk]]:
+    """The kept K blocks of each row of ``rows_mask`` (B*H*rows_per_head, nk), in chunks.
+
+    Rows are sorted by kept count and cut by :func:`chunk_rows`. Returns that order (R,) and the
+    chunks, each a :class:`BlockChunk`, so the execution paths gather K/V blocks alike.
+    """
+    nk = rows_mask.shape[1]
+    counts = rows_mask.sum(dim=-1)  # (R,)
+    # NOTE: kept columns first, in ascending order (stable sort), then the dropped ones.
+    cols_sorted = rows_mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True)  # (R, nk)
+    order, chunks = chunk_rows(counts, elems_per_block=elems_per_block)
+
+    def gen() -> Iterator[BlockChunk]:
+        for sel, c in chunks:
+            heads = torch.div(sel, rows_per_head, rounding_mode="floor")  # (G,)
+            cols = cols_sorted.index_select(0, sel)[:, :c]  # (G, c)
+            valid = torch.arange(c, device=rows_mask.device) < counts.index_select(0, sel)[:, None]  # (G, c)
+            flat = (heads[:, None] * nk + cols).view(-1)  # (G*c,)
+            yield BlockChunk(rows=sel, width=c, heads=heads, cols=cols, valid=valid, flat=flat)
+
+    return order, gen()

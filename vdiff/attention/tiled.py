@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from vdiff.attention.layout import chunk_rows, to_blocks
+from vdiff.attention.layout import block_chunks, to_blocks
 from vdiff.attention.quant import PV_TORCH_DTYPES, int8_matmul, prepare_v, pv_batched
 
 
@@ -43,7 +43,6 @@ def tiled_block_attention(
     n_k = k.shape[2]
     nq, nk = math.ceil(n_q / q_block), math.ceil(n_k / k_block)
     rows_mask = mask.reshape(b * h * nq, nk)
-    counts = rows_mask.sum(dim=-1)  # (R,)
     quantize = int8 is not None
     if int8 is not None:
         qi, q_scale, ki, k_scale = int8
@@ -58,17 +57,12 @@ def tiled_block_attention(
     key_bias = torch.zeros(nk * k_block, device=q.device)
     key_bias[n_k:] = float("-inf")
     key_bias = key_bias.view(nk, k_block)
-    # NOTE: kept columns first, in ascending order (stable sort), then the dropped ones.
-    cols_sorted = rows_mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True)  # (R, nk)
-    order, chunks = chunk_rows(counts, elems_per_block=q_block * k_block)
+    order, chunks = block_chunks(rows_mask, rows_per_head=nq, elems_per_block=q_block * k_block)
     outs, lses = [], []
     ws = _Workspace(enabled=not (torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))))
-    for sel, c in chunks:
+    for ch in chunks:
+        sel, c, bh, cols, valid, flat = ch.rows, ch.width, ch.heads, ch.cols, ch.valid, ch.flat
         g = sel.numel()
-        bh = torch.div(sel, nq, rounding_mode="floor")  # (G,)
-        cols = cols_sorted.index_select(0, sel)[:, :c]  # (G, c)
-        valid = torch.arange(c, device=q.device) < counts.index_select(0, sel)[:, None]  # (G, c)
-        flat = (bh[:, None] * nk + cols).view(-1)  # (G*c,) indices into the (B*H*nk) K blocks
         shape = (g, q_block, c * k_block)
         if quantize:
             s_int = _int8_scores(q_rows, k_rows, sel=sel, flat=flat, c=c, ws=ws)  # (G, bq, c*bk) int32
