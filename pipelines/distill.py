@@ -1,7 +1,7 @@
 """Distil a trained run into a few-step student: ``vdiff distill TEACHER_RUN --out DIR [key=value ...]``.
 
 The loop reads like ``pipelines/train.py``, shares its steps (:mod:`vdiff.training.loop`) and
-writes the same run folder (``config.yaml``, ``metrics.jsonl``, ``tb/``,
+writes the same run folder (``config.yaml``, ``metrics.jsonl``, ``tb/``, ``bad_samples.jsonl``,
 ``checkpoints/step_{step:08d}/``, exact ``resume=auto``, LoRA or full, FSDP2 / DDP / Ulysses /
 ring on torchrun), plus ``DIR/teacher/``: the frozen teacher's weights as a
 model folder, the student's starting point and its run's ``init_from``. Each step: (1) read this
@@ -49,8 +49,10 @@ from vdiff.parallel.sequence import apply_sequence_parallel
 from vdiff.runs import load_run_model
 from vdiff.sampling import initial_noise
 from vdiff.training import (
+    BAD_SAMPLES_FILE,
     Checkpointer,
     apply_lora,
+    bad_samples_over_ranks,
     base_model,
     begin_run,
     build_ema,
@@ -66,11 +68,13 @@ from vdiff.training import (
     open_logging,
     optimizer_step,
     out_of_time,
+    report_bad_samples,
     requires_grad,
     restore_state,
     resume_checkpoint,
     run_command,
     start_ranks,
+    write_bad_samples,
 )
 from vdiff.training.distill import (
     TEACHER_DIR,
@@ -210,9 +214,11 @@ def distill(cfg: DistillRunConfig) -> Path:
 
     state, resume_from = resume_checkpoint(cfg.resume, ckpt_root, load=load, warn=rank == 0)
     step = 0 if state is None else restore_state(state, loader)
+    skipped, bad_samples = bad_samples_over_ranks(loader, mesh.group("dp"))
     if rank == 0:
         begin_run(run, cfg, step=step, resume_from=resume_from, command="vdiff distill")
         save_config(cfg, run / "config.yaml")
+        write_bad_samples(run / BAD_SAMPLES_FILE, bad_samples)
     if dist.is_initialized():
         dist.barrier()
     writer, bar, meter = open_logging(run, cfg.train, step=step, rank=rank, desc="distill")
@@ -284,6 +290,7 @@ def distill(cfg: DistillRunConfig) -> Path:
                 step, lr, grad_norm, samples_per_s, elapsed, logged, teacher_s=round(t_teacher, 4)
             )
             log_row(run, row, writer=writer, bar=bar, progress=cfg.train.progress, digits=5)
+            write_bad_samples(run / BAD_SAMPLES_FILE, logged.bad_samples)
         saver.save_if_due(step, cfg.checkpoint.every)
         if stopping:
             break
@@ -291,6 +298,9 @@ def distill(cfg: DistillRunConfig) -> Path:
     # 7. Final checkpoint.
     close_logging(loader, bar, writer)
     saver.save_final(step)
+    skipped, bad_samples = bad_samples_over_ranks(loader, mesh.group("dp"))
+    if rank == 0:
+        report_bad_samples(run, skipped, bad_samples, command="vdiff distill")
     return run
 
 

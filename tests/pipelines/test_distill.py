@@ -15,7 +15,7 @@ import torch
 
 from pipelines.distill import main
 from pipelines.train import main as train_main
-from tests.pipelines.test_train import shards, tiny_overrides  # noqa: F401
+from tests.pipelines.test_train import shards, shards_with_a_bad_clip, tiny_overrides  # noqa: F401
 from tests.pipelines.test_train_distributed import CONFIG, argv, cached, launch  # noqa: F401
 from vdiff.runs import load_run_model
 from vdiff.training.distill import TEACHER_DIR
@@ -198,3 +198,28 @@ def test_distils_from_raw_shards(shards: Path, tmp_path: Path):  # noqa: F811
     assert main(distill_argv(teacher_run, student, "train.steps=2", "train.batch_size=2")) == 0
     assert sorted(metrics(student)) == [1, 2]
     assert (student / "checkpoints" / "step_00000002" / ".metadata").is_file()
+
+
+def test_bad_clips_are_skipped_counted_and_listed_as_in_training(
+    shards_with_a_bad_clip: Path,  # noqa: F811
+    tmp_path: Path,
+):
+    """data.on_error=skip: the undecodable clip is passed over, counted in metrics and listed in
+    RUN/bad_samples.jsonl, as `vdiff train` does."""
+    teacher_run = tmp_path / "teacher"
+    common = ("train.progress=false", "train.tensorboard=false", "data.shuffle=false")
+    assert (
+        train_main(
+            [str(CONFIG), *tiny_overrides(shards_with_a_bad_clip, teacher_run, "train.steps=1", *common)]
+        )
+        == 0
+    )
+    student = tmp_path / "student"
+    assert (
+        main(distill_argv(teacher_run, student, "train.steps=2", "train.batch_size=2", "data.shuffle=false"))
+        == 0
+    )
+    rows = [json.loads(line) for line in (student / "metrics.jsonl").read_text().splitlines()]
+    assert [r["data_skipped"] for r in rows] == [1, 1]
+    listed = [json.loads(line) for line in (student / "bad_samples.jsonl").read_text().splitlines()]
+    assert [(Path(r["shard"]).name, r["key"]) for r in listed] == [("a-bad.tar", "clip-bad")]

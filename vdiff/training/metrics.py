@@ -159,12 +159,14 @@ def write_bad_samples(path: Path, records: list[dict[str, Any]]) -> None:
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
-def report_bad_samples(run: Path, skipped: int, records: list[dict[str, Any]]) -> None:
+def report_bad_samples(
+    run: Path, skipped: int, records: list[dict[str, Any]], *, command: str = "vdiff train"
+) -> None:
     """At the end of a run: write ``run``'s bad-samples file and say on stderr how many were passed over."""
     write_bad_samples(run / BAD_SAMPLES_FILE, records)
     if skipped:
         print(
-            f"vdiff train: data.on_error=skip passed over {skipped} reads of {len(records)} bad "
+            f"{command}: data.on_error=skip passed over {skipped} reads of {len(records)} bad "
             f"samples; see {run / BAD_SAMPLES_FILE}",
             file=sys.stderr,
             flush=True,
