@@ -41,7 +41,8 @@ against fp32 dense attention, which is torch SDPA on fp32 inputs (the same maths
 
     python bench/attention.py [--quick] [--repeat N] [--tokens 4096 16384] [--head-dims 128 64]
                               [--inputs video random recorded] [--activations FILE] [--threads N]
-                              [--cdf 0.99] [--curve CDF ...] [--kernel auto] [--json PATH]
+                              [--cdf 0.99] [--curve CDF ...] [--calibrate BUDGET] [--kernel auto]
+                              [--json PATH]
                               [--device cpu|cuda] [--dtype float32|bfloat16]
 
 N = 16384 at D = 128 costs tens of seconds per dense call on 2 CPU cores; ``--quick`` runs
