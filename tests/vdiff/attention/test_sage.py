@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -23,6 +25,17 @@ def test_quantize_per_block_error_and_scales() -> None:
     block_max = xi[:, :, :256].reshape(1, 2, 4, 64, 16).abs().amax(dim=(-1, -2))  # (1, 2, 4) full blocks
     assert int(block_max.min()) >= 64 and int(xi.abs().max()) <= 127
     assert torch.equal(torch.log2(s), torch.log2(s).round())  # power-of-two scales
+
+
+def test_quantize_per_block_scale_follows_the_largest_magnitude_of_either_sign() -> None:
+    x = torch.rand(1, 1, 128, 8)  # (1, 1, 128, 8): all positive, < 1
+    x[0, 0, 10, 3] = -50.0  # block 0's largest magnitude is negative
+    x[0, 0, 70, 1] = 30.0  # block 1's is positive
+    xi, s = quantize_per_block(x, block=64)
+    assert s[0, 0].tolist() == [2.0 ** math.ceil(math.log2(50 / 127)), 2.0 ** math.ceil(math.log2(30 / 127))]
+    assert int(xi[0, 0, 10, 3]) == round(-50 / float(s[0, 0, 0])) and int(xi[0, 0, 70, 1]) == round(
+        30 / float(s[0, 0, 1])
+    )
 
 
 def test_int8_matmul_is_exact() -> None:
