@@ -51,3 +51,15 @@ def vtest() -> Path:
     if not VTEST.is_file():
         pytest.skip(f"{VTEST} missing (apt-get install opencv-doc; scripts/install.sh --dev does it)")
     return VTEST
+
+
+@pytest.fixture(autouse=True)
+def _autograd_left_on():
+    """Fail the test that leaves autograd switched off for the process (every later training test
+    would fail with "does not require grad" far from the cause), and switch it back on."""
+    yield
+    import torch
+
+    if not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        pytest.fail("this test left autograd off (torch.set_grad_enabled(False) without restoring it)")

@@ -19,7 +19,10 @@ def bench(monkeypatch: pytest.MonkeyPatch):
     sys.modules.pop("attention", None)
     import attention
 
+    grad = torch.is_grad_enabled()
     yield attention
+    # NOTE: the script's main() turns autograd off for its process; the test process needs it back.
+    torch.set_grad_enabled(grad)
     sys.modules.pop("attention", None)
 
 
