@@ -54,7 +54,7 @@ def quantize_per_block(x: torch.Tensor, *, block: int) -> tuple[torch.Tensor, to
     xf = x.float()
     if nb * block != n:
         xf = torch.nn.functional.pad(xf, (0, 0, 0, nb * block - n))
-    xb = xf.view(b, h, nb, block * d)  # (B, H, nb, block*D)
+    xb = xf.reshape(b, h, nb, block * d)  # (B, H, nb, block*D); a copy only if x is strided
     # NOTE: the scale is max|x| / 127 rounded up to a power of two (at most one bit of the INT8
     # range lost). Then x_int8 * scale is exact in bf16 and fp16, so a half-precision GEMM of
     # the dequantised blocks with fp32 accumulation computes exactly the INT32 product times the

@@ -142,3 +142,12 @@ def test_dequantize_is_exact_in_bf16() -> None:
     exact = xi.double() * s.double().repeat_interleave(64, dim=-1)[..., :300, None]
     assert torch.equal(dequantize(xi, s, block=64, dtype=torch.bfloat16).double(), exact)
     assert torch.equal(dequantize(xi, s, block=64, dtype=torch.float16).double(), exact)
+
+
+def test_quantize_per_block_takes_strided_inputs() -> None:
+    x = torch.randn(1, 300, 2, 16).transpose(
+        1, 2
+    )  # (1, 2, 300, 16), heads-major view of a (B, N, H, D) tensor
+    assert not x.is_contiguous()
+    got, want = quantize_per_block(x, block=64), quantize_per_block(x.contiguous(), block=64)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
