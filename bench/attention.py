@@ -170,14 +170,19 @@ def computed_fraction(q: torch.Tensor, k: torch.Tensor, *, name: str, opts: dict
     return fused_fraction(group_rows(mask, group=Q_GROUP))
 
 
-def recorded_cases(path: Path) -> list:
-    """The recordings of the first seed in ``path`` (every layer at every recorded step)."""
+def recorded_cases(path: Path) -> tuple[list, dict]:
+    """The recordings in ``path`` read once: those of the first seed (every layer at every recorded
+    step; the timed cases) and, keyed by (layer, step), those of the second seed (the held-out
+    calibration inputs of ``--calibrate``; empty when the file holds one seed)."""
     try:
         records, _ = load_recordings(path)
     except (OSError, ValueError) as e:
         raise SystemExit(f"--activations {path}: {e}") from e
-    first = records[0].tag.get("seed")
-    return [r for r in records if r.tag.get("seed") == first]
+    seeds = list(dict.fromkeys(r.tag.get("seed") for r in records))
+    timed_cases = [r for r in records if r.tag.get("seed") == seeds[0]]
+    second = seeds[1] if len(seeds) > 1 else object()  # a value no tag holds
+    held = {(r.layer, r.tag.get("step")): r for r in records if r.tag.get("seed") == second}
+    return timed_cases, held
 
 
 def calibrated_thresholds(
@@ -193,17 +198,6 @@ def calibrated_thresholds(
     return SparseThresholds(
         backend="sparse_sage", l1_budget=budget, q_block=128, k_block=64, sim_threshold=0.3, layers={0: layer}
     )
-
-
-def held_out_recordings(path: Path) -> dict:
-    """(layer, step) -> the recording of the second seed in ``path`` (calibration inputs for
-    ``--calibrate``); empty when the file holds one seed."""
-    records, _ = load_recordings(path)
-    seeds = list(dict.fromkeys(r.tag.get("seed") for r in records))
-    if len(seeds) < 2:
-        print(f"# {path} holds one seed: no held-out recording to calibrate on", flush=True)
-        return {}
-    return {(r.layer, r.tag.get("step")): r for r in records if r.tag.get("seed") == seeds[1]}
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, torch.Tensor]:
@@ -446,9 +440,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(format_table(case).split("\n", 2)[2], flush=True)
                 rows.extend(case)
     if "recorded" in args.inputs:
-        held = held_out_recordings(args.activations) if args.calibrate is not None else {}
-        for rec in recorded_cases(args.activations):
-            other = held.get((rec.layer, rec.tag.get("step")))
+        cases, held = recorded_cases(args.activations)
+        if args.calibrate is not None and not held:
+            print(f"# {args.activations} holds one seed: no held-out recording to calibrate on", flush=True)
+        for rec in cases:
+            other = held.get((rec.layer, rec.tag.get("step"))) if args.calibrate is not None else None
             case = bench_case(
                 f"recorded L{rec.layer} s{rec.tag.get('step')}",
                 tokens=rec.q.shape[2],
