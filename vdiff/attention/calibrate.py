@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from vdiff.attention.execute import block_sparse_attention
+from vdiff.attention.execute import block_sparse_attention, cpu_path
 from vdiff.attention.mask import predict_block_mask
 from vdiff.attention.metrics import dense_reference, relative_l1
 from vdiff.attention.quant import resolve_pv_dtype
@@ -54,6 +54,7 @@ def _head_l1(
     cdf: torch.Tensor,
     pv_threshold: torch.Tensor | None,
     pv_dtype: str,
+    kernel: str,
 ) -> torch.Tensor:
     """Relative L1 per head (H,) of sparse attention with per-head thresholds against ``ref``."""
     mask = predict_block_mask(
@@ -71,9 +72,10 @@ def _head_l1(
         quantize=quantize,
         pv_dtype=pv_dtype,
         need_lse=False,
-        # NOTE: the exact mask, as the Triton kernel computes it; the PyTorch path's widened mask
-        # is a superset, and its λ skip (final row maximum) drops at least what Triton's drops.
-        kernel="torch",
+        # NOTE: the exact mask, as the Triton and native kernels compute it; the fused path's
+        # widened mask is a superset, and its λ skip (final row maximum) drops at least what
+        # Triton's drops.
+        kernel=kernel,
         widen=False,
     )
     return relative_l1(out, ref, dims=(0, 2, 3)).float()  # (H,)
@@ -120,14 +122,11 @@ def calibrate_layer(
     # NOTE: calibrate with the P·V precision the backend will run with (sparse_sage's "auto").
     pv = resolve_pv_dtype(pv_dtype, device=q.device, in_dtype=q.dtype) if backend == "sparse_sage" else "fp32"
     ref = dense_reference(q, k, v, scale=scale)
-    common = dict(
-        scale=scale,
-        quantize=backend == "sparse_sage",
-        q_block=q_block,
-        k_block=k_block,
-        sim_threshold=sim_threshold,
-        pv_dtype=pv,
-    )
+    # NOTE: measure the path that will run: without λ, the native kernel where "auto" picks it;
+    # a λ makes every call take the PyTorch path (the native kernel has no λ skip).
+    opts = {"q_block": q_block, "k_block": k_block, "pv_dtype": pv, "quantize": backend == "sparse_sage"}
+    native = not pv_grid and cpu_path("auto", q, **opts, lam=None) == "native"
+    common = dict(scale=scale, sim_threshold=sim_threshold, kernel="native" if native else "torch", **opts)
     grid = sorted({float(t) for t in cdf_grid} | {1.0})
     chosen = torch.ones(heads, dtype=torch.float64)
     err = torch.full((heads,), math.inf)
@@ -282,24 +281,31 @@ def held_out_l1(
     """Relative L1 per head (H,) of ``thresholds``' backend on one layer's q, k, v against fp32 dense.
 
     For verifying a calibration on inputs it did not see; like the calibration, it measures
-    exactly the predicted mask (what the Triton and tiled paths compute; the fused path computes
-    a superset).
+    exactly the predicted mask (what the Triton, native and tiled paths compute; the fused path
+    computes a superset), on the path ``kernel="auto"`` runs.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     t = thresholds.for_layer(layer_index, heads=q.shape[1])
     quantize = thresholds.backend == "sparse_sage"
     pv = resolve_pv_dtype(pv_dtype, device=q.device, in_dtype=q.dtype) if quantize else "fp32"
+    lam = None if t.pv_threshold is None else torch.tensor(t.pv_threshold)
+    opts = {
+        "q_block": thresholds.q_block,
+        "k_block": thresholds.k_block,
+        "pv_dtype": pv,
+        "quantize": quantize,
+    }
+    # NOTE: the path "auto" runs for these thresholds (the native kernel only without λ)
+    native = lam is None and cpu_path("auto", q, **opts, lam=None) == "native"
     return _head_l1(
         q,
         k,
         v,
         dense_reference(q, k, v, scale=scale),
         scale=scale,
-        quantize=quantize,
-        q_block=thresholds.q_block,
-        k_block=thresholds.k_block,
         sim_threshold=thresholds.sim_threshold,
         cdf=torch.tensor(t.cdf_threshold),
-        pv_threshold=None if t.pv_threshold is None else torch.tensor(t.pv_threshold),
-        pv_dtype=pv,
+        pv_threshold=lam,
+        kernel="native" if native else "torch",
+        **opts,
     )

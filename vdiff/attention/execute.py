@@ -7,7 +7,9 @@
   online-softmax kernel over exactly the mask;
 * fused (:mod:`vdiff.attention.fused`): torch SDPA over the mask widened for speed (a superset);
 * tiled (:mod:`vdiff.attention.tiled`): explicit scores over exactly the mask, INT8 by
-  ``torch._int_mm``; it also serves every call that needs λ, the LSE or fp8 P·V.
+  ``torch._int_mm``; it also serves every call that needs λ, the LSE or fp8 P·V;
+* native (:mod:`vdiff.attention.native_cpu`; x86 CPUs with AVX512-VNNI and -BF16): one fused C
+  kernel over exactly the mask, INT8 Q·Kᵀ and bf16 P·V, scores never leave registers.
 
 Every path receives the same mask from the caller; only the fused one adds blocks to it.
 """
@@ -20,16 +22,19 @@ import math
 
 import torch
 
+from vdiff.attention import native_cpu
 from vdiff.attention.checks import per_head
 from vdiff.attention.cpu import cpu_has_amx, cpu_has_vnni
 from vdiff.attention.fused import Q_GROUP, dense_heads, fused_block_attention, group_rows
 from vdiff.attention.quant import PV_TORCH_DTYPES, dequantize, smooth_and_quantize
 from vdiff.attention.tiled import tiled_block_attention
 
-KERNELS = ("auto", "triton", "torch", "fused", "tiled")
+KERNELS = ("auto", "triton", "native", "torch", "fused", "tiled")
 """values of the backends' ``kernel`` option"""
 
 FULL_COST = {
+    ("native", True, 128): 0.45,
+    ("native", True, 64): 0.5,
     ("tiled", True, 128): 0.77,
     ("tiled", True, 64): 1.05,
     ("fused", False, 128): 1.7,
@@ -164,7 +169,11 @@ def block_sparse_attention(
             pv_threshold=lam,
         )
         return out, (lse if need_lse else None)
-    path = torch_path(kernel, q, quantize=quantize)
+    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+    path = cpu_path(
+        kernel, q, q_block=q_block, k_block=k_block, pv_dtype=pv_dtype, quantize=quantize, lam=lam,
+        needs_grad=needs_grad,
+    )  # fmt: skip
     if kernel == "auto" and q.device.type == "cpu" and lam is None and not need_lse:
         kept = (
             float(computed_mask(mask, path=path, q_group=q_group).float().mean())
@@ -191,6 +200,11 @@ def block_sparse_attention(
     if bool((counts == 0).any()):
         first = int((counts == 0).nonzero()[0, 0]) % nq
         raise RuntimeError(f"block mask keeps no K block for Q block {first}; keep at least one")
+    if path == "native":
+        out, lse = native_cpu.native_block_attention(
+            q, k, v, mask, scale=scale, q_block=q_block, k_block=k_block, smooth_k=smooth_k, need_lse=need_lse
+        )
+        return out, lse
     int8 = offset = None
     if quantize:
         qi, q_scale, ki, k_scale, offset = smooth_and_quantize(
@@ -225,6 +239,39 @@ def block_sparse_attention(
     if lse is not None and offset is not None:
         lse = lse + offset
     return out, lse
+
+
+def cpu_path(
+    kernel: str,
+    q: torch.Tensor,
+    *,
+    q_block: int,
+    k_block: int,
+    pv_dtype: str,
+    quantize: bool,
+    lam: torch.Tensor | None,
+    needs_grad: bool = False,
+) -> str:
+    """The path ("native", "fused" or "tiled") that ``kernel`` picks when Triton does not run.
+
+    "native" insists on the C kernel (an error says why it cannot run); "auto" takes it wherever
+    it can run the call (:func:`vdiff.attention.native_cpu.supports`), else :func:`torch_path`.
+    """
+    reason: str | None = "not asked"
+    if kernel in ("native", "auto"):
+        reason = native_cpu.supports(
+            q, q_block=q_block, k_block=k_block, pv_dtype=pv_dtype, quantize=quantize, lam=lam,
+            needs_grad=needs_grad,
+        )  # fmt: skip
+        if kernel == "native" and reason is not None:
+            raise ValueError(f"kernel='native' cannot run this call: {reason}; use kernel='torch' or 'auto'")
+    if kernel == "native" or (kernel == "auto" and reason is None and not cpu_has_amx()):
+        # NOTE: measured against both PyTorch paths on the AMD EPYC of docs/benchmarks.md (2.4x
+        # fp32 SDPA with every block kept at N = 16384, D 128, where tiled INT8 ran 1.1-1.3x).
+        # With AMX, torch's bf16 SDPA (the fused path) was the fast one and the kernel is
+        # unmeasured there, so "auto" keeps the fused path on such CPUs.
+        return "native"
+    return torch_path(kernel, q, quantize=quantize)
 
 
 def torch_path(kernel: str, q: torch.Tensor, *, quantize: bool) -> str:
@@ -271,7 +318,7 @@ def use_triton(
     """
     if kernel not in KERNELS:
         raise ValueError(f"sparse/sage option kernel must be one of {KERNELS}, got {kernel!r}")
-    if kernel in ("torch", "fused", "tiled"):
+    if kernel in ("native", "torch", "fused", "tiled"):
         return False
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
     if kernel == "auto" and (q.device.type != "cuda" or needs_grad or not _triton_installed()):

@@ -147,3 +147,24 @@ def test_calibration_holds_on_held_out_seeds_and_noise_levels(backend: str) -> N
     assert len(held) == len(recs) - 2 * len(calib_steps)
     worst = max(float(held_out_l1(t, r.q, r.k, r.v, layer_index=r.layer).max()) for r in held)
     assert worst <= budget, worst
+
+
+def test_without_lambda_the_recorded_error_is_that_of_the_path_auto_runs(video_qkv) -> None:
+    # sparse_sage with kernel "auto" runs the native kernel where it builds (no λ): calibration
+    # must measure that kernel, not the tiled path's slightly different rounding
+    from vdiff.attention import native_cpu
+    from vdiff.attention.execute import cpu_path
+
+    q, k, v = video_qkv
+    pv = resolve_pv_dtype("auto", device=q.device, in_dtype=q.dtype)
+    opts = {"q_block": 128, "k_block": 64, "pv_dtype": pv, "quantize": True, "lam": None}
+    if cpu_path("auto", q, **opts) != "native":
+        pytest.skip(f"auto does not run the native kernel here ({native_cpu.unavailable_reason()})")
+    t = calibrate_layer(q, k, v, l1_budget=0.02, backend="sparse_sage", cdf_grid=GRID)
+    scale = q.shape[-1] ** -0.5
+    mask = predict_block_mask(q, k, scale=scale, cdf_threshold=torch.tensor(t.cdf_threshold))
+    out, _ = block_sparse_attention(
+        q, k, v, mask, scale=scale, quantize=True, pv_dtype=pv, need_lse=False, kernel="native", widen=False
+    )
+    got = relative_l1(out, dense_reference(q, k, v), dims=(0, 2, 3)).float()
+    torch.testing.assert_close(got, torch.tensor(t.rel_l1), rtol=1e-4, atol=1e-7)

@@ -23,7 +23,7 @@ from tests.vdiff.attention.adversarial import (
     reference,
     row_cosine,
 )
-from vdiff.attention import attention
+from vdiff.attention import attention, native_cpu
 from vdiff.attention.execute import block_sparse_attention, computed_mask
 from vdiff.attention.mask import block_centres, predict_block_mask
 
@@ -31,6 +31,9 @@ GRID = (2, 16, 16)  # 512 tokens: 4 Q blocks of 128, 8 K blocks of 64 (the defau
 SCALE = 0.125  # head dim 64
 WIDTHS = (1, 2, 31, 64, 65, 128)  # one token to two K blocks
 SAGE_COS_MIN = 0.995
+NATIVE = native_cpu.unavailable_reason() is None
+PATHS = ("tiled", "fused", "native") if NATIVE else ("tiled", "fused")
+"""the CPU paths: exact mask (tiled), widened (fused), the C kernel (native, INT8 only) where it builds"""
 """INT8 Q·Kᵀ alone (sage, every block) costs a row whose attention sits on a few keys up to ~3e-3"""
 
 
@@ -71,7 +74,7 @@ def test_dominant_run_at_every_offset_is_kept_on_the_torch_paths(order: str, wid
     ref = reference(q, k, v, rows, scale=SCALE)
     mask = predict_block_mask(q, k, scale=SCALE)
     assert mask.float().mean() < 0.7  # the mask does skip blocks: the test is not vacuous
-    for kernel in ("tiled", "fused"):  # the exact mask; the widened one
+    for kernel in PATHS:
         _check_rows(q, k, v, rows, ref, kernel=kernel, where=f"width {width}, offset = head")
 
 
@@ -80,7 +83,7 @@ def test_several_runs_and_a_different_pattern_per_head(order: str) -> None:
     patterns = _mixed()
     q, k, v, rows = _case(order, patterns, seed=7)
     ref = reference(q, k, v, rows, scale=SCALE)
-    for kernel in ("tiled", "fused"):
+    for kernel in PATHS:
         _check_rows(q, k, v, rows, ref, kernel=kernel, where="mixed patterns")
 
 
@@ -96,10 +99,12 @@ def _check_rows(
 ) -> None:
     """Every affected row of ``sparse`` at cosine >= COS_MIN against fp64 dense attention; of
     ``sparse_sage`` at COS_MIN against ``sage`` (every block, the same INT8 scores: so the mask
-    costs it what it costs ``sparse``) and at SAGE_COS_MIN against fp64 dense attention."""
-    cos = row_cosine(attention(q, k, v, backend="sparse", kernel=kernel), ref, rows)  # (H, M)
-    bad = (cos.amin(dim=-1) < COS_MIN).nonzero().flatten().tolist()
-    assert not bad, ("sparse", kernel, where, "heads", bad, float(cos.min()))
+    costs it what it costs ``sparse``) and at SAGE_COS_MIN against fp64 dense attention. The
+    native kernel computes INT8 scores only, so it runs ``sparse_sage`` and ``sage``."""
+    if kernel != "native":
+        cos = row_cosine(attention(q, k, v, backend="sparse", kernel=kernel), ref, rows)  # (H, M)
+        bad = (cos.amin(dim=-1) < COS_MIN).nonzero().flatten().tolist()
+        assert not bad, ("sparse", kernel, where, "heads", bad, float(cos.min()))
     out = attention(q, k, v, backend="sparse_sage", kernel=kernel)
     every_block = attention(q, k, v, backend="sage", kernel=kernel)
     for against, bound in ((every_block.double(), COS_MIN), (ref, SAGE_COS_MIN)):
@@ -139,6 +144,18 @@ def test_every_path_computes_the_predicted_blocks(order: str) -> None:
         )
         torch.testing.assert_close(out, _masked_dense(q, k, v, blocks), atol=1e-5, rtol=1e-4)
         assert float(row_cosine(out, ref, rows).min()) >= COS_MIN, (kernel, widen)
+    if NATIVE:
+        # INT8 scores: every row against fp64 attention over exactly the mask, and against the
+        # tiled INT8 path (same integers; P rounded to bf16 before or after normalising)
+        kw = {"scale": SCALE, "quantize": True, "pv_dtype": "bf16", "need_lse": False}
+        out, _ = block_sparse_attention(q, k, v, mask, kernel="native", **kw)
+        tiled, _ = block_sparse_attention(q, k, v, mask, kernel="tiled", **kw)
+        exact = _masked_dense(q, k, v, mask).double()
+        cos_native = torch.nn.functional.cosine_similarity(out.double(), exact, dim=-1)  # (1, H, N)
+        cos_tiled = torch.nn.functional.cosine_similarity(tiled.double(), exact, dim=-1)
+        # INT8 costs the sharpest background rows up to ~0.006 on both paths alike
+        assert float(cos_native.min()) >= float(cos_tiled.min()) - 1e-3
+        assert float(torch.nn.functional.cosine_similarity(out, tiled, dim=-1).min()) >= COS_MIN
 
 
 def _masked_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
