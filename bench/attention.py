@@ -66,7 +66,7 @@ from pathlib import Path
 
 import torch
 
-from vdiff.attention import attention
+from vdiff.attention import attention, native_cpu
 from vdiff.attention.calibrate import calibrate_layer
 from vdiff.attention.execute import torch_path
 from vdiff.attention.fused import Q_GROUP, fused_fraction, group_rows
@@ -134,7 +134,8 @@ def _make_inputs(
 
 
 KERNEL = "torch"
-"""the sparse backends' ``kernel`` option in the timed calls (``--kernel``)"""
+"""the sparse backends' ``kernel`` option in the timed calls (``--kernel``; ``sparse``, which has
+no INT8 scores, takes "torch" where this is "native")"""
 
 
 def variant(
@@ -148,7 +149,7 @@ def variant(
     else:
         opts = {"cdf_threshold": float(at) if at else cdf} if name in SPARSE else {}
     if name != "sdpa":
-        opts["kernel"] = KERNEL
+        opts["kernel"] = "torch" if (KERNEL == "native" and name == "sparse") else KERNEL
     return name, opts
 
 
@@ -163,8 +164,9 @@ def computed_fraction(q: torch.Tensor, k: torch.Tensor, *, name: str, opts: dict
     if "thresholds" in opts:
         cdf = torch.tensor(opts["thresholds"].for_layer(0, heads=q.shape[1]).cdf_threshold)
     mask = predict_block_mask(q, k, scale=q.shape[-1] ** -0.5, cdf_threshold=cdf)
-    if q.is_cuda or torch_path(opts.get("kernel", "auto"), q, quantize=name == "sparse_sage") == "tiled":
-        return float(mask.float().mean())  # the Triton kernel and the tiled path: exactly the mask
+    kernel = opts.get("kernel", "auto")
+    if q.is_cuda or kernel == "native" or torch_path(kernel, q, quantize=name == "sparse_sage") == "tiled":
+        return float(mask.float().mean())  # Triton, native and tiled: exactly the mask
     # NOTE: the fused path computes, for each run of Q_GROUP Q blocks, the union of their K blocks,
     # and every block (one dense call) when that union keeps more than DENSE_ABOVE of them.
     return fused_fraction(group_rows(mask, group=Q_GROUP))
@@ -380,9 +382,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--kernel",
-        choices=["auto", "torch", "fused", "tiled"],
-        default="torch",
-        help="kernel of sage/sparse/sparse_sage (torch: the sparse path always; auto: may fall back to SDPA)",
+        choices=["auto", "native", "torch", "fused", "tiled"],
+        default=None,
+        help="kernel of sage/sparse/sparse_sage (default: native where it builds, else torch; torch and "
+        "native: the sparse path always; auto: may fall back to SDPA)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument(
@@ -395,7 +398,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     global KERNEL
-    KERNEL = "auto" if args.device == "cuda" else args.kernel
+    if args.device == "cuda":
+        KERNEL = "auto"
+    elif args.kernel is None:
+        KERNEL = "native" if native_cpu.unavailable_reason() is None else "torch"
+    else:
+        KERNEL = args.kernel
     if "recorded" in args.inputs and args.activations is None:
         raise SystemExit("--inputs recorded needs --activations FILE (python bench/attention_activations.py)")
     if args.device == "cuda" and (not torch.cuda.is_available() or args.dtype == "float32"):
@@ -413,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# {machine}, "
         f"torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {args.dtype}, {HEADS} heads, repeat {repeat}, cdf {args.cdf}, "
+        f"{torch.get_num_threads()} threads, {args.dtype}, {HEADS} heads (video, random), "
+        f"repeat {repeat}, cdf {args.cdf}, "
         f"kernel {KERNEL}, curve {list(curve) if (curve := tuple(args.curve)) else 'none'}",
         flush=True,
     )

@@ -3,14 +3,15 @@
 A toy VideoDiT trained by bench/attention_activations.py (``--preset``, cached under
 runs/attention_activations/) samples from the same noise twice per repeat with an Euler
 sampler: once with ``sdpa`` in every step, once under an
-:class:`~vdiff.attention.policy.AttentionPolicy` (``--backend``, dense first 2 and last 1
-steps as the sampling default; the model in tile order for the sparse backends, as
-``vdiff sample`` runs it), through the same per-step switch ``vdiff sample`` uses
-(:func:`vdiff.sampling.step_attention.set_step_attention`). Reported: the median denoising
-wall time of each, their ratio (``x dense`` > 1: faster), and the PSNR of the final latents
-against the dense run's (peak = the dense latents' max - min).
+:class:`~vdiff.attention.policy.AttentionPolicy` (``--backend``; ``vdiff sample``'s defaults:
+30 steps, the first and the last dense, from :class:`vdiff.sampling.config.SampleConfig`; the
+model in tile order for the sparse backends, as ``vdiff sample`` runs it), through the same
+per-step switch ``vdiff sample`` uses (:func:`vdiff.sampling.step_attention.set_step_attention`).
+Reported: the median denoising wall time of each, their ratio (``x dense`` > 1: faster), and
+the PSNR of the final latents against the dense run's (peak = the dense latents' max - min).
 
-    python bench/sample_attention.py [--preset d64] [--grid 8 32 32] [--steps 8]
+    python bench/sample_attention.py [--preset d64] [--grid 8 32 32] [--steps 30]
+                                     [--dense-first 1] [--dense-last 1] [--kernel auto]
                                      [--backend sparse_sage] [--repeat 2] [--cdf 0.99]
 """
 
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attention_activations import PRESETS, context, trained_model
 
 from vdiff.attention.policy import AttentionPolicy
+from vdiff.sampling.config import SampleConfig
 from vdiff.sampling.step_attention import restore_attention, set_step_attention
 
 
@@ -71,10 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="d64", choices=sorted(PRESETS))
     ap.add_argument("--grid", type=int, nargs=3, default=None, help="latent T H W (default: the preset's)")
-    ap.add_argument("--steps", type=int, default=8)
+    defaults = SampleConfig()
+    ap.add_argument("--steps", type=int, default=defaults.steps, help="denoising steps (vdiff sample's)")
+    ap.add_argument("--dense-first", type=int, default=defaults.attention.dense_first_steps)
+    ap.add_argument("--dense-last", type=int, default=defaults.attention.dense_last_steps)
     ap.add_argument("--backend", default="sparse_sage", choices=["sage", "sparse", "sparse_sage"])
     ap.add_argument("--cdf", type=float, default=0.99, help="cdf_threshold of the sparse backends")
-    ap.add_argument("--kernel", default="auto", choices=["auto", "torch", "fused", "tiled"])
+    ap.add_argument("--kernel", default="auto", choices=["auto", "native", "torch", "fused", "tiled"])
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
@@ -86,7 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     opts: dict = {"kernel": args.kernel}
     if args.backend != "sage":
         opts["cdf_threshold"] = args.cdf
-    policy = AttentionPolicy(backend=args.backend, options=opts)
+    policy = AttentionPolicy(
+        backend=args.backend,
+        options=opts,
+        dense_first_steps=args.dense_first,
+        dense_last_steps=args.dense_last,
+    )
     noise = torch.randn(1, p.channels, *grid, generator=torch.Generator().manual_seed(0))
     ctx = context(p)
     n = math.prod(grid)

@@ -38,7 +38,6 @@ def test_dense_reference_matches_sdpa() -> None:
     )
 
 
-
 def test_dense_reference_in_row_runs_equals_one_run() -> None:
     # NOTE: runs of 3 query rows (2 heads x 70 keys x 3 = 420 scores), the last one short; the
     # default at N = 16384 with 12 heads used to hold the whole 13 GB score matrix.
