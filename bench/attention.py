@@ -134,8 +134,19 @@ def _make_inputs(
 
 
 KERNEL = "torch"
-"""the sparse backends' ``kernel`` option in the timed calls (``--kernel``; ``sparse``, which has
-no INT8 scores, takes "torch" where this is "native")"""
+"""the sparse backends' ``kernel`` option in the timed calls (``--kernel``); "best" (the default on
+a CPU where the native kernel builds): "native" for each call it can run, else "torch" (e.g.
+``sparse``, which has no INT8 scores, or head dims that are not multiples of 64)"""
+
+
+def resolve_kernel(kernel: str, q: torch.Tensor, *, name: str) -> str:
+    """The ``kernel`` option a call of backend ``name`` on q gets ("best" resolved)."""
+    if kernel != "best":
+        return kernel
+    reason = native_cpu.supports(
+        q, q_block=128, k_block=64, pv_dtype="bf16", quantize=name != "sparse", lam=None
+    )  # fmt: skip
+    return "native" if reason is None else "torch"
 
 
 def variant(
@@ -149,7 +160,7 @@ def variant(
     else:
         opts = {"cdf_threshold": float(at) if at else cdf} if name in SPARSE else {}
     if name != "sdpa":
-        opts["kernel"] = "torch" if (KERNEL == "native" and name == "sparse") else KERNEL
+        opts["kernel"] = KERNEL
     return name, opts
 
 
@@ -164,7 +175,7 @@ def computed_fraction(q: torch.Tensor, k: torch.Tensor, *, name: str, opts: dict
     if "thresholds" in opts:
         cdf = torch.tensor(opts["thresholds"].for_layer(0, heads=q.shape[1]).cdf_threshold)
     mask = predict_block_mask(q, k, scale=q.shape[-1] ** -0.5, cdf_threshold=cdf)
-    kernel = opts.get("kernel", "auto")
+    kernel = resolve_kernel(opts.get("kernel", "auto"), q, name=name)
     if q.is_cuda or kernel == "native" or torch_path(kernel, q, quantize=name == "sparse_sage") == "tiled":
         return float(mask.float().mean())  # Triton, native and tiled: exactly the mask
     # NOTE: the fused path computes, for each run of Q_GROUP Q blocks, the union of their K blocks,
@@ -221,6 +232,8 @@ def run_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, name: str,
 
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             return attention(q, k, v, backend=name, **opts)
+    if "kernel" in opts:
+        opts = {**opts, "kernel": resolve_kernel(opts["kernel"], q, name=name)}
     return attention(q, k, v, backend=name, **opts)
 
 
@@ -384,8 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         "--kernel",
         choices=["auto", "native", "torch", "fused", "tiled"],
         default=None,
-        help="kernel of sage/sparse/sparse_sage (default: native where it builds, else torch; torch and "
-        "native: the sparse path always; auto: may fall back to SDPA)",
+        help="kernel of sage/sparse/sparse_sage (default: native for each call it can run, else torch; "
+        "torch and native: the sparse path always; auto: may fall back to SDPA)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument(
@@ -401,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda":
         KERNEL = "auto"
     elif args.kernel is None:
-        KERNEL = "native" if native_cpu.unavailable_reason() is None else "torch"
+        KERNEL = "best" if native_cpu.unavailable_reason() is None else "torch"
     else:
         KERNEL = args.kernel
     if "recorded" in args.inputs and args.activations is None:
