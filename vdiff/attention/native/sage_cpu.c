@@ -58,9 +58,11 @@ int vdiff_sage_attention(const uint8_t *q_u8, const float *q_scale, const int8_t
     int err = 0;
 #pragma omp parallel num_threads(nthreads)
     {
+        /* aligned_alloc wants a size that is a multiple of the alignment */
+        const size_t row_bytes = ((size_t)bq * sizeof(float) + 63) & ~(size_t)63;
         float *acc = (float *)aligned_alloc(64, (size_t)(bq * d) * sizeof(float));
-        float *m = (float *)aligned_alloc(64, (size_t)bq * sizeof(float));
-        float *l = (float *)aligned_alloc(64, (size_t)bq * sizeof(float));
+        float *m = (float *)aligned_alloc(64, row_bytes);
+        float *l = (float *)aligned_alloc(64, row_bytes);
         uint16_t pbuf[RG * BK] __attribute__((aligned(64)));
         if (!acc || !m || !l) {
 #pragma omp atomic write
