@@ -9,7 +9,10 @@ issue, any thread count. The adversarial dominant-run checks run it too (test_ma
 from __future__ import annotations
 
 import math
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -183,3 +186,21 @@ def test_a_failing_compiler_leaves_the_pytorch_paths(tmp_path, monkeypatch: pyte
     assert not list((tmp_path / "native").iterdir())  # nothing half-written kept
     with pytest.raises(subprocess.CalledProcessError):
         native_cpu._build("false")
+
+
+@needs_kernel
+def test_ranks_that_build_at_once_share_one_library(tmp_path) -> None:
+    # torchrun starts every rank at once: each builds into the same empty cache; the renames
+    # are atomic, so each loads a whole library and one file remains
+    code = (
+        "import ctypes, shutil; from vdiff.attention import native_cpu; "
+        "p = native_cpu._build(shutil.which('cc')); ctypes.CDLL(str(p)); print(p)"
+    )
+    env = {**os.environ, "VDIFF_CACHE_DIR": str(tmp_path)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    paths = {p.communicate(timeout=120)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert len(paths) == 1 and [f.name for f in (tmp_path / "native").iterdir()] == [Path(paths.pop()).name]
