@@ -7,7 +7,9 @@ accumulation. The backend runs it over an all-kept block mask through
 :func:`vdiff.attention.execute.block_sparse_attention`, so it has the same execution paths as
 the sparse backends: the fused one (torch SDPA on the dequantised tensors: flash tiling, no N²
 score matrix; used when neither the LSE nor fp8 is asked for), the tiled one (``torch._int_mm``
-per Q block, explicit softmax; used for ``return_lse`` and ``pv_dtype="fp8"``) and Triton.
+per Q block, explicit softmax; used for ``return_lse`` and ``pv_dtype="fp8"``), the native CPU
+kernel (:mod:`vdiff.attention.native_cpu`: INT8 scores in registers; what ``kernel="auto"`` runs
+on CPUs with AVX512-VNNI/BF16 and no AMX) and Triton.
 
 The log-sum-exp it returns is that of the *unsmoothed* scores (the smoothing constant is added
 back in fp32), so ring attention can merge partial results across K shards exactly.
@@ -54,7 +56,8 @@ def sage_attention(
 
     ``layer_index``, ``head_offset``, ``num_heads`` and ``grid`` are accepted so one options dict serves every
     backend; sage is dense, has no per-layer state and ignores them. ``kernel`` picks the Triton
-    kernel or the PyTorch path (see :func:`vdiff.attention.execute.use_triton`); with "auto" on a
+    kernel, the native CPU kernel or a PyTorch path (see :func:`vdiff.attention.execute.use_triton`
+    and :func:`~vdiff.attention.execute.cpu_path`); with "auto" on a
     CPU where sage is not measured >= 1.5x fp32 SDPA (:data:`~vdiff.attention.execute.SAGE_MIN_SPEEDUP`)
     it runs SDPA instead.
     """

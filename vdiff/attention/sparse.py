@@ -4,11 +4,12 @@ on every call (Zhang et al., SpargeAttn, ICML 2025).
 Each backend is a composition: stage 1, the block mask (:func:`vdiff.attention.mask.predict_block_mask`:
 SpargeAttn's self-similarity and pooled-score rules plus sub-block centres, so a dominant run of
 keys is kept wherever it sits); stage 2, exact softmax over the kept blocks on one execution path
-(:func:`vdiff.attention.execute.block_sparse_attention`: Triton, torch fused or torch tiled; each
-gets the same mask). With ``pv_threshold`` (λ < 0) the P·V product also skips a kept K block when,
-for every row of the Q block, that block's largest score is below the row's maximum by more than
-|λ| (its weights are all < e^λ of the row's largest weight). ``sparse_sage`` computes the kept
-Q·Kᵀ blocks in INT8 with K smoothing as ``sage`` does (:mod:`vdiff.attention.quant`).
+(:func:`vdiff.attention.execute.block_sparse_attention`: Triton, the native CPU kernel, torch
+fused or torch tiled; each gets the same mask). With ``pv_threshold`` (λ < 0) the P·V product
+also skips a kept K block when, for every row of the Q block, that block's largest score is
+below the row's maximum by more than |λ| (its weights are all < e^λ of the row's largest
+weight). ``sparse_sage`` computes the kept Q·Kᵀ blocks in INT8 with K smoothing as ``sage``
+does (:mod:`vdiff.attention.quant`).
 
 Thresholds per layer and head come from :mod:`vdiff.attention.thresholds` (``thresholds_file``
 plus ``layer_index``, written by :mod:`vdiff.attention.calibrate`; under Ulysses the
