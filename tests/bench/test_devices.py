@@ -4,6 +4,7 @@ peak memory (CPU paths; the CUDA paths are run by ``bench/gpu_all.sh`` on a GPU)
 from __future__ import annotations
 
 import argparse
+import mmap
 import subprocess
 import sys
 import time
@@ -58,9 +59,13 @@ def test_peak_memory_sees_an_allocation() -> None:
     if not reset_peak(cpu):
         pytest.skip("this kernel cannot reset the peak RSS (/proc/self/clear_refs)")
     before = peak_memory_mib(cpu)
-    x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    # NOTE: fresh pages from an anonymous mapping, each one written: a 64 MiB tensor could reuse
+    # free, still-resident heap that earlier tests left in malloc's arena (RSS unchanged, seen
+    # in a full-suite run)
+    x = mmap.mmap(-1, 64 * 2**20)
+    x.write(b"\1" * len(x))
     during = peak_memory_mib(cpu)
-    del x
+    x.close()
     assert during - before >= 60  # MiB: the tensor's pages, resident
     reset_peak(cpu)
     assert peak_memory_mib(cpu) < during - 30  # the window restarted below the old peak
