@@ -122,10 +122,9 @@ def calibrate_layer(
     # NOTE: calibrate with the P·V precision the backend will run with (sparse_sage's "auto").
     pv = resolve_pv_dtype(pv_dtype, device=q.device, in_dtype=q.dtype) if backend == "sparse_sage" else "fp32"
     ref = dense_reference(q, k, v, scale=scale)
-    # NOTE: measure the path that will run: without λ, the native kernel where "auto" picks it;
-    # a λ makes every call take the PyTorch path (the native kernel has no λ skip).
+    # NOTE: measure the path that will run: the native kernel where "auto" picks it.
     opts = {"q_block": q_block, "k_block": k_block, "pv_dtype": pv, "quantize": backend == "sparse_sage"}
-    native = not pv_grid and cpu_path("auto", q, **opts, lam=None) == "native"
+    native = cpu_path("auto", q, **opts, lam=None) == "native"
     common = dict(scale=scale, sim_threshold=sim_threshold, kernel="native" if native else "torch", **opts)
     grid = sorted({float(t) for t in cdf_grid} | {1.0})
     chosen = torch.ones(heads, dtype=torch.float64)
@@ -295,8 +294,8 @@ def held_out_l1(
         "pv_dtype": pv,
         "quantize": quantize,
     }
-    # NOTE: the path "auto" runs for these thresholds (the native kernel only without λ)
-    native = lam is None and cpu_path("auto", q, **opts, lam=None) == "native"
+    # NOTE: the path "auto" runs for these thresholds
+    native = cpu_path("auto", q, **opts, lam=lam) == "native"
     return _head_l1(
         q,
         k,

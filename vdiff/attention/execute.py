@@ -9,7 +9,7 @@
 * tiled (:mod:`vdiff.attention.tiled`): explicit scores over exactly the mask, INT8 by
   ``torch._int_mm``; it also serves every call that needs λ, the LSE or fp8 P·V;
 * native (:mod:`vdiff.attention.native_cpu`; x86 CPUs with AVX512-VNNI and -BF16): one fused C
-  kernel over exactly the mask, INT8 Q·Kᵀ and bf16 P·V, scores never leave registers.
+  kernel over exactly the mask, INT8 Q·Kᵀ and bf16 P·V, scores never leave registers; λ as Triton.
 
 Every path receives the same mask from the caller; only the fused one adds blocks to it.
 """
@@ -204,8 +204,9 @@ def block_sparse_attention(
         raise RuntimeError(f"block mask keeps no K block for Q block {first}; keep at least one")
     if path == "native":
         out, lse = native_cpu.native_block_attention(
-            q, k, v, mask, scale=scale, q_block=q_block, k_block=k_block, smooth_k=smooth_k, need_lse=need_lse
-        )
+            q, k, v, mask, scale=scale, q_block=q_block, k_block=k_block, smooth_k=smooth_k,
+            need_lse=need_lse, lam=lam,
+        )  # fmt: skip
         return out, lse
     int8 = offset = None
     if quantize:

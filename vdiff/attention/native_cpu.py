@@ -54,20 +54,18 @@ def supports(
     k_block: int,
     pv_dtype: str,
     quantize: bool,
-    lam: torch.Tensor | None,
+    lam: torch.Tensor | None = None,
     needs_grad: bool = False,
 ) -> str | None:
     """Why the native kernel cannot run this call (None: it can).
 
-    It takes INT8 Q·Kᵀ (``quantize``) with bf16 P·V, no λ skip, no gradients, CPU tensors, head
-    dims that are multiples of 64, K blocks of 64 and Q blocks that are multiples of 4.
+    It takes INT8 Q·Kᵀ (``quantize``) with bf16 P·V, no gradients, CPU tensors, head dims that
+    are multiples of 64, K blocks of 64 and Q blocks that are multiples of 4 (``lam``: any λ).
     """
     if q.device.type != "cpu":
         return "inputs are not on the CPU"
     if not quantize or pv_dtype != "bf16":
         return "it computes INT8 Q·Kᵀ with bf16 P·V only"
-    if lam is not None:
-        return "it has no λ (pv_threshold) skip"
     if needs_grad:
         return "it is forward-only"
     if q.shape[-1] % 64 != 0 or k_block != K_BLOCK or q_block % 4 != 0:
@@ -122,7 +120,7 @@ def _library() -> tuple[ctypes.CDLL | None, str | None]:
         )
         return None, reason
     fn = lib.vdiff_sage_attention
-    fn.argtypes = [ctypes.c_void_p] * 11 + [ctypes.c_int64] * 6 + [ctypes.c_int]
+    fn.argtypes = [ctypes.c_void_p] * 12 + [ctypes.c_int64] * 7 + [ctypes.c_int]
     fn.restype = ctypes.c_int
     return lib, None
 
@@ -159,10 +157,15 @@ def native_block_attention(
     k_block: int,
     smooth_k: bool = True,
     need_lse: bool = True,
+    lam: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Softmax attention of q (B, H, Nq, D) over exactly the K blocks ``mask`` (B, H, nqb, nkb) keeps.
 
-    INT8 Q·Kᵀ (:func:`~vdiff.attention.quant.smooth_and_quantize`), bf16 P·V. Returns out
+    INT8 Q·Kᵀ (:func:`~vdiff.attention.quant.smooth_and_quantize`), bf16 P·V. ``lam``: per-head
+    (H,) λ ≤ 0 of the P·V skip, or None: P·V of a kept block is skipped when, for every real query
+    row of the Q block, the block's largest score is below the row's *running* maximum by more
+    than |λ| (SpargeAttn's rule, as the Triton kernel applies it; the normaliser still counts the
+    block). Returns out
     (B, H, Nq, D) in q's dtype and the log-sum-exp (B, H, Nq) fp32 (None unless ``need_lse``).
     Call :func:`supports` first; this raises RuntimeError where the kernel is unavailable.
     """
@@ -189,11 +192,16 @@ def native_block_attention(
     k_sc = k_scale.reshape(bh, nk).float().contiguous()
     out = torch.empty(bh, nq * q_block, d)  # (BH, nq*bq, D) fp32
     lse = torch.empty(bh, nq * q_block) if need_lse else None
-    args = (*packed[:1], q_sc, packed[1], packed[2], k_sc, packed[3], row_ptr, cols, order, out)
+    lam2 = None
+    if lam is not None:  # (H,) natural-log units -> (B*H,) base 2, as the scores
+        lam2 = (lam.float().cpu().reshape(1, h).expand(b, h) * LOG2E).contiguous().view(bh)
+    args = (*packed[:1], q_sc, packed[1], packed[2], k_sc, packed[3], row_ptr, cols, order)
     rc = lib.vdiff_sage_attention(
         *(t.data_ptr() for t in args),
+        None if lam2 is None else lam2.data_ptr(),
+        out.data_ptr(),
         None if lse is None else lse.data_ptr(),
-        bh, nq, nk, q_block, n_k, d, torch.get_num_threads(),
+        bh, nq, nk, q_block, n_q, n_k, d, torch.get_num_threads(),
     )  # fmt: skip
     if rc != 0:
         raise RuntimeError(f"native CPU attention kernel failed (code {rc}: 1 bad shape, 2 out of memory)")

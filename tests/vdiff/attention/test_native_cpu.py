@@ -20,6 +20,8 @@ import torch.nn.functional as F
 
 from vdiff.attention import attention, native_cpu
 from vdiff.attention.execute import block_sparse_attention, cpu_path
+from vdiff.attention.metrics import video_like_qkv
+from vdiff.attention.quant import smooth_and_quantize
 
 REASON = native_cpu.unavailable_reason()
 needs_kernel = pytest.mark.skipif(REASON is not None, reason=f"native kernel unavailable: {REASON}")
@@ -142,7 +144,7 @@ def test_calls_it_cannot_run_say_why(monkeypatch: pytest.MonkeyPatch) -> None:
     assert native_cpu.supports(q, **ok) is None
     assert "INT8" in native_cpu.supports(q, **{**ok, "quantize": False})
     assert "bf16" in native_cpu.supports(q, **{**ok, "pv_dtype": "fp32"})
-    assert "λ" in native_cpu.supports(q, **{**ok, "lam": torch.tensor([-8.0])})
+    assert native_cpu.supports(q, **{**ok, "lam": torch.tensor([-8.0])}) is None  # λ: its own rule
     assert "forward-only" in native_cpu.supports(q, **ok, needs_grad=True)
     assert "head dim" in native_cpu.supports(torch.zeros(1, 1, 256, 32), **ok)
     assert "k_block" in native_cpu.supports(q, **{**ok, "k_block": 128})
@@ -204,3 +206,62 @@ def test_ranks_that_build_at_once_share_one_library(tmp_path) -> None:
     paths = {p.communicate(timeout=120)[0].strip() for p in procs}
     assert all(p.returncode == 0 for p in procs)
     assert len(paths) == 1 and [f.name for f in (tmp_path / "native").iterdir()] == [Path(paths.pop()).name]
+
+
+def _lambda_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, *, lam: torch.Tensor
+) -> tuple[torch.Tensor, int, int]:
+    """fp64 attention over ``mask`` with SpargeAttn's λ rule on the running maximum, written out
+    block by block on the kernel's exact INT8 scores. Returns out (1, H, N, D) and the numbers
+    of (Q block, K block) pairs whose P·V was skipped and computed."""
+    _, h, n, d = q.shape
+    scale = d**-0.5
+    qi, qs, ki, ks, _ = smooth_and_quantize(q, k, scale=scale, q_block=128, k_block=64, smooth_k=True)
+    out = torch.zeros(1, h, n, d, dtype=torch.float64)
+    skipped = computed = 0
+    for hh in range(h):
+        for qb in range(mask.shape[2]):
+            rows = slice(qb * 128, min(n, qb * 128 + 128))
+            qq = qi[0, hh, rows].double() * float(qs[0, hh, qb])
+            m = torch.full((qq.shape[0],), -math.inf, dtype=torch.float64)
+            denom = torch.zeros_like(m)
+            acc = torch.zeros(qq.shape[0], d, dtype=torch.float64)
+            for kb in mask[0, hh, qb].nonzero().flatten().tolist():
+                keys = slice(kb * 64, min(n, kb * 64 + 64))
+                s_blk = qq @ (ki[0, hh, keys].double() * float(ks[0, hh, kb])).T  # (rows, keys)
+                m_blk = s_blk.amax(dim=1)
+                m_new = torch.maximum(m, m_blk)
+                alpha = torch.exp(m - m_new)
+                p = torch.exp(s_blk - m_new[:, None])
+                denom = denom * alpha + p.sum(dim=1)
+                acc = acc * alpha[:, None]
+                m = m_new
+                if float((m_blk - m_new).max()) >= float(lam[hh]):
+                    acc = acc + p @ v[0, hh, keys].double()
+                    computed += 1
+                else:
+                    skipped += 1
+            out[0, hh, rows] = acc / denom[:, None]
+    return out, skipped, computed
+
+
+@needs_kernel
+def test_lambda_skip_follows_spargeattns_running_maximum_rule() -> None:
+    q, k, v = video_like_qkv(batch=1, heads=2, frames=1, height=32, width=40, head_dim=64, seed=5)
+    n = q.shape[2]  # 1280: ten Q blocks, twenty K blocks
+    mask = torch.ones(1, 2, 10, 20, dtype=torch.bool)
+    mask[0, 1, :, 5:9] = False  # a sparse pattern in one head
+    lam = torch.tensor([-3.0, -6.0])
+    kw = {"scale": 64**-0.5, "quantize": True, "pv_dtype": "bf16", "need_lse": False}
+    out, _ = block_sparse_attention(q, k, v, mask, kernel="native", pv_threshold=lam, **kw)
+    every, _ = block_sparse_attention(q, k, v, mask, kernel="native", **kw)
+    ref, skipped, computed = _lambda_reference(q, k, v, mask, lam=lam)
+    assert skipped > 0.1 * (skipped + computed)  # the rule really skips (52 of 360 pairs)
+    assert float(F.cosine_similarity(out.double(), ref, dim=-1).min()) >= 0.9999
+    assert not torch.allclose(out, every, atol=1e-3)  # and the skips changed the output
+    assert out.shape == (1, 2, n, 64)
+    # a λ that never skips (calibration's NO_SKIP) gives the unskipped output exactly
+    never, _ = block_sparse_attention(
+        q, k, v, mask, kernel="native", pv_threshold=torch.tensor([-1e4, -1e4]), **kw
+    )
+    assert torch.equal(never, every)
