@@ -34,7 +34,7 @@ KERNELS = ("auto", "triton", "native", "torch", "fused", "tiled")
 
 FULL_COST = {
     ("native", True, 128): 0.46,
-    ("native", True, 64): 0.45,
+    ("native", True, 64): 0.46,
     ("tiled", True, 128): 0.77,
     ("tiled", True, 64): 1.05,
     ("fused", False, 128): 1.7,
@@ -45,7 +45,7 @@ FULL_COST = {
 """(path, INT8 Q·Kᵀ, head dim) -> the path's time with every block kept, as a fraction of fp32
 SDPA's, on the 2-core AMD EPYC with VNNI and no AMX of docs/benchmarks.md: the native kernel
 (``sage`` against SDPA, N = 16384, video-like, 2026-12-06, the slower of two runs) 2.19x at D 128
-and 2.22x at D 64; tiled INT8 (``sage``
+and 2.20x at D 64; tiled INT8 (``sage``
 against SDPA, N = 16384, video-like, quiet machine, 2026-12-06) 1.30x at D 128 and 0.95x at D 64
 (2026-12-03: 1.59x and 1.16x; the slower day is used); the fused path over exactly the mask,
 4.68 s for 0.31 of the blocks against SDPA's 8.83 s (D 128), i.e. ~1.7x SDPA per kept block

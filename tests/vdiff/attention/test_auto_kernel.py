@@ -42,7 +42,7 @@ def test_rule_from_the_measured_costs() -> None:
         assert dense_is_faster(
             kept=1.0, path="tiled", quantize=True, head_dim=d, n_k=16384, need=1.5, mask_cost=0
         )
-    # the native kernel: 0.46 (D 128) / 0.45 (D 64) of SDPA's time with every block: sage's 1.5x
+    # the native kernel: 0.46 (D 128 and D 64) of SDPA's time with every block: sage's 1.5x
     # holds, and the sparse backends never fall back
     for d in (64, 128):
         assert not dense_is_faster(
