@@ -122,10 +122,10 @@ def calibrate_layer(
     # NOTE: calibrate with the P·V precision the backend will run with (sparse_sage's "auto").
     pv = resolve_pv_dtype(pv_dtype, device=q.device, in_dtype=q.dtype) if backend == "sparse_sage" else "fp32"
     ref = dense_reference(q, k, v, scale=scale)
-    # NOTE: measure the path that will run: the native kernel where "auto" picks it.
     opts = {"q_block": q_block, "k_block": k_block, "pv_dtype": pv, "quantize": backend == "sparse_sage"}
-    native = cpu_path("auto", q, **opts, lam=None) == "native"
-    common = dict(scale=scale, sim_threshold=sim_threshold, kernel="native" if native else "torch", **opts)
+    common = dict(
+        scale=scale, sim_threshold=sim_threshold, kernel=_measured_kernel(q, opts, lam=None), **opts
+    )
     grid = sorted({float(t) for t in cdf_grid} | {1.0})
     chosen = torch.ones(heads, dtype=torch.float64)
     err = torch.full((heads,), math.inf)
@@ -294,8 +294,6 @@ def held_out_l1(
         "pv_dtype": pv,
         "quantize": quantize,
     }
-    # NOTE: the path "auto" runs for these thresholds
-    native = cpu_path("auto", q, **opts, lam=lam) == "native"
     return _head_l1(
         q,
         k,
@@ -305,6 +303,12 @@ def held_out_l1(
         sim_threshold=thresholds.sim_threshold,
         cdf=torch.tensor(t.cdf_threshold),
         pv_threshold=lam,
-        kernel="native" if native else "torch",
+        kernel=_measured_kernel(q, opts, lam=lam),
         **opts,
     )
+
+
+def _measured_kernel(q: torch.Tensor, opts: dict, *, lam: torch.Tensor | None) -> str:
+    """The ``kernel`` that measures the exact-mask path ``"auto"`` runs: the native kernel where
+    it picks it, else the PyTorch path (the Triton kernel's mask; see :func:`_head_l1`)."""
+    return "native" if cpu_path("auto", q, **opts, lam=lam) == "native" else "torch"

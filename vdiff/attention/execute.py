@@ -203,11 +203,10 @@ def block_sparse_attention(
         first = int((counts == 0).nonzero()[0, 0]) % nq
         raise RuntimeError(f"block mask keeps no K block for Q block {first}; keep at least one")
     if path == "native":
-        out, lse = native_cpu.native_block_attention(
+        return native_cpu.native_block_attention(
             q, k, v, mask, scale=scale, q_block=q_block, k_block=k_block, smooth_k=smooth_k,
             need_lse=need_lse, lam=lam,
         )  # fmt: skip
-        return out, lse
     int8 = offset = None
     if quantize:
         qi, q_scale, ki, k_scale, offset = smooth_and_quantize(
@@ -260,20 +259,23 @@ def cpu_path(
     "native" insists on the C kernel (an error says why it cannot run); "auto" takes it wherever
     it can run the call (:func:`vdiff.attention.native_cpu.supports`), else :func:`torch_path`.
     """
-    reason: str | None = "not asked"
     if kernel in ("native", "auto"):
         reason = native_cpu.supports(
             q, q_block=q_block, k_block=k_block, pv_dtype=pv_dtype, quantize=quantize, lam=lam,
             needs_grad=needs_grad,
         )  # fmt: skip
-        if kernel == "native" and reason is not None:
-            raise ValueError(f"kernel='native' cannot run this call: {reason}; use kernel='torch' or 'auto'")
-    if kernel == "native" or (kernel == "auto" and reason is None and not cpu_has_amx()):
-        # NOTE: measured against both PyTorch paths on the AMD EPYC of docs/benchmarks.md (2.4x
-        # fp32 SDPA with every block kept at N = 16384, D 128, where tiled INT8 ran 1.1-1.3x).
-        # With AMX, torch's bf16 SDPA (the fused path) was the fast one and the kernel is
-        # unmeasured there, so "auto" keeps the fused path on such CPUs.
-        return "native"
+        if kernel == "native":
+            if reason is not None:
+                raise ValueError(
+                    f"kernel='native' cannot run this call: {reason}; use kernel='torch' or 'auto'"
+                )
+            return "native"
+        # NOTE: measured against both PyTorch paths on the AMD EPYC of docs/benchmarks.md (2.2x
+        # fp32 SDPA with every block kept at N = 16384, where tiled INT8 ran 0.9-1.3x). With AMX,
+        # torch's bf16 SDPA (the fused path) was the fast one and the kernel is unmeasured there,
+        # so "auto" keeps the fused path on such CPUs.
+        if reason is None and not cpu_has_amx():
+            return "native"
     return torch_path(kernel, q, quantize=quantize)
 
 

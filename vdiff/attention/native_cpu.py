@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from vdiff.attention.layout import to_blocks
 from vdiff.attention.quant import smooth_and_quantize
 
 SOURCE = Path(__file__).with_name("native") / "sage_cpu.c"
@@ -179,7 +180,7 @@ def native_block_attention(
     qi, q_scale, ki, k_scale, offset = smooth_and_quantize(
         q, k, scale=scale, q_block=q_block, k_block=k_block, smooth_k=smooth_k
     )
-    packed = _pack(qi, ki, v, q_block=q_block, k_block=k_block)
+    q_u8, k_pack, k_corr, v_pack = _pack(qi, ki, v, q_block=q_block, k_block=k_block)
     rows = mask.reshape(bh * nq, nk)
     counts = rows.sum(dim=-1)  # (R,)
     if bool((counts == 0).any()):
@@ -195,7 +196,7 @@ def native_block_attention(
     lam2 = None
     if lam is not None:  # (H,) natural-log units -> (B*H,) base 2, as the scores
         lam2 = (lam.float().cpu().reshape(1, h).expand(b, h) * LOG2E).contiguous().view(bh)
-    args = (*packed[:1], q_sc, packed[1], packed[2], k_sc, packed[3], row_ptr, cols, order)
+    args = (q_u8, q_sc, k_pack, k_corr, k_sc, v_pack, row_ptr, cols, order)
     rc = lib.vdiff_sage_attention(
         *(t.data_ptr() for t in args),
         None if lam2 is None else lam2.data_ptr(),
@@ -214,25 +215,20 @@ def native_block_attention(
 def _pack(
     qi: torch.Tensor, ki: torch.Tensor, v: torch.Tensor, *, q_block: int, k_block: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The kernel's operand layouts, zero-padded to whole blocks.
+    """The kernel's operand layouts, zero-padded to whole blocks (:func:`~vdiff.attention.layout.to_blocks`).
 
-    Returns q_u8 (BH, nq*bq, D) uint8 = q_int8 + 128 (VNNI multiplies unsigned by signed bytes),
+    Returns q_u8 (BH, nq, bq, D) uint8 = q_int8 + 128 (VNNI multiplies unsigned by signed bytes),
     k_pack (BH, nk, D/4, bk, 4) int8 (four channels of a key per 32-bit lane), k_corr (BH, nk*bk)
     int32 = 128·Σ_d k (removes the +128 again) and v_pack (BH, nk, bk/2, D, 2) bf16 (two keys of
     a channel per 32-bit lane).
     """
-    b, h, n_q, d = qi.shape
-    n_k = ki.shape[2]
-    bh = b * h
-    nq, nk = math.ceil(n_q / q_block), math.ceil(n_k / k_block)
-    q_u8 = torch.full((bh, nq * q_block, d), 128, dtype=torch.uint8)
-    # NOTE: flipping the sign bit maps int8 x to the unsigned byte x + 128.
-    q_u8[:, :n_q] = qi.reshape(bh, n_q, d).view(torch.uint8) ^ 128
-    k_pad = torch.zeros(bh, nk * k_block, d, dtype=torch.int8)
-    k_pad[:, :n_k] = ki.reshape(bh, n_k, d)
-    k_pack = k_pad.view(bh, nk, k_block, d // 4, 4).permute(0, 1, 3, 2, 4).contiguous()
-    k_corr = k_pad.sum(dim=-1, dtype=torch.int32).mul_(128)  # (BH, nk*bk)
-    v_pad = torch.zeros(bh, nk * k_block, d, dtype=torch.bfloat16)
-    v_pad[:, :n_k] = v.reshape(bh, n_k, d)
-    v_pack = v_pad.view(bh, nk, k_block // 2, 2, d).permute(0, 1, 2, 4, 3).contiguous()
+    d = qi.shape[-1]
+    # NOTE: flipping the sign bit maps int8 x to the unsigned byte x + 128 (padding 0 -> 128).
+    q_u8 = to_blocks(qi, block=q_block).view(torch.uint8) ^ 128  # (BH, nq, bq, D)
+    k_blk = to_blocks(ki, block=k_block)  # (BH, nk, bk, D) int8
+    bh, nk = k_blk.shape[:2]
+    k_pack = k_blk.reshape(bh, nk, k_block, d // 4, 4).permute(0, 1, 3, 2, 4).contiguous()
+    k_corr = k_blk.sum(dim=-1, dtype=torch.int32).mul_(128).reshape(bh, nk * k_block)
+    v_blk = to_blocks(v.to(torch.bfloat16), block=k_block)  # (BH, nk, bk, D)
+    v_pack = v_blk.reshape(bh, nk, k_block // 2, 2, d).permute(0, 1, 2, 4, 3).contiguous()
     return q_u8, k_pack, k_corr, v_pack
